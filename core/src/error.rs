@@ -1,0 +1,153 @@
+//! Errors: what a submitter or a subscriber is told when things do not go as planned.
+
+use core::fmt;
+
+/// A subscriber's news that it did not get everything: an item of its stream.
+///
+/// Lag is reported as data, never swallowed. After [`Lagged`](RecvError::Lagged) and
+/// [`Interrupted`](RecvError::Interrupted) the stream goes on; after
+/// [`FellBehind`](RecvError::FellBehind) it ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RecvError {
+    /// `missed` messages were gone before this subscriber could read them (a
+    /// [`DropOldest`](crate::Overflow::DropOldest) queue moved on without it, or it asked to
+    /// resume from a position no longer retained). It continues with the oldest message
+    /// still retained.
+    Lagged {
+        /// How many messages this subscriber will never see.
+        missed: u64,
+    },
+    /// The subscriber fell `capacity` messages behind a
+    /// [`Disconnect`](crate::Overflow::Disconnect) queue and was cut off; its stream ends
+    /// after this item. Subscribe again (for example from [`Start::Oldest`](crate::Start))
+    /// to carry on.
+    FellBehind {
+        /// The capacity of the queue it fell behind.
+        capacity: usize,
+    },
+    /// The store's transport was interrupted (a Redis connection was lost and restored):
+    /// messages submitted meanwhile may have been missed, and how many is unknown. The
+    /// stream goes on.
+    Interrupted,
+}
+
+impl fmt::Display for RecvError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RecvError::Lagged { missed } => write!(
+                f,
+                "subscriber lagged: {missed} message(s) were dropped before it read them; \
+                 continuing with the oldest retained message"
+            ),
+            RecvError::FellBehind { capacity } => write!(
+                f,
+                "subscriber fell {capacity} messages behind the queue and was disconnected; \
+                 read faster, raise the capacity, or resubscribe"
+            ),
+            RecvError::Interrupted => f.write_str(
+                "the store's connection was interrupted; messages submitted meanwhile may have \
+                 been missed",
+            ),
+        }
+    }
+}
+
+impl core::error::Error for RecvError {}
+
+/// Why [`Store::submit`](crate::Store::submit) did not take a message. The message is
+/// handed back, never lost.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SubmitError<T> {
+    /// The store is closed and takes no more messages.
+    Closed(T),
+}
+
+impl<T> SubmitError<T> {
+    /// The message that was not submitted.
+    pub fn into_inner(self) -> T {
+        match self {
+            SubmitError::Closed(value) => value,
+        }
+    }
+}
+
+impl<T> fmt::Debug for SubmitError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SubmitError::Closed(_) => f.write_str("Closed(..)"),
+        }
+    }
+}
+
+impl<T> fmt::Display for SubmitError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SubmitError::Closed(_) => {
+                f.write_str("the store is closed; the message was not submitted")
+            }
+        }
+    }
+}
+
+impl<T> core::error::Error for SubmitError<T> {}
+
+/// Why [`Store::try_submit`](crate::Store::try_submit) did not take a message. The message
+/// is handed back, never lost.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TrySubmitError<T> {
+    /// A lossless ([`Overflow::Wait`](crate::Overflow::Wait)) queue is full: its slowest
+    /// subscriber is `capacity` messages behind. `submit().await` would wait for room.
+    Full(T),
+    /// The store is closed and takes no more messages.
+    Closed(T),
+}
+
+impl<T> TrySubmitError<T> {
+    /// The message that was not submitted.
+    pub fn into_inner(self) -> T {
+        match self {
+            TrySubmitError::Full(value) | TrySubmitError::Closed(value) => value,
+        }
+    }
+
+    /// Whether the store was full (rather than closed).
+    pub fn is_full(&self) -> bool {
+        matches!(self, TrySubmitError::Full(_))
+    }
+}
+
+impl<T> From<SubmitError<T>> for TrySubmitError<T> {
+    fn from(e: SubmitError<T>) -> Self {
+        match e {
+            SubmitError::Closed(value) => TrySubmitError::Closed(value),
+        }
+    }
+}
+
+impl<T> fmt::Debug for TrySubmitError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TrySubmitError::Full(_) => f.write_str("Full(..)"),
+            TrySubmitError::Closed(_) => f.write_str("Closed(..)"),
+        }
+    }
+}
+
+impl<T> fmt::Display for TrySubmitError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TrySubmitError::Full(_) => f.write_str(
+                "the queue is full: its slowest subscriber has not read the oldest retained \
+                 message; wait with submit().await, or choose another overflow policy",
+            ),
+            TrySubmitError::Closed(_) => {
+                f.write_str("the store is closed; the message was not submitted")
+            }
+        }
+    }
+}
+
+impl<T> core::error::Error for TrySubmitError<T> {}

@@ -1,0 +1,84 @@
+//! Publish live data to many listeners.
+//!
+//! A *store* holds data; *subscribers* listen to it; whatever is submitted reaches them.
+//! storecast is a Rust take on the data stores of Tornadose, with two semantics:
+//!
+//! - **Latest value** ([`DataStore`]): subscribers see the newest value. A new subscriber
+//!   gets the current value first; values submitted faster than it reads may be skipped,
+//!   but it never sees one twice or out of order, and always ends with the last.
+//! - **Queue** ([`QueueStore`]): every subscriber gets every message submitted after it
+//!   subscribed, in order, none missed, from a bounded ring shared by all subscribers.
+//!   When the slowest subscriber is a whole ring behind, an explicit [`Overflow`] policy
+//!   decides: wait (lossless), drop the oldest and tell the laggard, or disconnect it.
+//!
+//! Every message has a [`Position`] that only grows; a subscriber can resume after a
+//! position it saw (SSE `Last-Event-ID`) with [`Start::After`]. Subscribers are
+//! [`Stream`](futures_core::Stream)s of [`Item`]s; dropping one deregisters it. After
+//! [`close`](Store::close), subscribers receive what is left and then their streams end.
+//! Values are shared (`Arc`), never cloned per subscriber, so `T` needs no `Clone`.
+//!
+//! The crate names no runtime: it runs on Tokio, async-std, smol or any executor. The
+//! adapter crates (`storecast-tokio`, `storecast-async-std`, `storecast-redis`) add
+//! runtime tasks, HTTP handlers and Redis-backed stores on top.
+//!
+//! ```
+//! use futures_lite::{future::block_on, StreamExt};
+//! use storecast::{QueueStore, Store};
+//!
+//! let store = QueueStore::new(64);
+//! let mut subscriber = store.subscribe();
+//! block_on(async {
+//!     store.submit("hello").await.unwrap();
+//!     let message = subscriber.next().await.unwrap().unwrap();
+//!     assert_eq!((*message, message.position().get()), ("hello", 1));
+//! });
+//! ```
+//!
+//! # Features
+//!
+//! | feature | default | what you get |
+//! |---|---|---|
+//! | `std` | yes | `alloc`, plus operating-system locks (parking instead of spinning) |
+//! | `alloc` | via `std` | [`DataStore`], [`QueueStore`], the [`Store`] trait, `event-listener` wake-ups; no `std` needed |
+//! | `conformance` | no | [`conformance`]: the executor-agnostic checks any store must pass |
+//!
+//! Without `std` the locks spin; every critical section is a few assignments and never
+//! runs user code.
+
+#![no_std]
+#![warn(missing_docs, missing_debug_implementations)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
+
+mod error;
+mod overflow;
+mod position;
+
+pub use error::{RecvError, SubmitError, TrySubmitError};
+pub use overflow::Overflow;
+pub use position::{Position, Start};
+
+#[cfg(feature = "alloc")]
+mod data_store;
+#[cfg(feature = "alloc")]
+mod queue_store;
+#[cfg(feature = "alloc")]
+mod store;
+#[cfg(feature = "alloc")]
+mod sync;
+#[cfg(feature = "alloc")]
+mod wait;
+
+#[cfg(feature = "alloc")]
+pub use data_store::{DataStore, DataSubscriber};
+#[cfg(feature = "alloc")]
+pub use queue_store::{QueueStore, QueueSubscriber};
+#[cfg(feature = "alloc")]
+pub use store::{Item, Message, Store};
+
+#[cfg(feature = "conformance")]
+pub mod conformance;

@@ -1,0 +1,527 @@
+//! The queue store: every subscriber gets every message, in order, from a bounded ring
+//! shared by all of them.
+
+use alloc::boxed::Box;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::fmt;
+use core::future::Future;
+use core::pin::Pin;
+use core::task::{Context, Poll};
+
+use event_listener::{Event, EventListener};
+use futures_core::Stream;
+
+use crate::store::{Item, Message, Store};
+use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
+use crate::wait::poll_until;
+use crate::{Overflow, Position, RecvError, Start, SubmitError, TrySubmitError};
+
+/// A queue store (Tornadose's `QueueStore`, with bounded memory): every subscriber gets
+/// every message submitted after it subscribed, in order, none twice.
+///
+/// # Memory
+///
+/// A ring keeps the last `capacity` messages, shared by all subscribers: a value is stored
+/// once (in an `Arc`) however many subscribers read it, so `T` needs no `Clone`.
+///
+/// # Overflow
+///
+/// When the slowest subscriber is `capacity` messages behind, the store's [`Overflow`]
+/// policy decides, and never silently:
+///
+/// - [`Overflow::Wait`] (the default, lossless): [`submit`](QueueStore::submit) waits for
+///   room; [`try_submit`](QueueStore::try_submit) reports [`TrySubmitError::Full`].
+/// - [`Overflow::DropOldest`]: the oldest message is overwritten; the laggard's next item
+///   is [`RecvError::Lagged`] with how many it missed, then it goes on.
+/// - [`Overflow::Disconnect`]: the laggard's next item is [`RecvError::FellBehind`], then
+///   its stream ends.
+///
+/// A dropped subscriber is deregistered at once: it never holds up a waiting submitter.
+///
+/// # Resuming
+///
+/// [`subscribe_from`](QueueStore::subscribe_from) starts at a retained position, or at the
+/// oldest retained message; asking for a position that is gone yields
+/// [`RecvError::Lagged`] with the number lost first, then the oldest retained message.
+///
+/// # Closing
+///
+/// After [`close`](QueueStore::close), submits are refused (waiting ones too, with their
+/// message handed back); subscribers read what is left, then their streams end.
+///
+/// # Example
+///
+/// ```
+/// use futures_lite::{future::block_on, StreamExt};
+/// use storecast::{Overflow, QueueStore};
+///
+/// let store = QueueStore::with_overflow(16, Overflow::Wait);
+/// let mut subscriber = store.subscribe();
+///
+/// block_on(async {
+///     for word in ["every", "message", "in", "order"] {
+///         store.submit(word).await.unwrap();
+///     }
+///     store.close();
+///
+///     let mut words = Vec::new();
+///     while let Some(item) = subscriber.next().await {
+///         words.push(*item.unwrap());
+///     }
+///     assert_eq!(words, ["every", "message", "in", "order"]);
+/// });
+/// ```
+pub struct QueueStore<T> {
+    shared: Arc<Shared<T>>,
+}
+
+struct Shared<T> {
+    /// The ring: message at position `p` lives in slot `p % capacity`.
+    slots: Box<[Mutex<Slot<T>>]>,
+    /// The position of the newest message. Written only under `state`; read without a
+    /// lock by subscribers to tell whether anything is new.
+    last: AtomicU64,
+    /// Serialises submitters with (de)registration of subscribers, so that a slot's
+    /// `unread` count always matches the subscribers that still have to read it.
+    state: Mutex<State>,
+    /// Mirrors `State::closed` for lock-free checks by subscribers.
+    closed: AtomicBool,
+    /// Wakes subscribers: a message was published or the store closed.
+    published: Event,
+    /// Wakes waiting submitters: a slot was freed, a subscriber left, or the store closed.
+    freed: Event,
+    /// What happens when the slowest subscriber is `capacity` behind.
+    overflow: Overflow,
+    /// Live subscribers, for `subscriber_count` without the lock.
+    subscribers: AtomicUsize,
+}
+
+struct State {
+    /// Subscribers that every newly submitted message must wait for (under `Wait`).
+    subscribers: usize,
+    /// Set once by `close`.
+    closed: bool,
+}
+
+struct Slot<T> {
+    /// The position of the message held (0: never written).
+    position: u64,
+    value: Option<Arc<T>>,
+    /// Under `Overflow::Wait`: subscribers that have yet to read this message. The slot
+    /// may be overwritten only when it reaches zero.
+    unread: usize,
+}
+
+impl<T> QueueStore<T> {
+    /// A lossless queue ([`Overflow::Wait`]) retaining the last `capacity` messages.
+    ///
+    /// # Panics
+    ///
+    /// If `capacity` is zero.
+    pub fn new(capacity: usize) -> Self {
+        QueueStore::with_overflow(capacity, Overflow::Wait)
+    }
+
+    /// A queue retaining the last `capacity` messages, with the given overflow policy.
+    ///
+    /// # Panics
+    ///
+    /// If `capacity` is zero.
+    pub fn with_overflow(capacity: usize, overflow: Overflow) -> Self {
+        assert!(capacity > 0, "a QueueStore needs a capacity of at least 1");
+        let slots: Vec<_> = (0..capacity)
+            .map(|_| {
+                Mutex::new(Slot {
+                    position: 0,
+                    value: None,
+                    unread: 0,
+                })
+            })
+            .collect();
+        QueueStore {
+            shared: Arc::new(Shared {
+                slots: slots.into_boxed_slice(),
+                last: AtomicU64::new(0),
+                state: Mutex::new(State {
+                    subscribers: 0,
+                    closed: false,
+                }),
+                closed: AtomicBool::new(false),
+                published: Event::new(),
+                freed: Event::new(),
+                overflow,
+                subscribers: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// How many messages the ring retains.
+    pub fn capacity(&self) -> usize {
+        self.shared.slots.len()
+    }
+
+    /// The store's overflow policy.
+    pub fn overflow(&self) -> Overflow {
+        self.shared.overflow
+    }
+
+    /// The position of the newest message ([`Position::ZERO`] if none yet).
+    pub fn last_position(&self) -> Position {
+        Position::new(self.shared.last.load(Ordering::Acquire))
+    }
+
+    /// Submits a message, waiting for room under [`Overflow::Wait`]; never waits under the
+    /// other policies. Returns the message's position, or hands it back once the store is
+    /// closed.
+    pub async fn submit(&self, value: T) -> Result<Position, SubmitError<T>> {
+        self.submit_arc(Arc::new(value))
+            .await
+            .map_err(|e| SubmitError::Closed(unwrap_unshared(e.into_inner())))
+    }
+
+    /// Submits an already shared value; see [`submit`](QueueStore::submit).
+    pub async fn submit_arc(&self, value: Arc<T>) -> Result<Position, SubmitError<Arc<T>>> {
+        let mut value = Some(value);
+        let mut listener = None;
+        core::future::poll_fn(|cx| {
+            poll_until(&self.shared.freed, &mut listener, cx, || {
+                let v = value.take().expect("polled after completion");
+                match self.shared.try_publish(v) {
+                    Ok(position) => Some(Ok(position)),
+                    Err(TrySubmitError::Closed(v)) => Some(Err(SubmitError::Closed(v))),
+                    Err(TrySubmitError::Full(v)) => {
+                        value = Some(v);
+                        None
+                    }
+                }
+            })
+        })
+        .await
+    }
+
+    /// Submits a message if there is room now; under [`Overflow::Wait`] a full queue hands
+    /// it back in [`TrySubmitError::Full`].
+    pub fn try_submit(&self, value: T) -> Result<Position, TrySubmitError<T>> {
+        self.shared
+            .try_publish(Arc::new(value))
+            .map_err(|e| match e {
+                TrySubmitError::Full(v) => TrySubmitError::Full(unwrap_unshared(v)),
+                TrySubmitError::Closed(v) => TrySubmitError::Closed(unwrap_unshared(v)),
+            })
+    }
+
+    /// Subscribes as a new subscriber: messages submitted from now on.
+    pub fn subscribe(&self) -> QueueSubscriber<T> {
+        self.subscribe_from(Start::Now)
+    }
+
+    /// Subscribes from `start`: now, the oldest retained message, or right after a
+    /// position. A position no longer retained yields [`RecvError::Lagged`] first.
+    pub fn subscribe_from(&self, start: Start) -> QueueSubscriber<T> {
+        let shared = &*self.shared;
+        let mut state = shared.state.lock();
+        let last = shared.last.load(Ordering::Relaxed);
+        let oldest = shared.oldest_retained(last);
+        let wanted = match start {
+            Start::Now => last + 1,
+            Start::Oldest => oldest,
+            Start::After(p) => p.get().min(last) + 1,
+        };
+        let next = wanted.max(oldest);
+        if shared.overflow == Overflow::Wait {
+            // The backlog this subscriber will read must wait for it too.
+            for position in next..=last {
+                shared.slot(position).unread += 1;
+            }
+        }
+        state.subscribers += 1;
+        shared.subscribers.fetch_add(1, Ordering::Relaxed);
+        drop(state);
+        QueueSubscriber {
+            shared: Arc::clone(&self.shared),
+            cursor: Cursor {
+                next,
+                missed: next - wanted,
+                ended: false,
+                registered: true,
+            },
+            listener: None,
+        }
+    }
+
+    /// Closes the store: submits are refused from now on (waiting ones too); subscribers
+    /// read what is left, then their streams end.
+    pub fn close(&self) {
+        let shared = &*self.shared;
+        let mut state = shared.state.lock();
+        if state.closed {
+            return;
+        }
+        state.closed = true;
+        shared.closed.store(true, Ordering::Release);
+        drop(state);
+        shared.published.notify(usize::MAX);
+        shared.freed.notify(usize::MAX);
+    }
+
+    /// Whether the store is closed.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// How many subscribers are registered now.
+    pub fn subscriber_count(&self) -> usize {
+        self.shared.subscribers.load(Ordering::Relaxed)
+    }
+}
+
+impl<T> Shared<T> {
+    fn slot(&self, position: u64) -> MutexGuard<'_, Slot<T>> {
+        self.slots[(position % self.slots.len() as u64) as usize].lock()
+    }
+
+    /// The oldest position the ring still holds when `last` is the newest (`last + 1`
+    /// when it holds nothing).
+    fn oldest_retained(&self, last: u64) -> u64 {
+        (last + 1).saturating_sub(self.slots.len() as u64).max(1)
+    }
+
+    fn try_publish(&self, value: Arc<T>) -> Result<Position, TrySubmitError<Arc<T>>> {
+        let state = self.state.lock();
+        if state.closed {
+            return Err(TrySubmitError::Closed(value));
+        }
+        let position = self.last.load(Ordering::Relaxed) + 1;
+        let mut slot = self.slot(position);
+        if self.overflow == Overflow::Wait && slot.unread > 0 {
+            return Err(TrySubmitError::Full(value));
+        }
+        slot.position = position;
+        slot.unread = state.subscribers;
+        let replaced = slot.value.replace(value);
+        drop(slot);
+        // Published after the slot is written, so a subscriber that sees `last` finds it.
+        self.last.store(position, Ordering::Release);
+        drop(state);
+        // The overwritten value's destructor runs outside the locks.
+        drop(replaced);
+        self.published.notify(usize::MAX);
+        Ok(Position::new(position))
+    }
+}
+
+/// Recovers a value that was never shared with anyone.
+fn unwrap_unshared<T>(value: Arc<T>) -> T {
+    Arc::try_unwrap(value)
+        .ok()
+        .expect("a value refused by the store was never shared")
+}
+
+/// Another handle to the same store.
+impl<T> Clone for QueueStore<T> {
+    fn clone(&self) -> Self {
+        QueueStore {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<T> fmt::Debug for QueueStore<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueueStore")
+            .field("capacity", &self.capacity())
+            .field("overflow", &self.overflow())
+            .field("last", &self.last_position())
+            .field("subscribers", &self.subscriber_count())
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+impl<T: Send + Sync + 'static> Store for QueueStore<T> {
+    type Value = T;
+    type Subscriber = QueueSubscriber<T>;
+
+    fn submit(&self, value: T) -> impl Future<Output = Result<Position, SubmitError<T>>> + Send {
+        QueueStore::submit(self, value)
+    }
+
+    fn try_submit(&self, value: T) -> Result<Position, TrySubmitError<T>> {
+        QueueStore::try_submit(self, value)
+    }
+
+    fn subscribe_from(&self, start: Start) -> QueueSubscriber<T> {
+        QueueStore::subscribe_from(self, start)
+    }
+
+    fn close(&self) {
+        QueueStore::close(self)
+    }
+
+    fn is_closed(&self) -> bool {
+        QueueStore::is_closed(self)
+    }
+
+    fn subscriber_count(&self) -> usize {
+        QueueStore::subscriber_count(self)
+    }
+}
+
+/// A subscription to a [`QueueStore`]: a [`Stream`] of every message in order, with lag
+/// reported as [`RecvError`] items. Dropping it deregisters it.
+pub struct QueueSubscriber<T> {
+    shared: Arc<Shared<T>>,
+    cursor: Cursor,
+    /// Registered while waiting for a message.
+    listener: Option<EventListener>,
+}
+
+/// Where a subscriber is in the ring.
+#[derive(Debug)]
+struct Cursor {
+    /// The position this subscriber reads next.
+    next: u64,
+    /// Messages lost before `next` that have not been reported yet.
+    missed: u64,
+    /// The stream has ended (drained a closed store, or fell behind).
+    ended: bool,
+    /// Still counted by the store (false once it fell behind and was cut off).
+    registered: bool,
+}
+
+/// What one read attempt found.
+enum Read<T> {
+    Item(Item<T>),
+    Empty,
+    Ended,
+}
+
+impl<T> QueueSubscriber<T> {
+    /// The next item if one is ready, without waiting: `None` when there is nothing new
+    /// (or the stream has ended).
+    pub fn try_next(&mut self) -> Option<Item<T>> {
+        match self.shared.read(&mut self.cursor) {
+            Read::Item(item) => Some(item),
+            Read::Empty | Read::Ended => None,
+        }
+    }
+
+    /// The position of the next message this subscriber will read.
+    pub fn next_position(&self) -> Position {
+        Position::new(self.cursor.next)
+    }
+}
+
+impl<T> Shared<T> {
+    fn read(&self, cursor: &mut Cursor) -> Read<T> {
+        if cursor.ended {
+            return Read::Ended;
+        }
+        if cursor.missed > 0 {
+            let missed = core::mem::take(&mut cursor.missed);
+            return Read::Item(Err(RecvError::Lagged { missed }));
+        }
+        if cursor.next > self.last.load(Ordering::Acquire) {
+            // Closed is checked before `last` is read again: `close` happens after every
+            // accepted submit, so closed-then-nothing-new means nothing more will come.
+            if self.closed.load(Ordering::Acquire)
+                && cursor.next > self.last.load(Ordering::Acquire)
+            {
+                cursor.ended = true;
+                return Read::Ended;
+            }
+            return Read::Empty;
+        }
+        let mut slot = self.slot(cursor.next);
+        if slot.position == cursor.next {
+            let value = Arc::clone(slot.value.as_ref().expect("a written slot holds a value"));
+            let freed = if self.overflow == Overflow::Wait {
+                slot.unread -= 1;
+                slot.unread == 0
+            } else {
+                false
+            };
+            drop(slot);
+            if freed {
+                self.freed.notify(usize::MAX);
+            }
+            let message = Message::from_arc(Position::new(cursor.next), value);
+            cursor.next += 1;
+            return Read::Item(Ok(message));
+        }
+        drop(slot);
+        // The slot holds a newer message: under a lossy policy the ring moved on without us.
+        match self.overflow {
+            Overflow::DropOldest => {
+                let oldest = self.oldest_retained(self.last.load(Ordering::Acquire));
+                let missed = oldest - cursor.next;
+                cursor.next = oldest;
+                Read::Item(Err(RecvError::Lagged { missed }))
+            }
+            Overflow::Disconnect => {
+                cursor.ended = true;
+                self.deregister(cursor);
+                Read::Item(Err(RecvError::FellBehind {
+                    capacity: self.slots.len(),
+                }))
+            }
+            Overflow::Wait => unreachable!("a lossless ring never overwrites an unread message"),
+        }
+    }
+
+    /// Removes a subscriber from the store's accounting (once).
+    fn deregister(&self, cursor: &mut Cursor) {
+        if !core::mem::replace(&mut cursor.registered, false) {
+            return;
+        }
+        let mut state = self.state.lock();
+        state.subscribers -= 1;
+        self.subscribers.fetch_sub(1, Ordering::Relaxed);
+        if self.overflow == Overflow::Wait {
+            // Release the messages this subscriber was counted in but will never read.
+            let last = self.last.load(Ordering::Relaxed);
+            for position in cursor.next..=last {
+                let mut slot = self.slot(position);
+                if slot.position == position {
+                    slot.unread -= 1;
+                }
+            }
+        }
+        drop(state);
+        self.freed.notify(usize::MAX);
+    }
+}
+
+impl<T> Stream for QueueSubscriber<T> {
+    type Item = Item<T>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item<T>>> {
+        let QueueSubscriber {
+            shared,
+            cursor,
+            listener,
+        } = self.get_mut();
+        poll_until(&shared.published, listener, cx, || {
+            match shared.read(cursor) {
+                Read::Item(item) => Some(Some(item)),
+                Read::Ended => Some(None),
+                Read::Empty => None,
+            }
+        })
+    }
+}
+
+impl<T> Drop for QueueSubscriber<T> {
+    fn drop(&mut self) {
+        self.shared.deregister(&mut self.cursor);
+    }
+}
+
+impl<T> fmt::Debug for QueueSubscriber<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueueSubscriber")
+            .field("cursor", &self.cursor)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,134 @@
+//! The `Store` trait every store implements, and the `Message` its subscribers receive.
+
+use alloc::sync::Arc;
+use core::fmt;
+use core::future::Future;
+use core::ops::Deref;
+
+use futures_core::Stream;
+
+use crate::{Position, RecvError, Start, SubmitError, TrySubmitError};
+
+/// A message as a subscriber receives it: the value, shared with every other subscriber
+/// (never cloned), and its [`Position`].
+///
+/// ```
+/// use storecast::{Message, Position};
+///
+/// let m = Message::new(Position::new(7), "hello");
+/// assert_eq!(*m, "hello");
+/// assert_eq!(m.position(), Position::new(7));
+/// ```
+pub struct Message<T> {
+    position: Position,
+    value: Arc<T>,
+}
+
+impl<T> Message<T> {
+    /// A message at `position` holding `value`.
+    pub fn new(position: Position, value: T) -> Self {
+        Message::from_arc(position, Arc::new(value))
+    }
+
+    /// A message at `position` sharing an already shared value.
+    pub fn from_arc(position: Position, value: Arc<T>) -> Self {
+        Message { position, value }
+    }
+
+    /// Where this message sits in its store.
+    pub fn position(&self) -> Position {
+        self.position
+    }
+
+    /// The shared value.
+    pub fn value(&self) -> &Arc<T> {
+        &self.value
+    }
+
+    /// The shared value, giving up the message.
+    pub fn into_arc(self) -> Arc<T> {
+        self.value
+    }
+}
+
+impl<T> Clone for Message<T> {
+    fn clone(&self) -> Self {
+        Message {
+            position: self.position,
+            value: Arc::clone(&self.value),
+        }
+    }
+}
+
+impl<T> Deref for Message<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for Message<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Message")
+            .field("position", &self.position)
+            .field("value", &self.value)
+            .finish()
+    }
+}
+
+impl<T: PartialEq> PartialEq for Message<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.position == other.position && self.value == other.value
+    }
+}
+
+impl<T: Eq> Eq for Message<T> {}
+
+/// What a subscriber's stream yields: a message, or news that it missed some.
+pub type Item<T> = Result<Message<T>, RecvError>;
+
+/// A store: something that holds data and sends what is submitted to its subscribers
+/// (Tornadose's `BaseStore`).
+///
+/// Two semantics implement it in this crate: latest value ([`DataStore`](crate::DataStore))
+/// and queue ([`QueueStore`](crate::QueueStore)); adapters add stores with other transports
+/// (Redis). Code written against `Store` — an HTTP handler, a forwarding task, the
+/// [conformance suite](crate::conformance) — works with any of them.
+///
+/// Subscribers are [`Stream`]s of [`Item`]s; dropping one deregisters it. After
+/// [`close`](Store::close), subscribers receive what is left and then their streams end.
+pub trait Store: Send + Sync {
+    /// The type of the values submitted. Shared with subscribers, so it needs no `Clone`.
+    type Value: Send + Sync + 'static;
+
+    /// A subscription: a stream of messages (or lag reports) that deregisters on drop.
+    type Subscriber: Stream<Item = Item<Self::Value>> + Send + Unpin + 'static;
+
+    /// Submits a message, waiting for room if the store's policy is to wait. Returns the
+    /// message's position, or hands it back if the store is closed.
+    fn submit(
+        &self,
+        value: Self::Value,
+    ) -> impl Future<Output = Result<Position, SubmitError<Self::Value>>> + Send;
+
+    /// Submits a message if that can be done without waiting.
+    fn try_submit(&self, value: Self::Value) -> Result<Position, TrySubmitError<Self::Value>>;
+
+    /// Subscribes from `start`; see [`Start`] for what each choice yields first.
+    fn subscribe_from(&self, start: Start) -> Self::Subscriber;
+
+    /// Subscribes as a new subscriber ([`Start::Now`]).
+    fn subscribe(&self) -> Self::Subscriber {
+        self.subscribe_from(Start::Now)
+    }
+
+    /// Closes the store: submits are refused from now on; subscribers receive what is left,
+    /// then their streams end. Closing twice does nothing.
+    fn close(&self);
+
+    /// Whether [`close`](Store::close) has been called.
+    fn is_closed(&self) -> bool;
+
+    /// How many subscribers are registered now.
+    fn subscriber_count(&self) -> usize;
+}

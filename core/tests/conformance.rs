@@ -1,0 +1,43 @@
+//! The in-memory stores pass the conformance suite on a minimal executor.
+
+use core::time::Duration;
+
+use futures_lite::future::block_on;
+use storecast::conformance::{self, Harness, LatestFactory, QueueFactory};
+use storecast::{DataStore, Overflow, QueueStore};
+
+struct InMemory;
+
+impl Harness for InMemory {
+    async fn sleep(&self, duration: Duration) {
+        conformance::thread_sleep(duration).await
+    }
+}
+
+impl LatestFactory for InMemory {
+    type Store = DataStore<String>;
+    async fn latest_store(&self) -> Self::Store {
+        DataStore::new()
+    }
+}
+
+impl QueueFactory for InMemory {
+    type Store = QueueStore<String>;
+    async fn queue_store(&self, capacity: usize, overflow: Overflow) -> Option<Self::Store> {
+        Some(QueueStore::with_overflow(capacity, overflow))
+    }
+}
+
+#[test]
+fn data_store_passes_the_latest_value_suite() {
+    let report = block_on(conformance::check_latest(&InMemory)).unwrap_or_else(|f| panic!("{f}"));
+    assert!(report.skipped.is_empty(), "skipped: {:?}", report.skipped);
+    assert!(report.passed.len() >= 7, "ran only {:?}", report.passed);
+}
+
+#[test]
+fn queue_store_passes_the_queue_suite_with_every_policy() {
+    let report = block_on(conformance::check_queue(&InMemory)).unwrap_or_else(|f| panic!("{f}"));
+    assert!(report.skipped.is_empty(), "skipped: {:?}", report.skipped);
+    assert!(report.passed.len() >= 12, "ran only {:?}", report.passed);
+}
