@@ -10,8 +10,9 @@ use core::task::{Context, Poll};
 use event_listener::{Event, EventListener};
 use futures_core::Stream;
 
+use crate::slot::{Slot, WRITING};
 use crate::store::{Item, Message, Store};
-use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering};
+use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Backoff, Mutex, Ordering};
 use crate::wait::poll_until;
 use crate::{Position, Start, SubmitError, TrySubmitError};
 
@@ -61,11 +62,14 @@ pub struct DataStore<T> {
 }
 
 struct Shared<T> {
-    /// The current value and its position; `None` until the first submit.
-    current: Mutex<Option<Message<T>>>,
-    /// The position of `current`, readable without the lock so that a subscriber can tell
-    /// whether anything is new with a single load.
+    /// The current value and its position (0 until the first submit). Readers clone it
+    /// without a lock; see `slot.rs`.
+    current: Slot<T>,
+    /// The position of `current`, published after the value is in place, so that a
+    /// subscriber can tell whether anything is new with a single load.
     position: AtomicU64,
+    /// Serialises submitters with each other and with `close`.
+    submitting: Mutex<()>,
     /// Set once by `close`; checked by subscribers after they find nothing new.
     closed: AtomicBool,
     /// Wakes subscribers when a value is submitted or the store closes.
@@ -89,8 +93,9 @@ impl<T> DataStore<T> {
         let position = current.as_ref().map_or(0, |m| m.position().get());
         DataStore {
             shared: Arc::new(Shared {
-                current: Mutex::new(current),
+                current: Slot::new(position, current.map(Message::into_arc)),
                 position: AtomicU64::new(position),
+                submitting: Mutex::new(()),
                 closed: AtomicBool::new(false),
                 changed: Event::new(),
                 subscribers: AtomicUsize::new(0),
@@ -109,16 +114,16 @@ impl<T> DataStore<T> {
     pub fn submit_arc(&self, value: Arc<T>) -> Result<Position, Arc<T>> {
         let shared = &*self.shared;
         let (position, replaced) = {
-            let mut current = shared.current.lock();
+            let _submitting = shared.submitting.lock();
             // Checked under the lock so that no submit lands after `close` has woken
             // everyone for the last time.
             if shared.closed.load(Ordering::Relaxed) {
                 return Err(value);
             }
             let position = Position::new(shared.position.load(Ordering::Relaxed) + 1);
-            let replaced = current.replace(Message::from_arc(position, value));
+            let replaced = shared.current.write_guarded(position.get(), value);
             // Published after the value is in place: a subscriber that sees the new
-            // position and takes the lock finds a value at least this new.
+            // position finds a value at least this new.
             shared.position.store(position.get(), Ordering::Release);
             (position, replaced)
         };
@@ -130,7 +135,7 @@ impl<T> DataStore<T> {
 
     /// The current value and its position, without subscribing.
     pub fn current(&self) -> Option<Message<T>> {
-        self.shared.current.lock().clone()
+        self.shared.load()
     }
 
     /// Subscribes as a new subscriber: the current value first, then newer ones.
@@ -159,7 +164,7 @@ impl<T> DataStore<T> {
     /// have not seen it, then their streams end.
     pub fn close(&self) {
         let shared = &*self.shared;
-        let _current = shared.current.lock();
+        let _submitting = shared.submitting.lock();
         if !shared.closed.swap(true, Ordering::Release) {
             shared.changed.notify(usize::MAX);
         }
@@ -266,12 +271,26 @@ impl<T> DataSubscriber<T> {
 }
 
 impl<T> Shared<T> {
+    /// The current value, if any.
+    fn load(&self) -> Option<Message<T>> {
+        let mut backoff = Backoff::default();
+        loop {
+            match self.current.read_guarded(None) {
+                Ok((position, value)) => {
+                    return Some(Message::from_arc(Position::new(position), value));
+                }
+                Err(WRITING) => backoff.snooze(),
+                Err(_) => return None,
+            }
+        }
+    }
+
     /// The current value if it is newer than `seen`, which then moves up to it.
     fn newer_than(&self, seen: &mut u64) -> Option<Message<T>> {
         if self.position.load(Ordering::Acquire) <= *seen {
             return None;
         }
-        let message = self.current.lock().clone()?;
+        let message = self.load()?;
         *seen = message.position().get();
         Some(message)
     }

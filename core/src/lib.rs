@@ -47,7 +47,7 @@
 
 #![no_std]
 #![warn(missing_docs, missing_debug_implementations)]
-#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 #[cfg(feature = "alloc")]
 extern crate alloc;
@@ -66,6 +66,8 @@ pub use position::{Position, Start};
 mod data_store;
 #[cfg(feature = "alloc")]
 mod queue_store;
+#[cfg(feature = "alloc")]
+mod slot;
 #[cfg(feature = "alloc")]
 mod store;
 #[cfg(feature = "alloc")]

@@ -12,8 +12,9 @@ use core::task::{Context, Poll};
 use event_listener::{Event, EventListener};
 use futures_core::Stream;
 
+use crate::slot::{Slot, WRITING};
 use crate::store::{Item, Message, Store};
-use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
+use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, CachePadded, Mutex, Ordering};
 use crate::wait::poll_until;
 use crate::{Overflow, Position, RecvError, Start, SubmitError, TrySubmitError};
 
@@ -77,14 +78,18 @@ pub struct QueueStore<T> {
 }
 
 struct Shared<T> {
-    /// The ring: message at position `p` lives in slot `p % capacity`.
-    slots: Box<[Mutex<Slot<T>>]>,
+    /// The ring: message at position `p` lives in slot `p % capacity`. Under `Wait`,
+    /// subscribers read slots unguarded: a slot is only overwritten once its `unread`
+    /// count is zero. Under the lossy policies they read guarded (see `slot.rs`).
+    slots: Box<[Slot<T>]>,
     /// The position of the newest message. Written only under `state`; read without a
     /// lock by subscribers to tell whether anything is new.
-    last: AtomicU64,
+    /// On a cache line of its own: every submit writes it, and the read-mostly fields
+    /// around it would otherwise miss in every subscriber's cache each time.
+    last: CachePadded<AtomicU64>,
     /// Serialises submitters with (de)registration of subscribers, so that a slot's
     /// `unread` count always matches the subscribers that still have to read it.
-    state: Mutex<State>,
+    state: CachePadded<Mutex<State>>,
     /// Mirrors `State::closed` for lock-free checks by subscribers.
     closed: AtomicBool,
     /// Wakes subscribers: a message was published or the store closed.
@@ -93,6 +98,8 @@ struct Shared<T> {
     freed: Event,
     /// What happens when the slowest subscriber is `capacity` behind.
     overflow: Overflow,
+    /// Under `Wait`, a reader that frees a slot at a multiple of this wakes submitters.
+    wake_every: u64,
     /// Live subscribers, for `subscriber_count` without the lock.
     subscribers: AtomicUsize,
 }
@@ -102,15 +109,6 @@ struct State {
     subscribers: usize,
     /// Set once by `close`.
     closed: bool,
-}
-
-struct Slot<T> {
-    /// The position of the message held (0: never written).
-    position: u64,
-    value: Option<Arc<T>>,
-    /// Under `Overflow::Wait`: subscribers that have yet to read this message. The slot
-    /// may be overwritten only when it reaches zero.
-    unread: usize,
 }
 
 impl<T> QueueStore<T> {
@@ -130,27 +128,20 @@ impl<T> QueueStore<T> {
     /// If `capacity` is zero.
     pub fn with_overflow(capacity: usize, overflow: Overflow) -> Self {
         assert!(capacity > 0, "a QueueStore needs a capacity of at least 1");
-        let slots: Vec<_> = (0..capacity)
-            .map(|_| {
-                Mutex::new(Slot {
-                    position: 0,
-                    value: None,
-                    unread: 0,
-                })
-            })
-            .collect();
+        let slots: Vec<_> = (0..capacity).map(|_| Slot::new(0, None)).collect();
         QueueStore {
             shared: Arc::new(Shared {
                 slots: slots.into_boxed_slice(),
-                last: AtomicU64::new(0),
-                state: Mutex::new(State {
+                last: CachePadded(AtomicU64::new(0)),
+                state: CachePadded(Mutex::new(State {
                     subscribers: 0,
                     closed: false,
-                }),
+                })),
                 closed: AtomicBool::new(false),
                 published: Event::new(),
                 freed: Event::new(),
                 overflow,
+                wake_every: (capacity as u64 / 8).max(1),
                 subscribers: AtomicUsize::new(0),
             }),
         }
@@ -232,7 +223,7 @@ impl<T> QueueStore<T> {
         if shared.overflow == Overflow::Wait {
             // The backlog this subscriber will read must wait for it too.
             for position in next..=last {
-                shared.slot(position).unread += 1;
+                shared.slot(position).unread.fetch_add(1, Ordering::Relaxed);
             }
         }
         state.subscribers += 1;
@@ -277,8 +268,8 @@ impl<T> QueueStore<T> {
 }
 
 impl<T> Shared<T> {
-    fn slot(&self, position: u64) -> MutexGuard<'_, Slot<T>> {
-        self.slots[(position % self.slots.len() as u64) as usize].lock()
+    fn slot(&self, position: u64) -> &Slot<T> {
+        &self.slots[(position % self.slots.len() as u64) as usize]
     }
 
     /// The oldest position the ring still holds when `last` is the newest (`last + 1`
@@ -293,14 +284,22 @@ impl<T> Shared<T> {
             return Err(TrySubmitError::Closed(value));
         }
         let position = self.last.load(Ordering::Relaxed) + 1;
-        let mut slot = self.slot(position);
-        if self.overflow == Overflow::Wait && slot.unread > 0 {
-            return Err(TrySubmitError::Full(value));
-        }
-        slot.position = position;
-        slot.unread = state.subscribers;
-        let replaced = slot.value.replace(value);
-        drop(slot);
+        let slot = self.slot(position);
+        let replaced = if self.overflow == Overflow::Wait {
+            // Acquire: every reader's clone of the old value happened before its
+            // decrement, so before this overwrite.
+            if slot.unread.load(Ordering::Acquire) > 0 {
+                return Err(TrySubmitError::Full(value));
+            }
+            // Set before the position is published, so no reader decrements it early.
+            slot.unread.store(state.subscribers, Ordering::Relaxed);
+            // SAFETY: `unread` is zero, so every subscriber counted in the old message has
+            // read it or left; under `Wait` nobody reads guarded; submitters are
+            // serialised by `state`.
+            unsafe { slot.write_exclusive(position, value) }
+        } else {
+            slot.write_guarded(position, value)
+        };
         // Published after the slot is written, so a subscriber that sees `last` finds it.
         self.last.store(position, Ordering::Release);
         drop(state);
@@ -433,25 +432,37 @@ impl<T> Shared<T> {
             }
             return Read::Empty;
         }
-        let mut slot = self.slot(cursor.next);
-        if slot.position == cursor.next {
-            let value = Arc::clone(slot.value.as_ref().expect("a written slot holds a value"));
-            let freed = if self.overflow == Overflow::Wait {
-                slot.unread -= 1;
-                slot.unread == 0
-            } else {
-                false
-            };
-            drop(slot);
-            if freed {
+        let slot = self.slot(cursor.next);
+        let value = if self.overflow == Overflow::Wait {
+            // SAFETY: this subscriber is counted in the slot's `unread` until the decrement
+            // below, and `cursor.next <= last` (acquired) is published in it.
+            let value = unsafe { slot.read_unguarded(cursor.next) };
+            // A waiting submitter is woken only every `wake_every` freed slots: waking it
+            // for each one would cost a task switch per message once the queue is full.
+            // Slots free in position order, so a boundary is always freed after any slot
+            // before it.
+            if slot.unread.fetch_sub(1, Ordering::AcqRel) == 1 && cursor.next % self.wake_every == 0
+            {
                 self.freed.notify(usize::MAX);
             }
-            let message = Message::from_arc(Position::new(cursor.next), value);
-            cursor.next += 1;
-            return Read::Item(Ok(message));
-        }
-        drop(slot);
-        // The slot holds a newer message: under a lossy policy the ring moved on without us.
+            value
+        } else {
+            match slot.read_guarded(Some(cursor.next)) {
+                Ok((_, value)) => value,
+                Err(held) => {
+                    debug_assert!(held == WRITING || held > cursor.next);
+                    return self.lagged(cursor);
+                }
+            }
+        };
+        let message = Message::from_arc(Position::new(cursor.next), value);
+        cursor.next += 1;
+        Read::Item(Ok(message))
+    }
+
+    /// The slot `cursor` wants was overwritten: under a lossy policy the ring moved on
+    /// without this subscriber.
+    fn lagged(&self, cursor: &mut Cursor) -> Read<T> {
         match self.overflow {
             Overflow::DropOldest => {
                 let oldest = self.oldest_retained(self.last.load(Ordering::Acquire));
@@ -482,10 +493,7 @@ impl<T> Shared<T> {
             // Release the messages this subscriber was counted in but will never read.
             let last = self.last.load(Ordering::Relaxed);
             for position in cursor.next..=last {
-                let mut slot = self.slot(position);
-                if slot.position == position {
-                    slot.unread -= 1;
-                }
+                self.slot(position).unread.fetch_sub(1, Ordering::Release);
             }
         }
         drop(state);
