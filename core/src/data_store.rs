@@ -10,9 +10,9 @@ use core::task::{Context, Poll};
 use event_listener::{Event, EventListener};
 use futures_core::Stream;
 
-use crate::slot::{Slot, WRITING};
+use crate::slot::{Miss, Slot};
 use crate::store::{Item, Message, Store};
-use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Backoff, Mutex, Ordering};
+use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering};
 use crate::wait::poll_until;
 use crate::{Position, Start, SubmitError, TrySubmitError};
 
@@ -273,14 +273,13 @@ impl<T> DataSubscriber<T> {
 impl<T> Shared<T> {
     /// The current value, if any.
     fn load(&self) -> Option<Message<T>> {
-        let mut backoff = Backoff::default();
         loop {
             match self.current.read_guarded(None) {
                 Ok((position, value)) => {
                     return Some(Message::from_arc(Position::new(position), value));
                 }
-                Err(WRITING) => backoff.snooze(),
-                Err(_) => return None,
+                Err(Miss::Writing) => self.current.wait_written(),
+                Err(Miss::Holds(_)) => return None,
             }
         }
     }

@@ -12,7 +12,7 @@ use core::task::{Context, Poll};
 use event_listener::{Event, EventListener};
 use futures_core::Stream;
 
-use crate::slot::{Slot, WRITING};
+use crate::slot::{Miss, Slot};
 use crate::store::{Item, Message, Store};
 use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, CachePadded, Mutex, Ordering};
 use crate::wait::poll_until;
@@ -450,7 +450,12 @@ impl<T> Shared<T> {
             match slot.read_guarded(Some(cursor.next)) {
                 Ok((_, value)) => value,
                 Err(held) => {
-                    debug_assert!(held == WRITING || held > cursor.next);
+                    // Being overwritten, or overwritten: always by a newer message, since
+                    // `cursor.next <= last` was written here already.
+                    debug_assert!(match held {
+                        Miss::Writing => true,
+                        Miss::Holds(position) => position > cursor.next,
+                    });
                     return self.lagged(cursor);
                 }
             }

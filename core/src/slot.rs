@@ -2,34 +2,47 @@
 //! it. Both stores are built from slots: the latest-value store is one slot, the queue a
 //! ring of them.
 //!
-//! Readers never take a lock. Two ways of reading keep them safe from the writer:
+//! Readers never block on a lock. Two ways of reading keep them safe from the writer:
 //!
-//! - **Guarded** ([`Slot::read_guarded`]): the reader announces itself in `readers`, then
-//!   checks the position; the writer marks the slot [`WRITING`], then waits for `readers`
-//!   to drain before touching the value. Both sides use `SeqCst`, so (as in Dekker's
-//!   algorithm) either the writer sees the reader and waits, or the reader sees the mark
-//!   and backs off. The wait is for an `Arc` clone in flight, a few nanoseconds.
+//! - **Guarded** ([`Slot::read_guarded`]): one atomic word, `guard`, holds the number of
+//!   readers cloning the value and a [`WRITER`] bit. A reader adds itself; if the bit was
+//!   set it backs off, otherwise it clones and removes itself. The writer sets the bit,
+//!   waits for the count to drain (a clone in flight: nanoseconds), replaces the value and
+//!   clears the bit. All of these are read-modify-writes of the same word, so they are
+//!   totally ordered: either a reader came first and the writer waits for it, or the
+//!   writer came first and the reader sees the bit. No `SeqCst` reasoning is needed.
 //! - **Unguarded** ([`Slot::read_unguarded`]): for the lossless queue, where the caller
 //!   guarantees the writer cannot replace the value while the reader is counted in the
-//!   slot's `unread` (the writer only overwrites a slot whose `unread` is zero).
+//!   slot's `unread` (the writer only overwrites a slot whose `unread` is zero). One atomic
+//!   decrement per read, and no write to the slot's own line.
 //!
-//! A loom model of both protocols is in `tests/loom.rs`.
+//! Loom models of both protocols are in `tests/loom.rs`.
 
 use alloc::sync::Arc;
 
 use crate::sync::{AtomicU64, AtomicUsize, Backoff, Ordering, UnsafeCell};
 
-/// The position a slot shows while its value is being replaced.
-pub(crate) const WRITING: u64 = u64::MAX;
+/// The bit of `guard` a writer holds while it replaces the value.
+const WRITER: usize = 1 << (usize::BITS - 1);
+
+/// Why a guarded read found no value to clone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Miss {
+    /// A writer is replacing the value (with a newer one).
+    Writing,
+    /// The slot holds another position (0: nothing yet).
+    Holds(u64),
+}
 
 /// Aligned to a cache line: subscribers on different threads update the counters of
 /// neighbouring slots at the same time, and sharing a line would make them wait.
 #[repr(align(64))]
 pub(crate) struct Slot<T> {
-    /// The position of the message held (0: none yet; `WRITING`: being replaced).
+    /// Guarded readers cloning the value, plus the `WRITER` bit.
+    guard: AtomicUsize,
+    /// The position of the message held (0: none yet). Changed only under the `WRITER`
+    /// bit (or, for the lossless queue, when `unread` is zero).
     position: AtomicU64,
-    /// Guarded readers currently cloning the value.
-    readers: AtomicUsize,
     /// Under the lossless queue: subscribers that have yet to read this message.
     pub(crate) unread: AtomicUsize,
     value: UnsafeCell<Option<Arc<T>>>,
@@ -46,43 +59,55 @@ unsafe impl<T: Send + Sync> Send for Slot<T> {}
 impl<T> Slot<T> {
     pub(crate) fn new(position: u64, value: Option<Arc<T>>) -> Self {
         Slot {
+            guard: AtomicUsize::new(0),
             position: AtomicU64::new(position),
-            readers: AtomicUsize::new(0),
             unread: AtomicUsize::new(0),
             value: UnsafeCell::new(value),
         }
     }
 
-    /// Clones the value if the slot holds `wanted` (any position if `None`); otherwise
-    /// returns the position it holds ([`WRITING`] while it is being replaced).
-    pub(crate) fn read_guarded(&self, wanted: Option<u64>) -> Result<(u64, Arc<T>), u64> {
-        self.readers.fetch_add(1, Ordering::SeqCst);
-        let position = self.position.load(Ordering::SeqCst);
-        let read = if position == WRITING || position == 0 || wanted.is_some_and(|w| w != position)
-        {
-            Err(position)
+    /// Clones the value if the slot holds `wanted` (any position if `None`).
+    pub(crate) fn read_guarded(&self, wanted: Option<u64>) -> Result<(u64, Arc<T>), Miss> {
+        // Acquire: if no writer holds the bit, the last writer's release of it happened
+        // before, so its position and value are visible.
+        if self.guard.fetch_add(1, Ordering::Acquire) & WRITER != 0 {
+            self.guard.fetch_sub(1, Ordering::Relaxed);
+            return Err(Miss::Writing);
+        }
+        let position = self.position.load(Ordering::Relaxed);
+        let read = if position == 0 || wanted.is_some_and(|w| w != position) {
+            Err(Miss::Holds(position))
         } else {
-            // SAFETY: we are counted in `readers` and saw a published position after that,
-            // so the writer either has not marked the slot yet (and will wait for us) or
-            // finished writing before publishing `position` (which we acquired).
+            // SAFETY: we are counted in `guard` and no writer held it when we joined, so
+            // the next writer waits for us before touching the value.
             let value = self.value.with(|v| unsafe { (*v).clone() });
-            Ok((position, value.expect("a published slot holds a value")))
+            Ok((position, value.expect("a written slot holds a value")))
         };
-        // Releases our clone to a writer waiting for `readers` to drain.
-        self.readers.fetch_sub(1, Ordering::Release);
+        // Release: our clone happens before the waiting writer's replacement.
+        self.guard.fetch_sub(1, Ordering::Release);
         read
+    }
+
+    /// Waits until no writer holds the slot. A guarded reader that got
+    /// [`Miss::Writing`] calls this before trying again, rather than re-announcing itself
+    /// in a loop that could keep the writer waiting.
+    pub(crate) fn wait_written(&self) {
+        let mut backoff = Backoff::default();
+        while self.guard.load(Ordering::Relaxed) & WRITER != 0 {
+            backoff.snooze();
+        }
     }
 
     /// Clones the value held at `position`, without announcing the read.
     ///
     /// # Safety
     ///
-    /// The caller must hold a count in `unread` (or otherwise stop writers) from before
-    /// this call until after it, and `position` must be published in this slot.
+    /// The caller must hold a count in `unread` from before this call until after it, and
+    /// must have acquired the publication of `position` in this slot.
     pub(crate) unsafe fn read_unguarded(&self, position: u64) -> Arc<T> {
         debug_assert_eq!(self.position.load(Ordering::Relaxed), position);
         // SAFETY: per the contract, no writer replaces the value while we read it, and the
-        // caller acquired the position (published after the value was written).
+        // value was written before its position was published.
         let value = self.value.with(|v| unsafe { (*v).clone() });
         value.expect("a published slot holds a value")
     }
@@ -92,28 +117,31 @@ impl<T> Slot<T> {
     ///
     /// Writers must be serialised by the caller.
     pub(crate) fn write_guarded(&self, position: u64, value: Arc<T>) -> Option<Arc<T>> {
-        self.position.store(WRITING, Ordering::SeqCst);
+        self.guard.fetch_or(WRITER, Ordering::Relaxed);
         let mut backoff = Backoff::default();
-        while self.readers.load(Ordering::SeqCst) != 0 {
+        // Acquire: each reader's clone happened before its releasing decrement.
+        while self.guard.load(Ordering::Acquire) != WRITER {
             backoff.snooze();
         }
-        // SAFETY: new guarded readers see `WRITING` and back off; those in flight have
-        // left (their releasing decrement is acquired by the load above). Writers are
-        // serialised by the caller, and unguarded readers only read slots whose `unread`
-        // the caller checked to be zero (lossless queue) or never exist (other uses).
+        // SAFETY: readers that joined before the bit have left, and later ones see the
+        // bit and do not touch the value. Writers are serialised by the caller, and
+        // unguarded readers never read a slot that is written with this method.
         let old = self.value.with_mut(|v| unsafe { (*v).replace(value) });
-        self.position.store(position, Ordering::Release);
+        self.position.store(position, Ordering::Relaxed);
+        // Release: the new value and position are visible to readers that join next.
+        self.guard.fetch_and(!WRITER, Ordering::Release);
         old
     }
 
-    /// Replaces the value of a slot no reader can be reading.
+    /// Replaces the value of a slot no reader can be reading, then publishes its position
+    /// (`Release`); the caller publishes it further (the queue's `last`).
     ///
     /// # Safety
     ///
-    /// No reader may be reading the value: guarded readers must be impossible for this
-    /// slot (the lossless queue reads only unguarded), and every unguarded reader must have
-    /// given up its `unread` count (the caller saw `unread == 0` with `Acquire` ordering).
-    /// Writers must be serialised by the caller.
+    /// Guarded readers must be impossible for this slot (the lossless queue reads only
+    /// unguarded), and every unguarded reader must have given up its `unread` count (the
+    /// caller saw `unread == 0` with `Acquire` ordering). Writers must be serialised by
+    /// the caller.
     pub(crate) unsafe fn write_exclusive(&self, position: u64, value: Arc<T>) -> Option<Arc<T>> {
         // SAFETY: per the contract, nobody else accesses the value now.
         let old = self.value.with_mut(|v| unsafe { (*v).replace(value) });

@@ -298,7 +298,11 @@ struct Contender {
 fn compare(title: &str, contenders: &[Contender], o: &Options, lossless: bool) {
     let contenders: Vec<&Contender> = contenders
         .iter()
-        .filter(|c| o.only.as_ref().is_none_or(|only| c.name.contains(only.as_str())))
+        .filter(|c| {
+            o.only
+                .as_ref()
+                .is_none_or(|only| c.name.contains(only.as_str()))
+        })
         .collect();
     if contenders.is_empty() {
         return;

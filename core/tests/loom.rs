@@ -1,0 +1,185 @@
+//! Loom models of the stores' synchronisation: every interleaving of the threads below
+//! (up to loom's preemption bound) is explored.
+//!
+//! ```text
+//! RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 cargo test -p storecast --release --test loom
+//! ```
+#![cfg(loom)]
+
+use futures_lite::StreamExt;
+use loom::future::block_on;
+use loom::thread;
+use storecast::{DataStore, Message, Overflow, QueueStore, RecvError};
+
+/// Runs a loom model and checks that it explored more than one interleaving (a model
+/// that explores one proves nothing).
+fn model(f: impl Fn() + Sync + Send + 'static) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&runs);
+    loom::model(move || {
+        counted.fetch_add(1, Ordering::Relaxed);
+        f()
+    });
+    let runs = runs.load(Ordering::Relaxed);
+    eprintln!("explored {runs} interleavings");
+    assert!(runs > 1, "the model explored a single interleaving");
+}
+
+fn number(item: Result<Message<u64>, RecvError>) -> u64 {
+    *item.expect("a lossless queue reports no lag")
+}
+
+#[test]
+fn lossless_queue_delivers_everything_in_order_while_submitter_waits() {
+    model(|| {
+        let store = QueueStore::new(1);
+        let mut sub = store.subscribe();
+        let submitter = {
+            let store = store.clone();
+            thread::spawn(move || {
+                block_on(store.submit(1)).unwrap();
+                block_on(store.submit(2)).unwrap();
+            })
+        };
+        let first = number(block_on(sub.next()).unwrap());
+        let second = number(block_on(sub.next()).unwrap());
+        submitter.join().unwrap();
+        assert_eq!((first, second), (1, 2));
+    });
+}
+
+#[test]
+fn parked_subscriber_is_woken_by_submit() {
+    model(|| {
+        let store = QueueStore::new(2);
+        let mut sub = store.subscribe();
+        let submitter = {
+            let store = store.clone();
+            thread::spawn(move || store.try_submit(7).unwrap())
+        };
+        // A lost wake-up would leave this blocked forever, which loom reports.
+        assert_eq!(number(block_on(sub.next()).unwrap()), 7);
+        submitter.join().unwrap();
+    });
+}
+
+#[test]
+fn close_racing_a_reader_drains_then_ends() {
+    model(|| {
+        let store = QueueStore::new(2);
+        let mut sub = store.subscribe();
+        let closer = {
+            let store = store.clone();
+            thread::spawn(move || {
+                store.try_submit(1).unwrap();
+                store.close();
+            })
+        };
+        let mut got = Vec::new();
+        while let Some(item) = block_on(sub.next()) {
+            got.push(number(item));
+        }
+        closer.join().unwrap();
+        assert_eq!(got, [1]);
+    });
+}
+
+#[test]
+fn dropping_a_stalled_subscriber_releases_a_waiting_submitter() {
+    model(|| {
+        let store = QueueStore::new(1);
+        let stalled = store.subscribe();
+        let mut reader = store.subscribe();
+        store.try_submit(1).unwrap();
+        let submitter = {
+            let store = store.clone();
+            thread::spawn(move || block_on(store.submit(2)).unwrap())
+        };
+        assert_eq!(number(block_on(reader.next()).unwrap()), 1);
+        drop(stalled);
+        submitter.join().unwrap();
+        assert_eq!(number(block_on(reader.next()).unwrap()), 2);
+    });
+}
+
+#[test]
+fn drop_oldest_overwrite_racing_a_read_is_reported_never_torn() {
+    model(|| {
+        let store = QueueStore::with_overflow(1, Overflow::DropOldest);
+        let mut sub = store.subscribe();
+        let submitter = {
+            let store = store.clone();
+            thread::spawn(move || {
+                store.try_submit(1).unwrap();
+                store.try_submit(2).unwrap();
+            })
+        };
+        // The first read races the submits (it may land between them, or see both).
+        let mut seen = vec![block_on(sub.next()).unwrap()];
+        submitter.join().unwrap();
+        while let Some(item) = sub.try_next() {
+            seen.push(item);
+        }
+        // Every message is either received intact at its own position, or counted as
+        // missed; together they account for both messages exactly once.
+        let mut accounted = 0;
+        for item in &seen {
+            match item {
+                Ok(m) => {
+                    assert_eq!(**m, m.position().get());
+                    accounted += 1;
+                }
+                Err(RecvError::Lagged { missed }) => accounted += missed,
+                Err(other) => panic!("unexpected {other}"),
+            }
+        }
+        assert_eq!(accounted, 2, "items: {seen:?}");
+        assert_eq!(**seen.last().unwrap().as_ref().unwrap(), 2);
+    });
+}
+
+#[test]
+fn latest_value_write_racing_a_read_never_goes_back_and_ends_with_last() {
+    model(|| {
+        let store = DataStore::new();
+        let mut sub = store.subscribe();
+        let submitter = {
+            let store = store.clone();
+            thread::spawn(move || {
+                store.submit(1u64).unwrap();
+                store.submit(2).unwrap();
+            })
+        };
+        // The first read races the submits (it may land between them, or see both).
+        let mut seen = vec![*block_on(sub.next()).unwrap().unwrap()];
+        submitter.join().unwrap();
+        while let Some(m) = sub.try_next() {
+            seen.push(*m);
+        }
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "went back: {seen:?}");
+        assert_eq!(seen.last(), Some(&2));
+    });
+}
+
+#[test]
+fn latest_value_parked_subscriber_is_woken_and_close_ends_it() {
+    model(|| {
+        let store = DataStore::new();
+        let mut sub = store.subscribe();
+        let submitter = {
+            let store = store.clone();
+            thread::spawn(move || {
+                store.submit(5u64).unwrap();
+                store.close();
+            })
+        };
+        let mut last = None;
+        while let Some(item) = block_on(sub.next()) {
+            last = Some(*item.unwrap());
+        }
+        submitter.join().unwrap();
+        assert_eq!(last, Some(5));
+    });
+}
