@@ -7,13 +7,12 @@ use core::future::Future;
 use core::pin::Pin;
 use core::task::{Context, Poll};
 
-use event_listener::{Event, EventListener};
 use futures_core::Stream;
 
+use crate::notify::{Parking, Published, Wakers};
 use crate::slot::{Miss, Slot};
 use crate::store::{Item, Message, Store};
-use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering};
-use crate::wait::poll_until;
+use crate::sync::{AtomicBool, AtomicUsize, Mutex, Ordering};
 use crate::{Position, Start, SubmitError, TrySubmitError};
 
 /// A latest-value store (Tornadose's `DataStore`): it holds one current value, and its
@@ -67,13 +66,13 @@ struct Shared<T> {
     current: Slot<T>,
     /// The position of `current`, published after the value is in place, so that a
     /// subscriber can tell whether anything is new with a single load.
-    position: AtomicU64,
+    position: Published,
     /// Serialises submitters with each other and with `close`.
     submitting: Mutex<()>,
     /// Set once by `close`; checked by subscribers after they find nothing new.
     closed: AtomicBool,
-    /// Wakes subscribers when a value is submitted or the store closes.
-    changed: Event,
+    /// Parked subscribers, woken when a value is submitted or the store closes.
+    wakers: Wakers,
     /// Live subscribers, for `subscriber_count`.
     subscribers: AtomicUsize,
 }
@@ -94,10 +93,10 @@ impl<T> DataStore<T> {
         DataStore {
             shared: Arc::new(Shared {
                 current: Slot::new(position, current.map(Message::into_arc)),
-                position: AtomicU64::new(position),
+                position: Published::new(position),
                 submitting: Mutex::new(()),
                 closed: AtomicBool::new(false),
-                changed: Event::new(),
+                wakers: Wakers::new(),
                 subscribers: AtomicUsize::new(0),
             }),
         }
@@ -113,23 +112,25 @@ impl<T> DataStore<T> {
     /// handed back.
     pub fn submit_arc(&self, value: Arc<T>) -> Result<Position, Arc<T>> {
         let shared = &*self.shared;
-        let (position, replaced) = {
+        let (position, replaced, parked) = {
             let _submitting = shared.submitting.lock();
             // Checked under the lock so that no submit lands after `close` has woken
             // everyone for the last time.
             if shared.closed.load(Ordering::Relaxed) {
                 return Err(value);
             }
-            let position = Position::new(shared.position.load(Ordering::Relaxed) + 1);
+            let position = Position::new(shared.position.load() + 1);
             let replaced = shared.current.write_guarded(position.get(), value);
             // Published after the value is in place: a subscriber that sees the new
             // position finds a value at least this new.
-            shared.position.store(position.get(), Ordering::Release);
-            (position, replaced)
+            let parked = shared.position.publish(position.get());
+            (position, replaced, parked)
         };
         // The old value's destructor runs outside the lock.
         drop(replaced);
-        shared.changed.notify(usize::MAX);
+        if parked {
+            shared.wakers.wake_all();
+        }
         Ok(position)
     }
 
@@ -146,7 +147,7 @@ impl<T> DataStore<T> {
     /// Subscribes from `start`. [`Start::After`] a position yields only values newer than
     /// it; [`Start::Now`] and [`Start::Oldest`] begin with the current value.
     pub fn subscribe_from(&self, start: Start) -> DataSubscriber<T> {
-        let now = self.shared.position.load(Ordering::Acquire);
+        let now = self.shared.position.load();
         let seen = match start {
             Start::Now | Start::Oldest => 0,
             Start::After(p) if p.get() > now => 0,
@@ -156,7 +157,7 @@ impl<T> DataStore<T> {
         DataSubscriber {
             shared: Arc::clone(&self.shared),
             seen,
-            listener: None,
+            parking: self.shared.wakers.parking(),
         }
     }
 
@@ -166,7 +167,7 @@ impl<T> DataStore<T> {
         let shared = &*self.shared;
         let _submitting = shared.submitting.lock();
         if !shared.closed.swap(true, Ordering::Release) {
-            shared.changed.notify(usize::MAX);
+            shared.wakers.wake_all();
         }
     }
 
@@ -206,10 +207,7 @@ impl<T> Clone for DataStore<T> {
 impl<T> fmt::Debug for DataStore<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DataStore")
-            .field(
-                "position",
-                &Position::new(self.shared.position.load(Ordering::Relaxed)),
-            )
+            .field("position", &Position::new(self.shared.position.load()))
             .field("subscribers", &self.subscriber_count())
             .field("closed", &self.is_closed())
             .finish()
@@ -254,8 +252,8 @@ pub struct DataSubscriber<T> {
     shared: Arc<Shared<T>>,
     /// The position of the last value yielded (0: none yet).
     seen: u64,
-    /// Registered while waiting for a change.
-    listener: Option<EventListener>,
+    /// Where this subscriber's waker goes while it waits for a change.
+    parking: Parking,
 }
 
 impl<T> DataSubscriber<T> {
@@ -286,7 +284,7 @@ impl<T> Shared<T> {
 
     /// The current value if it is newer than `seen`, which then moves up to it.
     fn newer_than(&self, seen: &mut u64) -> Option<Message<T>> {
-        if self.position.load(Ordering::Acquire) <= *seen {
+        if self.position.load() <= *seen {
             return None;
         }
         let message = self.load()?;
@@ -296,7 +294,7 @@ impl<T> Shared<T> {
 
     /// Whether a subscriber that has seen `seen` is done: closed, and nothing newer.
     fn finished(&self, seen: u64) -> bool {
-        self.closed.load(Ordering::Acquire) && self.position.load(Ordering::Acquire) <= seen
+        self.closed.load(Ordering::Acquire) && self.position.load() <= seen
     }
 }
 
@@ -307,20 +305,30 @@ impl<T> Stream for DataSubscriber<T> {
         let DataSubscriber {
             shared,
             seen,
-            listener,
+            parking,
         } = self.get_mut();
-        poll_until(&shared.changed, listener, cx, || {
-            match shared.newer_than(seen) {
-                Some(message) => Some(Some(Ok(message))),
-                None if shared.finished(*seen) => Some(None),
-                None => None,
+        let mut parked = false;
+        loop {
+            if let Some(message) = shared.newer_than(seen) {
+                return Poll::Ready(Some(Ok(message)));
             }
-        })
+            if shared.finished(*seen) {
+                return Poll::Ready(None);
+            }
+            if parked {
+                return Poll::Pending;
+            }
+            // Registered before the second look, so nothing submitted in between goes
+            // unnoticed (see `notify.rs`).
+            shared.wakers.park(parking, cx.waker(), &shared.position);
+            parked = true;
+        }
     }
 }
 
 impl<T> Drop for DataSubscriber<T> {
     fn drop(&mut self) {
+        self.shared.wakers.leave(&mut self.parking);
         self.shared.subscribers.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -65,6 +65,8 @@ pub use position::{Position, Start};
 #[cfg(feature = "alloc")]
 mod data_store;
 #[cfg(feature = "alloc")]
+mod notify;
+#[cfg(feature = "alloc")]
 mod queue_store;
 #[cfg(feature = "alloc")]
 mod slot;

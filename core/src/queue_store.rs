@@ -9,12 +9,13 @@ use core::future::Future;
 use core::pin::Pin;
 use core::task::{Context, Poll};
 
-use event_listener::{Event, EventListener};
+use event_listener::Event;
 use futures_core::Stream;
 
+use crate::notify::{Parking, Published, Wakers};
 use crate::slot::{Miss, Slot};
 use crate::store::{Item, Message, Store};
-use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, CachePadded, Mutex, Ordering};
+use crate::sync::{AtomicBool, AtomicUsize, CachePadded, Mutex, Ordering};
 use crate::wait::poll_until;
 use crate::{Overflow, Position, RecvError, Start, SubmitError, TrySubmitError};
 
@@ -86,14 +87,14 @@ struct Shared<T> {
     /// lock by subscribers to tell whether anything is new.
     /// On a cache line of its own: every submit writes it, and the read-mostly fields
     /// around it would otherwise miss in every subscriber's cache each time.
-    last: CachePadded<AtomicU64>,
+    last: Published,
     /// Serialises submitters with (de)registration of subscribers, so that a slot's
     /// `unread` count always matches the subscribers that still have to read it.
     state: CachePadded<Mutex<State>>,
     /// Mirrors `State::closed` for lock-free checks by subscribers.
     closed: AtomicBool,
-    /// Wakes subscribers: a message was published or the store closed.
-    published: Event,
+    /// Parked subscribers, woken when a message is published or the store closes.
+    wakers: Wakers,
     /// Wakes waiting submitters: a slot was freed, a subscriber left, or the store closed.
     freed: Event,
     /// What happens when the slowest subscriber is `capacity` behind.
@@ -132,13 +133,13 @@ impl<T> QueueStore<T> {
         QueueStore {
             shared: Arc::new(Shared {
                 slots: slots.into_boxed_slice(),
-                last: CachePadded(AtomicU64::new(0)),
+                last: Published::new(0),
                 state: CachePadded(Mutex::new(State {
                     subscribers: 0,
                     closed: false,
                 })),
                 closed: AtomicBool::new(false),
-                published: Event::new(),
+                wakers: Wakers::new(),
                 freed: Event::new(),
                 overflow,
                 wake_every: (capacity as u64 / 8).max(1),
@@ -159,7 +160,7 @@ impl<T> QueueStore<T> {
 
     /// The position of the newest message ([`Position::ZERO`] if none yet).
     pub fn last_position(&self) -> Position {
-        Position::new(self.shared.last.load(Ordering::Acquire))
+        Position::new(self.shared.last.load())
     }
 
     /// Submits a message, waiting for room under [`Overflow::Wait`]; never waits under the
@@ -212,7 +213,7 @@ impl<T> QueueStore<T> {
     pub fn subscribe_from(&self, start: Start) -> QueueSubscriber<T> {
         let shared = &*self.shared;
         let mut state = shared.state.lock();
-        let last = shared.last.load(Ordering::Relaxed);
+        let last = shared.last.load();
         let oldest = shared.oldest_retained(last);
         let wanted = match start {
             Start::Now => last + 1,
@@ -237,7 +238,7 @@ impl<T> QueueStore<T> {
                 ended: false,
                 registered: true,
             },
-            listener: None,
+            parking: shared.wakers.parking(),
         }
     }
 
@@ -252,7 +253,7 @@ impl<T> QueueStore<T> {
         state.closed = true;
         shared.closed.store(true, Ordering::Release);
         drop(state);
-        shared.published.notify(usize::MAX);
+        shared.wakers.wake_all();
         shared.freed.notify(usize::MAX);
     }
 
@@ -283,7 +284,7 @@ impl<T> Shared<T> {
         if state.closed {
             return Err(TrySubmitError::Closed(value));
         }
-        let position = self.last.load(Ordering::Relaxed) + 1;
+        let position = self.last.load() + 1;
         let slot = self.slot(position);
         let replaced = if self.overflow == Overflow::Wait {
             // Acquire: every reader's clone of the old value happened before its
@@ -301,11 +302,13 @@ impl<T> Shared<T> {
             slot.write_guarded(position, value)
         };
         // Published after the slot is written, so a subscriber that sees `last` finds it.
-        self.last.store(position, Ordering::Release);
+        let parked = self.last.publish(position);
         drop(state);
         // The overwritten value's destructor runs outside the locks.
         drop(replaced);
-        self.published.notify(usize::MAX);
+        if parked {
+            self.wakers.wake_all();
+        }
         Ok(Position::new(position))
     }
 }
@@ -372,8 +375,8 @@ impl<T: Send + Sync + 'static> Store for QueueStore<T> {
 pub struct QueueSubscriber<T> {
     shared: Arc<Shared<T>>,
     cursor: Cursor,
-    /// Registered while waiting for a message.
-    listener: Option<EventListener>,
+    /// Where this subscriber's waker goes while it waits for a message.
+    parking: Parking,
 }
 
 /// Where a subscriber is in the ring.
@@ -421,12 +424,10 @@ impl<T> Shared<T> {
             let missed = core::mem::take(&mut cursor.missed);
             return Read::Item(Err(RecvError::Lagged { missed }));
         }
-        if cursor.next > self.last.load(Ordering::Acquire) {
+        if cursor.next > self.last.load() {
             // Closed is checked before `last` is read again: `close` happens after every
             // accepted submit, so closed-then-nothing-new means nothing more will come.
-            if self.closed.load(Ordering::Acquire)
-                && cursor.next > self.last.load(Ordering::Acquire)
-            {
+            if self.closed.load(Ordering::Acquire) && cursor.next > self.last.load() {
                 cursor.ended = true;
                 return Read::Ended;
             }
@@ -470,7 +471,7 @@ impl<T> Shared<T> {
     fn lagged(&self, cursor: &mut Cursor) -> Read<T> {
         match self.overflow {
             Overflow::DropOldest => {
-                let oldest = self.oldest_retained(self.last.load(Ordering::Acquire));
+                let oldest = self.oldest_retained(self.last.load());
                 let missed = oldest - cursor.next;
                 cursor.next = oldest;
                 Read::Item(Err(RecvError::Lagged { missed }))
@@ -496,7 +497,7 @@ impl<T> Shared<T> {
         self.subscribers.fetch_sub(1, Ordering::Relaxed);
         if self.overflow == Overflow::Wait {
             // Release the messages this subscriber was counted in but will never read.
-            let last = self.last.load(Ordering::Relaxed);
+            let last = self.last.load();
             for position in cursor.next..=last {
                 self.slot(position).unread.fetch_sub(1, Ordering::Release);
             }
@@ -513,20 +514,28 @@ impl<T> Stream for QueueSubscriber<T> {
         let QueueSubscriber {
             shared,
             cursor,
-            listener,
+            parking,
         } = self.get_mut();
-        poll_until(&shared.published, listener, cx, || {
+        let mut parked = false;
+        loop {
             match shared.read(cursor) {
-                Read::Item(item) => Some(Some(item)),
-                Read::Ended => Some(None),
-                Read::Empty => None,
+                Read::Item(item) => return Poll::Ready(Some(item)),
+                Read::Ended => return Poll::Ready(None),
+                Read::Empty if parked => return Poll::Pending,
+                Read::Empty => {
+                    // Registered before the second look, so nothing published in between
+                    // goes unnoticed (see `notify.rs`).
+                    shared.wakers.park(parking, cx.waker(), &shared.last);
+                    parked = true;
+                }
             }
-        })
+        }
     }
 }
 
 impl<T> Drop for QueueSubscriber<T> {
     fn drop(&mut self) {
+        self.shared.wakers.leave(&mut self.parking);
         self.shared.deregister(&mut self.cursor);
     }
 }
