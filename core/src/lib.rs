@@ -63,6 +63,8 @@ pub use overflow::Overflow;
 pub use position::{Position, Start};
 
 #[cfg(feature = "alloc")]
+mod backpressure;
+#[cfg(feature = "alloc")]
 mod data_store;
 #[cfg(feature = "alloc")]
 mod notify;

@@ -12,6 +12,7 @@ use core::task::{Context, Poll};
 use event_listener::Event;
 use futures_core::Stream;
 
+use crate::backpressure::Backpressure;
 use crate::notify::{Parking, Published, Wakers};
 use crate::slot::{Miss, Slot};
 use crate::store::{Item, Message, Store};
@@ -79,17 +80,22 @@ pub struct QueueStore<T> {
 }
 
 struct Shared<T> {
-    /// The ring: message at position `p` lives in slot `p % capacity`. Under `Wait`,
-    /// subscribers read slots unguarded: a slot is only overwritten once its `unread`
-    /// count is zero. Under the lossy policies they read guarded (see `slot.rs`).
+    /// The ring: message at position `p` lives in slot `p % slots.len()`. Under `Wait`,
+    /// subscribers read slots unguarded: `backpressure` keeps submitters from overwriting
+    /// a message someone has yet to read. Under the lossy policies they read guarded
+    /// (see `slot.rs`).
     slots: Box<[Slot<T>]>,
+    /// How many messages are retained (and, under `Wait`, may be unread) at most.
+    capacity: usize,
+    /// Under `Wait`: which blocks of the ring every subscriber has read.
+    backpressure: Option<Backpressure>,
     /// The position of the newest message. Written only under `state`; read without a
     /// lock by subscribers to tell whether anything is new.
     /// On a cache line of its own: every submit writes it, and the read-mostly fields
     /// around it would otherwise miss in every subscriber's cache each time.
     last: Published,
-    /// Serialises submitters with (de)registration of subscribers, so that a slot's
-    /// `unread` count always matches the subscribers that still have to read it.
+    /// Serialises submitters with (de)registration of subscribers, so that the
+    /// back-pressure counts always match the subscribers that still have to read.
     state: CachePadded<Mutex<State>>,
     /// Mirrors `State::closed` for lock-free checks by subscribers.
     closed: AtomicBool,
@@ -99,8 +105,6 @@ struct Shared<T> {
     freed: Event,
     /// What happens when the slowest subscriber is `capacity` behind.
     overflow: Overflow,
-    /// Under `Wait`, a reader that frees a slot at a multiple of this wakes submitters.
-    wake_every: u64,
     /// Live subscribers, for `subscriber_count` without the lock.
     subscribers: AtomicUsize,
 }
@@ -108,6 +112,8 @@ struct Shared<T> {
 struct State {
     /// Subscribers that every newly submitted message must wait for (under `Wait`).
     subscribers: usize,
+    /// Under `Wait`: the first block of the ring not known to be read by everyone.
+    oldest_open: u64,
     /// Set once by `close`.
     closed: bool,
 }
@@ -129,20 +135,26 @@ impl<T> QueueStore<T> {
     /// If `capacity` is zero.
     pub fn with_overflow(capacity: usize, overflow: Overflow) -> Self {
         assert!(capacity > 0, "a QueueStore needs a capacity of at least 1");
-        let slots: Vec<_> = (0..capacity).map(|_| Slot::new(0, None)).collect();
+        let backpressure = (overflow == Overflow::Wait).then(|| Backpressure::new(capacity));
+        let ring = backpressure
+            .as_ref()
+            .map_or(capacity, Backpressure::ring_len);
+        let slots: Vec<_> = (0..ring).map(|_| Slot::new(0, None)).collect();
         QueueStore {
             shared: Arc::new(Shared {
                 slots: slots.into_boxed_slice(),
+                capacity,
+                backpressure,
                 last: Published::new(0),
                 state: CachePadded(Mutex::new(State {
                     subscribers: 0,
+                    oldest_open: 0,
                     closed: false,
                 })),
                 closed: AtomicBool::new(false),
                 wakers: Wakers::new(),
                 freed: Event::new(),
                 overflow,
-                wake_every: (capacity as u64 / 8).max(1),
                 subscribers: AtomicUsize::new(0),
             }),
         }
@@ -150,7 +162,7 @@ impl<T> QueueStore<T> {
 
     /// How many messages the ring retains.
     pub fn capacity(&self) -> usize {
-        self.shared.slots.len()
+        self.shared.capacity
     }
 
     /// The store's overflow policy.
@@ -221,11 +233,9 @@ impl<T> QueueStore<T> {
             Start::After(p) => p.get().min(last) + 1,
         };
         let next = wanted.max(oldest);
-        if shared.overflow == Overflow::Wait {
+        if let Some(backpressure) = &shared.backpressure {
             // The backlog this subscriber will read must wait for it too.
-            for position in next..=last {
-                shared.slot(position).unread.fetch_add(1, Ordering::Relaxed);
-            }
+            backpressure.join(next, last, &mut state.oldest_open);
         }
         state.subscribers += 1;
         shared.subscribers.fetch_add(1, Ordering::Relaxed);
@@ -276,34 +286,33 @@ impl<T> Shared<T> {
     /// The oldest position the ring still holds when `last` is the newest (`last + 1`
     /// when it holds nothing).
     fn oldest_retained(&self, last: u64) -> u64 {
-        (last + 1).saturating_sub(self.slots.len() as u64).max(1)
+        (last + 1).saturating_sub(self.capacity as u64).max(1)
     }
 
     fn try_publish(&self, value: Arc<T>) -> Result<Position, TrySubmitError<Arc<T>>> {
-        let state = self.state.lock();
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
         if state.closed {
             return Err(TrySubmitError::Closed(value));
         }
         let position = self.last.load() + 1;
         let slot = self.slot(position);
-        let replaced = if self.overflow == Overflow::Wait {
-            // Acquire: every reader's clone of the old value happened before its
-            // decrement, so before this overwrite.
-            if slot.unread.load(Ordering::Acquire) > 0 {
-                return Err(TrySubmitError::Full(value));
+        let replaced = match &self.backpressure {
+            Some(backpressure) => {
+                if !backpressure.has_room(position, &mut state.oldest_open) {
+                    return Err(TrySubmitError::Full(value));
+                }
+                backpressure.starting(position, state.subscribers);
+                // SAFETY: `has_room` acquired every subscriber's "read it" for the message
+                // this one replaces; under `Wait` nobody reads guarded; submitters are
+                // serialised by `state`.
+                unsafe { slot.write_exclusive(position, value) }
             }
-            // Set before the position is published, so no reader decrements it early.
-            slot.unread.store(state.subscribers, Ordering::Relaxed);
-            // SAFETY: `unread` is zero, so every subscriber counted in the old message has
-            // read it or left; under `Wait` nobody reads guarded; submitters are
-            // serialised by `state`.
-            unsafe { slot.write_exclusive(position, value) }
-        } else {
-            slot.write_guarded(position, value)
+            None => slot.write_guarded(position, value),
         };
         // Published after the slot is written, so a subscriber that sees `last` finds it.
         let parked = self.last.publish(position);
-        drop(state);
+        drop(guard);
         // The overwritten value's destructor runs outside the locks.
         drop(replaced);
         if parked {
@@ -434,16 +443,12 @@ impl<T> Shared<T> {
             return Read::Empty;
         }
         let slot = self.slot(cursor.next);
-        let value = if self.overflow == Overflow::Wait {
-            // SAFETY: this subscriber is counted in the slot's `unread` until the decrement
-            // below, and `cursor.next <= last` (acquired) is published in it.
+        let value = if let Some(backpressure) = &self.backpressure {
+            // SAFETY: this subscriber is counted in `cursor.next`'s block until it reads
+            // the block's last message, so no submitter overwrites it meanwhile; and
+            // `cursor.next <= last` (acquired) is published in the slot.
             let value = unsafe { slot.read_unguarded(cursor.next) };
-            // A waiting submitter is woken only every `wake_every` freed slots: waking it
-            // for each one would cost a task switch per message once the queue is full.
-            // Slots free in position order, so a boundary is always freed after any slot
-            // before it.
-            if slot.unread.fetch_sub(1, Ordering::AcqRel) == 1 && cursor.next % self.wake_every == 0
-            {
+            if backpressure.read(cursor.next) {
                 self.freed.notify(usize::MAX);
             }
             value
@@ -480,7 +485,7 @@ impl<T> Shared<T> {
                 cursor.ended = true;
                 self.deregister(cursor);
                 Read::Item(Err(RecvError::FellBehind {
-                    capacity: self.slots.len(),
+                    capacity: self.capacity,
                 }))
             }
             Overflow::Wait => unreachable!("a lossless ring never overwrites an unread message"),
@@ -495,12 +500,9 @@ impl<T> Shared<T> {
         let mut state = self.state.lock();
         state.subscribers -= 1;
         self.subscribers.fetch_sub(1, Ordering::Relaxed);
-        if self.overflow == Overflow::Wait {
-            // Release the messages this subscriber was counted in but will never read.
-            let last = self.last.load();
-            for position in cursor.next..=last {
-                self.slot(position).unread.fetch_sub(1, Ordering::Release);
-            }
+        if let Some(backpressure) = &self.backpressure {
+            // Release the blocks this subscriber was counted in but will never finish.
+            backpressure.leave(cursor.next, self.last.load());
         }
         drop(state);
         self.freed.notify(usize::MAX);

@@ -12,9 +12,8 @@
 //!   totally ordered: either a reader came first and the writer waits for it, or the
 //!   writer came first and the reader sees the bit. No `SeqCst` reasoning is needed.
 //! - **Unguarded** ([`Slot::read_unguarded`]): for the lossless queue, where the caller
-//!   guarantees the writer cannot replace the value while the reader is counted in the
-//!   slot's `unread` (the writer only overwrites a slot whose `unread` is zero). One atomic
-//!   decrement per read, and no write to the slot's own line.
+//!   guarantees the writer cannot replace the value while the reader is counted as having
+//!   it still to read (see `backpressure.rs`). No write to the slot at all.
 //!
 //! Loom models of both protocols are in `tests/loom.rs`.
 
@@ -34,17 +33,12 @@ pub(crate) enum Miss {
     Holds(u64),
 }
 
-/// Aligned to a cache line: subscribers on different threads update the counters of
-/// neighbouring slots at the same time, and sharing a line would make them wait.
-#[repr(align(64))]
 pub(crate) struct Slot<T> {
     /// Guarded readers cloning the value, plus the `WRITER` bit.
     guard: AtomicUsize,
     /// The position of the message held (0: none yet). Changed only under the `WRITER`
-    /// bit (or, for the lossless queue, when `unread` is zero).
+    /// bit (or, for the lossless queue, once every subscriber has read the message).
     position: AtomicU64,
-    /// Under the lossless queue: subscribers that have yet to read this message.
-    pub(crate) unread: AtomicUsize,
     value: UnsafeCell<Option<Arc<T>>>,
 }
 
@@ -61,7 +55,6 @@ impl<T> Slot<T> {
         Slot {
             guard: AtomicUsize::new(0),
             position: AtomicU64::new(position),
-            unread: AtomicUsize::new(0),
             value: UnsafeCell::new(value),
         }
     }
@@ -102,8 +95,9 @@ impl<T> Slot<T> {
     ///
     /// # Safety
     ///
-    /// The caller must hold a count in `unread` from before this call until after it, and
-    /// must have acquired the publication of `position` in this slot.
+    /// The caller must keep writers away from this slot (be counted as having `position`
+    /// still to read) from before this call until after it, and must have acquired the
+    /// publication of `position` in this slot.
     pub(crate) unsafe fn read_unguarded(&self, position: u64) -> Arc<T> {
         debug_assert_eq!(self.position.load(Ordering::Relaxed), position);
         // SAFETY: per the contract, no writer replaces the value while we read it, and the
@@ -139,8 +133,8 @@ impl<T> Slot<T> {
     /// # Safety
     ///
     /// Guarded readers must be impossible for this slot (the lossless queue reads only
-    /// unguarded), and every unguarded reader must have given up its `unread` count (the
-    /// caller saw `unread == 0` with `Acquire` ordering). Writers must be serialised by
+    /// unguarded), and every unguarded reader must be done with the old value (the
+    /// caller acquired their releasing "read it" counts). Writers must be serialised by
     /// the caller.
     pub(crate) unsafe fn write_exclusive(&self, position: u64, value: Arc<T>) -> Option<Arc<T>> {
         // SAFETY: per the contract, nobody else accesses the value now.
