@@ -12,7 +12,7 @@ use futures_core::Stream;
 use crate::notify::{Parking, Published, Wakers};
 use crate::slot::{Miss, Slot};
 use crate::store::{Item, Message, Store};
-use crate::sync::{AtomicBool, AtomicUsize, Mutex, Ordering};
+use crate::sync::{AtomicBool, AtomicUsize, CachePadded, Mutex, Ordering};
 use crate::{Position, Start, SubmitError, TrySubmitError};
 
 /// A latest-value store (Tornadose's `DataStore`): it holds one current value, and its
@@ -62,8 +62,10 @@ pub struct DataStore<T> {
 
 struct Shared<T> {
     /// The current value and its position (0 until the first submit). Readers clone it
-    /// without a lock; see `slot.rs`.
-    current: Slot<T>,
+    /// without a lock (see `slot.rs`). On a cache line of its own: every read updates its
+    /// reader count, and the fields next to it would otherwise miss in every subscriber's
+    /// cache.
+    current: CachePadded<Slot<T>>,
     /// The position of `current`, published after the value is in place, so that a
     /// subscriber can tell whether anything is new with a single load.
     position: Published,
@@ -92,7 +94,7 @@ impl<T> DataStore<T> {
         let position = current.as_ref().map_or(0, |m| m.position().get());
         DataStore {
             shared: Arc::new(Shared {
-                current: Slot::new(position, current.map(Message::into_arc)),
+                current: CachePadded(Slot::new(position, current.map(Message::into_arc))),
                 position: Published::new(position),
                 submitting: Mutex::new(()),
                 closed: AtomicBool::new(false),

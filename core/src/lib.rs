@@ -40,7 +40,7 @@
 //! |---|---|---|
 //! | `std` | yes | `alloc`, plus operating-system locks (parking instead of spinning) |
 //! | `alloc` | via `std` | [`DataStore`], [`QueueStore`], the [`Store`] trait, `event-listener` wake-ups; no `std` needed |
-//! | `conformance` | no | [`conformance`]: the executor-agnostic checks any store must pass |
+//! | `conformance` | no | `storecast::conformance`: the executor-agnostic checks any store must pass |
 //!
 //! Without `std` the locks spin; every critical section is a few assignments and never
 //! runs user code.

@@ -93,7 +93,7 @@ pub type Item<T> = Result<Message<T>, RecvError>;
 /// Two semantics implement it in this crate: latest value ([`DataStore`](crate::DataStore))
 /// and queue ([`QueueStore`](crate::QueueStore)); adapters add stores with other transports
 /// (Redis). Code written against `Store` — an HTTP handler, a forwarding task, the
-/// [conformance suite](crate::conformance) — works with any of them.
+/// conformance suite (`storecast::conformance`) — works with any of them.
 ///
 /// Subscribers are [`Stream`]s of [`Item`]s; dropping one deregisters it. After
 /// [`close`](Store::close), subscribers receive what is left and then their streams end.

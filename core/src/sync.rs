@@ -50,6 +50,7 @@ impl<T> core::ops::Deref for CachePadded<T> {
 /// A short busy wait (for a reader to finish cloning an `Arc`): spins first, then, with an
 /// operating system, yields the thread in case the reader was preempted.
 #[derive(Debug, Default)]
+#[cfg_attr(loom, allow(dead_code))]
 pub(crate) struct Backoff(u32);
 
 impl Backoff {
