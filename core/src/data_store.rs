@@ -150,11 +150,7 @@ impl<T> DataStore<T> {
     /// it; [`Start::Now`] and [`Start::Oldest`] begin with the current value.
     pub fn subscribe_from(&self, start: Start) -> DataSubscriber<T> {
         let now = self.shared.position.load();
-        let seen = match start {
-            Start::Now | Start::Oldest => 0,
-            Start::After(p) if p.get() > now => 0,
-            Start::After(p) => p.get(),
-        };
+        let seen = start.latest_seen(now);
         self.shared.subscribers.fetch_add(1, Ordering::Relaxed);
         DataSubscriber {
             shared: Arc::clone(&self.shared),

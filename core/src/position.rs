@@ -84,3 +84,35 @@ pub enum Start {
     /// saw, as in SSE `Last-Event-ID`).
     After(Position),
 }
+
+impl Start {
+    /// For a queue whose newest message is at `last`, retaining `capacity`: the position
+    /// a subscriber starting here reads first, and how many messages it asked for that
+    /// are gone.
+    pub(crate) fn queue_cursor(self, last: u64, capacity: u64) -> (u64, u64) {
+        let oldest = oldest_retained(last, capacity);
+        let wanted = match self {
+            Start::Now => last + 1,
+            Start::Oldest => oldest,
+            Start::After(p) => p.get().min(last) + 1,
+        };
+        let next = wanted.max(oldest);
+        (next, next - wanted)
+    }
+
+    /// For a latest-value store whose current value is at `current`: the position a
+    /// subscriber starting here counts as already seen.
+    pub(crate) fn latest_seen(self, current: u64) -> u64 {
+        match self {
+            Start::Now | Start::Oldest => 0,
+            Start::After(p) if p.get() > current => 0,
+            Start::After(p) => p.get(),
+        }
+    }
+}
+
+/// The oldest position a queue retaining `capacity` still holds when `last` is the
+/// newest (`last + 1` when it holds nothing).
+pub(crate) fn oldest_retained(last: u64, capacity: u64) -> u64 {
+    (last + 1).saturating_sub(capacity).max(1)
+}

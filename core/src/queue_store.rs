@@ -18,6 +18,7 @@ use crate::slot::{Miss, Slot};
 use crate::store::{Item, Message, Store};
 use crate::sync::{AtomicBool, AtomicUsize, CachePadded, Mutex, Ordering};
 use crate::wait::poll_until;
+use crate::position::oldest_retained;
 use crate::{Overflow, Position, RecvError, Start, SubmitError, TrySubmitError};
 
 /// A queue store (Tornadose's `QueueStore`, with bounded memory): every subscriber gets
@@ -226,13 +227,7 @@ impl<T> QueueStore<T> {
         let shared = &*self.shared;
         let mut state = shared.state.lock();
         let last = shared.last.load();
-        let oldest = shared.oldest_retained(last);
-        let wanted = match start {
-            Start::Now => last + 1,
-            Start::Oldest => oldest,
-            Start::After(p) => p.get().min(last) + 1,
-        };
-        let next = wanted.max(oldest);
+        let (next, missed) = start.queue_cursor(last, shared.capacity as u64);
         if let Some(backpressure) = &shared.backpressure {
             // The backlog this subscriber will read must wait for it too.
             backpressure.join(next, last, &mut state.oldest_open);
@@ -244,7 +239,7 @@ impl<T> QueueStore<T> {
             shared: Arc::clone(&self.shared),
             cursor: Cursor {
                 next,
-                missed: next - wanted,
+                missed,
                 ended: false,
                 registered: true,
             },
@@ -281,12 +276,6 @@ impl<T> QueueStore<T> {
 impl<T> Shared<T> {
     fn slot(&self, position: u64) -> &Slot<T> {
         &self.slots[(position % self.slots.len() as u64) as usize]
-    }
-
-    /// The oldest position the ring still holds when `last` is the newest (`last + 1`
-    /// when it holds nothing).
-    fn oldest_retained(&self, last: u64) -> u64 {
-        (last + 1).saturating_sub(self.capacity as u64).max(1)
     }
 
     fn try_publish(&self, value: Arc<T>) -> Result<Position, TrySubmitError<Arc<T>>> {
@@ -476,7 +465,7 @@ impl<T> Shared<T> {
     fn lagged(&self, cursor: &mut Cursor) -> Read<T> {
         match self.overflow {
             Overflow::DropOldest => {
-                let oldest = self.oldest_retained(self.last.load());
+                let oldest = oldest_retained(self.last.load(), self.capacity as u64);
                 let missed = oldest - cursor.next;
                 cursor.next = oldest;
                 Read::Item(Err(RecvError::Lagged { missed }))
