@@ -62,6 +62,8 @@ pub use error::{RecvError, SubmitError, TrySubmitError};
 pub use overflow::Overflow;
 pub use position::{Position, Start};
 
+pub mod fixed;
+
 #[cfg(feature = "alloc")]
 mod backpressure;
 #[cfg(feature = "alloc")]
@@ -74,7 +76,6 @@ mod queue_store;
 mod slot;
 #[cfg(feature = "alloc")]
 mod store;
-#[cfg(feature = "alloc")]
 mod sync;
 #[cfg(feature = "alloc")]
 mod wait;

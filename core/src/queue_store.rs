@@ -14,11 +14,11 @@ use futures_core::Stream;
 
 use crate::backpressure::Backpressure;
 use crate::notify::{Parking, Published, Wakers};
+use crate::position::oldest_retained;
 use crate::slot::{Miss, Slot};
 use crate::store::{Item, Message, Store};
 use crate::sync::{AtomicBool, AtomicUsize, CachePadded, Mutex, Ordering};
 use crate::wait::poll_until;
-use crate::position::oldest_retained;
 use crate::{Overflow, Position, RecvError, Start, SubmitError, TrySubmitError};
 
 /// A queue store (Tornadose's `QueueStore`, with bounded memory): every subscriber gets

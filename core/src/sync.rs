@@ -2,6 +2,9 @@
 //! same code runs on the OS (`std`), on bare metal (`alloc` only: a spin lock), and under
 //! the `loom` model checker (`--cfg loom`), as tokio does with its `loom` shim.
 
+// The heap-backed stores use all of this; without `alloc`, the fixed ones only the lock.
+#![cfg_attr(not(feature = "alloc"), allow(unused_imports, dead_code))]
+
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 

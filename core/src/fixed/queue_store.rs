@@ -1,0 +1,416 @@
+//! The fixed-capacity queue store.
+
+use core::fmt;
+use core::pin::Pin;
+use core::task::{Context, Poll};
+
+use futures_core::Stream;
+
+use super::wakers::{ToWake, WakerList};
+use super::{Item, Message};
+use crate::position::oldest_retained;
+use crate::sync::Mutex;
+use crate::{Overflow, Position, RecvError, Start, SubmitError, TrySubmitError};
+
+/// A queue store with no allocator: the same contract as
+/// [`crate::QueueStore`](../struct.QueueStore.html) (every message after subscribing, in
+/// order, none twice; the last `CAPACITY` messages retained; an [`Overflow`] policy for a
+/// subscriber `CAPACITY` behind; resume from a retained position), with the ring inline
+/// and up to `WAKERS` waiting tasks remembered (see the [module documentation](self) for
+/// what happens beyond that).
+///
+/// Under [`Overflow::Wait`] a submitter waits exactly when the slowest subscriber is
+/// `CAPACITY` messages behind.
+///
+/// ```
+/// use futures_lite::{future::block_on, StreamExt};
+/// use storecast::fixed::QueueStore;
+/// use storecast::{Overflow, RecvError};
+///
+/// static EVENTS: QueueStore<u8, 4> = QueueStore::new(Overflow::DropOldest);
+///
+/// let mut late = EVENTS.subscribe();
+/// for n in 1..=6 {
+///     EVENTS.try_submit(n).unwrap();
+/// }
+/// block_on(async {
+///     assert_eq!(late.next().await.unwrap(), Err(RecvError::Lagged { missed: 2 }));
+///     assert_eq!(*late.next().await.unwrap().unwrap(), 3);
+/// });
+/// ```
+pub struct QueueStore<T, const CAPACITY: usize, const WAKERS: usize = 8> {
+    state: Mutex<State<T, CAPACITY, WAKERS>>,
+    overflow: Overflow,
+}
+
+struct State<T, const CAPACITY: usize, const WAKERS: usize> {
+    /// The ring: message at position `p` lives in slot `p % CAPACITY`.
+    slots: [Slot<T>; CAPACITY],
+    /// The position of the newest message.
+    last: u64,
+    subscribers: usize,
+    closed: bool,
+    /// Subscribers waiting for a message.
+    readers: WakerList<WAKERS>,
+    /// Submitters waiting for room (under `Wait`).
+    writers: WakerList<WAKERS>,
+}
+
+struct Slot<T> {
+    /// The position of the message held (0: never written).
+    position: u64,
+    value: Option<T>,
+    /// Under `Wait`: subscribers yet to read it; the slot is reused only at zero.
+    unread: usize,
+}
+
+impl<T> Slot<T> {
+    const EMPTY: Slot<T> = Slot {
+        position: 0,
+        value: None,
+        unread: 0,
+    };
+}
+
+impl<T, const CAPACITY: usize, const WAKERS: usize> State<T, CAPACITY, WAKERS> {
+    const fn new() -> Self {
+        assert!(CAPACITY > 0, "a QueueStore needs a capacity of at least 1");
+        State {
+            slots: [const { Slot::EMPTY }; CAPACITY],
+            last: 0,
+            subscribers: 0,
+            closed: false,
+            readers: WakerList::new(),
+            writers: WakerList::new(),
+        }
+    }
+
+    fn slot(&mut self, position: u64) -> &mut Slot<T> {
+        &mut self.slots[(position % CAPACITY as u64) as usize]
+    }
+}
+
+impl<T, const CAPACITY: usize, const WAKERS: usize> QueueStore<T, CAPACITY, WAKERS> {
+    /// An empty queue with the given overflow policy.
+    ///
+    /// # Panics
+    ///
+    /// If `CAPACITY` is zero (at compile time, in a `static`).
+    #[cfg(not(loom))]
+    pub const fn new(overflow: Overflow) -> Self {
+        QueueStore {
+            state: Mutex::new(State::new()),
+            overflow,
+        }
+    }
+
+    /// An empty queue (loom's locks cannot be built in a `const fn`).
+    #[cfg(loom)]
+    pub fn new(overflow: Overflow) -> Self {
+        QueueStore {
+            state: Mutex::new(State::new()),
+            overflow,
+        }
+    }
+
+    /// How many messages the ring retains.
+    pub const fn capacity(&self) -> usize {
+        CAPACITY
+    }
+
+    /// The store's overflow policy.
+    pub const fn overflow(&self) -> Overflow {
+        self.overflow
+    }
+
+    /// The position of the newest message ([`Position::ZERO`] if none yet).
+    pub fn last_position(&self) -> Position {
+        Position::new(self.state.lock().last)
+    }
+
+    /// Submits a message if there is room now; under [`Overflow::Wait`] a full queue hands
+    /// it back in [`TrySubmitError::Full`].
+    pub fn try_submit(&self, value: T) -> Result<Position, TrySubmitError<T>> {
+        let (position, replaced, to_wake) = {
+            let mut state = self.state.lock();
+            if state.closed {
+                return Err(TrySubmitError::Closed(value));
+            }
+            let position = state.last + 1;
+            let subscribers = state.subscribers;
+            let slot = state.slot(position);
+            if self.overflow == Overflow::Wait && slot.unread > 0 {
+                return Err(TrySubmitError::Full(value));
+            }
+            slot.position = position;
+            slot.unread = subscribers;
+            let replaced = slot.value.replace(value);
+            state.last = position;
+            (position, replaced, state.readers.take())
+        };
+        drop(replaced);
+        to_wake.wake();
+        Ok(Position::new(position))
+    }
+
+    /// Submits a message, waiting for room under [`Overflow::Wait`]; hands it back once
+    /// the store is closed.
+    pub async fn submit(&self, value: T) -> Result<Position, SubmitError<T>> {
+        let mut value = Some(value);
+        core::future::poll_fn(|cx| {
+            match self.try_submit(value.take().expect("polled after completion")) {
+                Ok(position) => Poll::Ready(Ok(position)),
+                Err(TrySubmitError::Closed(v)) => Poll::Ready(Err(SubmitError::Closed(v))),
+                Err(TrySubmitError::Full(v)) => {
+                    let mut state = self.state.lock();
+                    let position = state.last + 1;
+                    let still_full = !state.closed && state.slot(position).unread > 0;
+                    if !still_full {
+                        // Room was made (or the store closed) since: try again now.
+                        drop(state);
+                        cx.waker().wake_by_ref();
+                    } else {
+                        let to_wake = state.writers.register(cx.waker());
+                        drop(state);
+                        to_wake.wake();
+                    }
+                    value = Some(v);
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+
+    /// Subscribes as a new subscriber: messages submitted from now on.
+    pub fn subscribe(&self) -> QueueSubscriber<'_, T>
+    where
+        T: Clone + Send,
+    {
+        self.subscribe_from(Start::Now)
+    }
+
+    /// Subscribes from `start`: now, the oldest retained message, or right after a
+    /// position. A position no longer retained yields [`RecvError::Lagged`] first.
+    pub fn subscribe_from(&self, start: Start) -> QueueSubscriber<'_, T>
+    where
+        T: Clone + Send,
+    {
+        let mut state = self.state.lock();
+        let last = state.last;
+        let (next, missed) = start.queue_cursor(last, CAPACITY as u64);
+        if self.overflow == Overflow::Wait {
+            // The backlog this subscriber will read must wait for it too.
+            for position in next..=last {
+                state.slot(position).unread += 1;
+            }
+        }
+        state.subscribers += 1;
+        QueueSubscriber {
+            store: self,
+            cursor: Cursor {
+                next,
+                missed,
+                ended: false,
+                registered: true,
+            },
+        }
+    }
+
+    /// Closes the store: submits are refused from now on (waiting ones too); subscribers
+    /// read what is left, then their streams end.
+    pub fn close(&self) {
+        let (readers, writers) = {
+            let mut state = self.state.lock();
+            state.closed = true;
+            (state.readers.take(), state.writers.take())
+        };
+        readers.wake();
+        writers.wake();
+    }
+
+    /// Whether the store is closed.
+    pub fn is_closed(&self) -> bool {
+        self.state.lock().closed
+    }
+
+    /// How many subscribers are registered now.
+    pub fn subscriber_count(&self) -> usize {
+        self.state.lock().subscribers
+    }
+
+    /// Removes a subscriber from the accounting (once); returns the submitters to wake.
+    fn deregister(
+        &self,
+        state: &mut State<T, CAPACITY, WAKERS>,
+        cursor: &mut Cursor,
+    ) -> ToWake<WAKERS> {
+        if !core::mem::replace(&mut cursor.registered, false) {
+            return ToWake::default();
+        }
+        state.subscribers -= 1;
+        if self.overflow == Overflow::Wait {
+            for position in cursor.next..=state.last {
+                let slot = state.slot(position);
+                if slot.position == position {
+                    slot.unread -= 1;
+                }
+            }
+        }
+        state.writers.take()
+    }
+}
+
+impl<T, const CAPACITY: usize, const WAKERS: usize> fmt::Debug for QueueStore<T, CAPACITY, WAKERS> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.state.lock();
+        f.debug_struct("fixed::QueueStore")
+            .field("capacity", &CAPACITY)
+            .field("overflow", &self.overflow)
+            .field("last", &state.last)
+            .field("subscribers", &state.subscribers)
+            .field("closed", &state.closed)
+            .finish()
+    }
+}
+
+/// Where a subscriber is in the ring.
+#[derive(Debug)]
+struct Cursor {
+    /// The position this subscriber reads next.
+    next: u64,
+    /// Messages lost before `next` that have not been reported yet.
+    missed: u64,
+    /// The stream has ended (drained a closed store, or fell behind).
+    ended: bool,
+    /// Still counted by the store.
+    registered: bool,
+}
+
+/// What a subscriber needs of its store, without the store's sizes in its type.
+trait Ring<T>: Sync {
+    fn poll_read(&self, cursor: &mut Cursor, cx: Option<&mut Context<'_>>)
+    -> Poll<Option<Item<T>>>;
+    fn leave(&self, cursor: &mut Cursor);
+}
+
+impl<T: Clone + Send, const CAPACITY: usize, const WAKERS: usize> Ring<T>
+    for QueueStore<T, CAPACITY, WAKERS>
+{
+    fn poll_read(
+        &self,
+        cursor: &mut Cursor,
+        cx: Option<&mut Context<'_>>,
+    ) -> Poll<Option<Item<T>>> {
+        if cursor.ended {
+            return Poll::Ready(None);
+        }
+        if cursor.missed > 0 {
+            let missed = core::mem::take(&mut cursor.missed);
+            return Poll::Ready(Some(Err(RecvError::Lagged { missed })));
+        }
+        let mut state = self.state.lock();
+        if cursor.next > state.last {
+            if state.closed {
+                cursor.ended = true;
+                return Poll::Ready(None);
+            }
+            // Registered under the lock `try_submit` takes: no wake-up slips between.
+            let to_wake = match cx {
+                Some(cx) => state.readers.register(cx.waker()),
+                None => ToWake::default(),
+            };
+            drop(state);
+            to_wake.wake();
+            return Poll::Pending;
+        }
+        let next = cursor.next;
+        let overflow = self.overflow;
+        let slot = state.slot(next);
+        if slot.position == next {
+            let value = slot.value.clone().expect("a written slot holds a value");
+            let freed = overflow == Overflow::Wait && {
+                slot.unread -= 1;
+                slot.unread == 0
+            };
+            let to_wake = if freed {
+                state.writers.take()
+            } else {
+                ToWake::default()
+            };
+            drop(state);
+            to_wake.wake();
+            cursor.next += 1;
+            let position = Position::new(next);
+            return Poll::Ready(Some(Ok(Message { position, value })));
+        }
+        // Overwritten: under a lossy policy the ring moved on without this subscriber.
+        match overflow {
+            Overflow::DropOldest => {
+                let oldest = oldest_retained(state.last, CAPACITY as u64);
+                cursor.next = oldest;
+                Poll::Ready(Some(Err(RecvError::Lagged {
+                    missed: oldest - next,
+                })))
+            }
+            Overflow::Disconnect => {
+                cursor.ended = true;
+                let to_wake = self.deregister(&mut state, cursor);
+                drop(state);
+                to_wake.wake();
+                Poll::Ready(Some(Err(RecvError::FellBehind { capacity: CAPACITY })))
+            }
+            Overflow::Wait => unreachable!("a lossless ring never overwrites an unread message"),
+        }
+    }
+
+    fn leave(&self, cursor: &mut Cursor) {
+        let to_wake = self.deregister(&mut self.state.lock(), cursor);
+        to_wake.wake();
+    }
+}
+
+/// A subscription to a fixed-capacity [`QueueStore`]: a [`Stream`] of every message in
+/// order, with lag reported as [`RecvError`] items. Dropping it deregisters it.
+pub struct QueueSubscriber<'a, T> {
+    store: &'a dyn Ring<T>,
+    cursor: Cursor,
+}
+
+impl<T> QueueSubscriber<'_, T> {
+    /// The next item if one is ready, without waiting.
+    pub fn try_next(&mut self) -> Option<Item<T>> {
+        match self.store.poll_read(&mut self.cursor, None) {
+            Poll::Ready(item) => item,
+            Poll::Pending => None,
+        }
+    }
+
+    /// The position of the next message this subscriber will read.
+    pub fn next_position(&self) -> Position {
+        Position::new(self.cursor.next)
+    }
+}
+
+impl<T> Stream for QueueSubscriber<'_, T> {
+    type Item = Item<T>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item<T>>> {
+        let this = self.get_mut();
+        this.store.poll_read(&mut this.cursor, Some(cx))
+    }
+}
+
+impl<T> Drop for QueueSubscriber<'_, T> {
+    fn drop(&mut self) {
+        self.store.leave(&mut self.cursor);
+    }
+}
+
+impl<T> fmt::Debug for QueueSubscriber<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("fixed::QueueSubscriber")
+            .field("cursor", &self.cursor)
+            .finish_non_exhaustive()
+    }
+}
