@@ -212,3 +212,83 @@ fn latest_value_parked_subscriber_is_woken_and_close_ends_it() {
         assert_eq!(last, Some(5));
     });
 }
+
+// The fixed-capacity stores (no allocator): one lock each, and a waker list that must
+// never lose a wake-up, even when it is full.
+
+#[test]
+fn fixed_lossless_queue_delivers_everything_in_order_while_submitter_waits() {
+    model(|| {
+        let store =
+            std::sync::Arc::new(storecast::fixed::QueueStore::<u64, 1>::new(Overflow::Wait));
+        let mut sub = store.subscribe();
+        let submitter = {
+            let store = std::sync::Arc::clone(&store);
+            thread::spawn(move || {
+                block_on(store.submit(1)).unwrap();
+                block_on(store.submit(2)).unwrap();
+                store.close();
+            })
+        };
+        let mut got = Vec::new();
+        while let Some(item) = block_on(sub.next()) {
+            got.push(*item.unwrap());
+        }
+        submitter.join().unwrap();
+        assert_eq!(got, [1, 2]);
+    });
+}
+
+#[test]
+fn fixed_parked_subscribers_are_all_woken_by_submit() {
+    model(|| {
+        // (A full waker list makes waiting tasks wake each other until the submit comes:
+        // an unbounded loop loom cannot explore, so that case is in tests/stress.rs.)
+        let store = std::sync::Arc::new(storecast::fixed::DataStore::<u64, 2>::new());
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let store = std::sync::Arc::clone(&store);
+                thread::spawn(move || {
+                    let mut sub = store.subscribe();
+                    *block_on(sub.next()).unwrap().unwrap()
+                })
+            })
+            .collect();
+        store.submit(7).unwrap();
+        for r in readers {
+            assert_eq!(r.join().unwrap(), 7);
+        }
+    });
+}
+
+#[test]
+fn fixed_drop_oldest_overwrite_racing_a_read_is_reported() {
+    model(|| {
+        let store = std::sync::Arc::new(storecast::fixed::QueueStore::<u64, 1>::new(
+            Overflow::DropOldest,
+        ));
+        let mut sub = store.subscribe();
+        let submitter = {
+            let store = std::sync::Arc::clone(&store);
+            thread::spawn(move || {
+                store.try_submit(1).unwrap();
+                store.try_submit(2).unwrap();
+                store.close();
+            })
+        };
+        let mut accounted = 0;
+        let mut last = 0;
+        while let Some(item) = block_on(sub.next()) {
+            match item {
+                Ok(m) => {
+                    assert_eq!(*m, m.position().get());
+                    (accounted, last) = (accounted + 1, *m);
+                }
+                Err(RecvError::Lagged { missed }) => accounted += missed,
+                Err(other) => panic!("unexpected {other}"),
+            }
+        }
+        submitter.join().unwrap();
+        assert_eq!((accounted, last), (2, 2));
+    });
+}

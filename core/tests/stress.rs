@@ -223,3 +223,55 @@ fn latest_value_threads_never_go_back_and_all_end_with_the_last() {
         }
     });
 }
+
+#[test]
+fn fixed_store_with_a_full_waker_list_still_wakes_everyone() {
+    within(60, || {
+        // Room for one waiting task; four wait. Each registration past the first wakes the
+        // others to make room, so they keep re-registering, but none is ever forgotten.
+        static STORE: storecast::fixed::DataStore<u64, 1> = storecast::fixed::DataStore::new();
+        static QUEUE: storecast::fixed::QueueStore<u64, 4, 1> =
+            storecast::fixed::QueueStore::new(Overflow::Wait);
+        let readers: Vec<_> = (0..4)
+            .map(|_| {
+                let (mut latest, mut queued) = (STORE.subscribe(), QUEUE.subscribe());
+                thread::spawn(move || {
+                    let a = *block_on(latest.next()).unwrap().unwrap();
+                    let b = *block_on(queued.next()).unwrap().unwrap();
+                    (a, b)
+                })
+            })
+            .collect();
+        thread::sleep(Duration::from_millis(50));
+        STORE.submit(7).unwrap();
+        QUEUE.try_submit(8).unwrap();
+        for r in readers {
+            assert_eq!(r.join().unwrap(), (7, 8));
+        }
+    });
+}
+
+#[test]
+fn fixed_lossless_queue_delivers_every_message_in_order_across_threads() {
+    within(120, || {
+        const COUNT: u64 = 20_000;
+        static QUEUE: storecast::fixed::QueueStore<u64, 32> =
+            storecast::fixed::QueueStore::new(Overflow::Wait);
+        let readers: Vec<_> = (0..3)
+            .map(|_| {
+                let mut sub = QUEUE.subscribe();
+                thread::spawn(move || {
+                    for expected in 1..=COUNT {
+                        assert_eq!(*block_on(sub.next()).unwrap().unwrap(), expected);
+                    }
+                })
+            })
+            .collect();
+        for n in 1..=COUNT {
+            block_on(QUEUE.submit(n)).unwrap();
+        }
+        for r in readers {
+            r.join().unwrap();
+        }
+    });
+}
