@@ -6,9 +6,8 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n== %s\n' "$*"; }
 
-step "core builds without std (alloc only) and with no features"
-cargo build -q -p storecast --no-default-features --features alloc
-cargo build -q -p storecast --no-default-features
+step "the core with no std: no-allocator and alloc-only binaries link and run"
+bash ci/no-std.sh
 
 step "benchmark smoke run (checks losslessness and order; figures are not compared here)"
 cargo run -q --release -p storecast-bench -- --quick

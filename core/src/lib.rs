@@ -36,14 +36,17 @@
 //!
 //! # Features
 //!
-//! | feature | default | what you get |
+//! | features | what you get | for |
 //! |---|---|---|
-//! | `std` | yes | `alloc`, plus operating-system locks (parking instead of spinning) |
-//! | `alloc` | via `std` | [`DataStore`], [`QueueStore`], the [`Store`] trait, `event-listener` wake-ups; no `std` needed |
-//! | `conformance` | no | `storecast::conformance`: the executor-agnostic checks any store must pass |
+//! | `std` (default) | everything below, plus operating-system locks | servers, desktops |
+//! | `alloc` only | [`DataStore`], [`QueueStore`] (values shared in `Arc`s), the [`Store`] trait; `#![no_std]` with a global allocator | kernels, embedded with a heap |
+//! | neither | [`fixed::DataStore`], [`fixed::QueueStore`]: capacity as const generics, `const fn new()` for a `static`, values cloned into each subscriber; no allocator at all | microcontrollers |
+//! | `conformance` | `storecast::conformance`: the executor-agnostic checks any store must pass | testing a store |
 //!
-//! Without `std` the locks spin; every critical section is a few assignments and never
-//! runs user code.
+//! Positions, [`Start`], [`Overflow`], closing and the errors are the same in every row.
+//! Without `std` the locks spin; every critical section is a few assignments and a clone,
+//! never user callbacks. `ci/no-std.sh` links and runs a no-allocator binary and an
+//! alloc-only one on every CI run.
 
 #![no_std]
 #![warn(missing_docs, missing_debug_implementations)]

@@ -12,10 +12,10 @@ use crate::sync::Mutex;
 use crate::{Position, Start, SubmitError};
 
 /// A latest-value store with no allocator: the same contract as
-/// [`crate::DataStore`](../struct.DataStore.html) (current value first, then newer ones,
+/// [`crate::DataStore`] (current value first, then newer ones,
 /// maybe skipping some, never repeating or going back, always ending with the last), with
 /// the value kept inline and up to `WAKERS` waiting subscribers remembered (see the
-/// [module documentation](self) for what happens beyond that).
+/// [module documentation](crate::fixed) for what happens beyond that).
 ///
 /// ```
 /// use futures_lite::{future::block_on, StreamExt};

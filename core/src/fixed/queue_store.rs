@@ -13,10 +13,10 @@ use crate::sync::Mutex;
 use crate::{Overflow, Position, RecvError, Start, SubmitError, TrySubmitError};
 
 /// A queue store with no allocator: the same contract as
-/// [`crate::QueueStore`](../struct.QueueStore.html) (every message after subscribing, in
+/// [`crate::QueueStore`] (every message after subscribing, in
 /// order, none twice; the last `CAPACITY` messages retained; an [`Overflow`] policy for a
 /// subscriber `CAPACITY` behind; resume from a retained position), with the ring inline
-/// and up to `WAKERS` waiting tasks remembered (see the [module documentation](self) for
+/// and up to `WAKERS` waiting tasks remembered (see the [module documentation](crate::fixed) for
 /// what happens beyond that).
 ///
 /// Under [`Overflow::Wait`] a submitter waits exactly when the slowest subscriber is
