@@ -169,7 +169,6 @@ impl<T, const WAKERS: usize> fmt::Debug for DataStore<T, WAKERS> {
     }
 }
 
-#[cfg(not(loom))]
 impl<T, const WAKERS: usize> Default for DataStore<T, WAKERS> {
     fn default() -> Self {
         DataStore::new()
