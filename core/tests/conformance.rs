@@ -1,4 +1,6 @@
 //! The in-memory stores pass the conformance suite on a minimal executor.
+// Real threads and timers: loom builds (`--cfg loom`) run only tests/loom.rs.
+#![cfg(not(loom))]
 
 use core::time::Duration;
 

@@ -1,5 +1,7 @@
 //! The fixed-capacity stores pass the conformance suite, through their `Store` impl for
 //! `&'static` stores (each check gets a fresh store, leaked for the test's lifetime).
+// Real threads and timers: loom builds (`--cfg loom`) run only tests/loom.rs.
+#![cfg(not(loom))]
 
 use core::future::Future;
 use core::time::Duration;
