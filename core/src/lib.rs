@@ -78,6 +78,8 @@ mod queue_store;
 #[cfg(feature = "alloc")]
 mod slot;
 #[cfg(feature = "alloc")]
+pub mod sse;
+#[cfg(feature = "alloc")]
 mod store;
 mod sync;
 #[cfg(feature = "alloc")]

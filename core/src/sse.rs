@@ -1,0 +1,281 @@
+//! Server-sent events on the wire (WHATWG HTML, "Server-sent events"): the one place
+//! events are formatted, and a parser that follows the specification.
+//!
+//! The encoder never lets a message change the shape of the stream: `data` is split on
+//! every line break the specification knows (CRLF, CR, LF) into one `data: ` line per
+//! piece, and an `event` type or `id` that contains a line break is refused, never
+//! stripped. So any message, encoded, parses back to exactly one event with the same
+//! data, type and id.
+//!
+//! ```
+//! use storecast::sse::{Event, Parser};
+//!
+//! // A message that tries to inject an `admin` event stays one ordinary event.
+//! let message = "x\n\nevent: admin\ndata: y\nretry: 1";
+//! let wire = Event::new(message).id("7").unwrap().to_string();
+//! assert_eq!(wire, "id: 7\ndata: x\ndata: \ndata: event: admin\ndata: data: y\ndata: retry: 1\n\n");
+//!
+//! let mut parser = Parser::new();
+//! let events: Vec<_> = parser.feed(&wire).collect();
+//! assert_eq!(events.len(), 1);
+//! assert_eq!((events[0].event.as_str(), events[0].data.as_str()), ("message", message));
+//! ```
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt::{self, Write as _};
+
+/// Headers an SSE response carries: the content type, no caching, and no buffering by
+/// proxies (nginx reads `x-accel-buffering`). Never compress an event stream.
+pub const HEADERS: [(&str, &str); 3] = [
+    ("content-type", "text/event-stream"),
+    ("cache-control", "no-cache"),
+    ("x-accel-buffering", "no"),
+];
+
+/// How often an idle stream sends a keep-alive comment by default (milliseconds).
+pub const DEFAULT_KEEP_ALIVE_MS: u64 = 15_000;
+
+/// Why an event could not be encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// The event type contains CR or LF, which would end its line early.
+    LineBreakInEventType,
+    /// The id contains CR or LF, which would end its line early.
+    LineBreakInId,
+    /// The id contains NUL, which makes clients ignore it.
+    NulInId,
+}
+
+impl fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EncodeError::LineBreakInEventType => {
+                "an SSE event type may not contain a line break (CR or LF)"
+            }
+            EncodeError::LineBreakInId => "an SSE id may not contain a line break (CR or LF)",
+            EncodeError::NulInId => "an SSE id may not contain NUL",
+        })
+    }
+}
+
+impl core::error::Error for EncodeError {}
+
+/// One event to send. `Display` writes it in wire format, ending with the blank line that
+/// dispatches it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event<'a> {
+    data: &'a str,
+    event: Option<&'a str>,
+    id: Option<&'a str>,
+    retry: Option<u64>,
+}
+
+impl<'a> Event<'a> {
+    /// An event of the default type (`message`) carrying `data`.
+    pub fn new(data: &'a str) -> Self {
+        Event {
+            data,
+            event: None,
+            id: None,
+            retry: None,
+        }
+    }
+
+    /// Sets the event type; refused if it contains a line break.
+    pub fn event(mut self, event: &'a str) -> Result<Self, EncodeError> {
+        if event.contains(['\r', '\n']) {
+            return Err(EncodeError::LineBreakInEventType);
+        }
+        self.event = Some(event);
+        Ok(self)
+    }
+
+    /// Sets the id (a client's `Last-Event-ID` when it reconnects); refused if it contains
+    /// a line break or NUL.
+    pub fn id(mut self, id: &'a str) -> Result<Self, EncodeError> {
+        if id.contains(['\r', '\n']) {
+            return Err(EncodeError::LineBreakInId);
+        }
+        if id.contains('\0') {
+            return Err(EncodeError::NulInId);
+        }
+        self.id = Some(id);
+        Ok(self)
+    }
+
+    /// Sets the client's reconnection delay, in milliseconds.
+    pub fn retry(mut self, milliseconds: u64) -> Self {
+        self.retry = Some(milliseconds);
+        self
+    }
+
+    /// Appends the event in wire format to `out`.
+    pub fn encode_into(&self, out: &mut String) {
+        // Writing to a String cannot fail.
+        let _ = write!(out, "{self}");
+    }
+}
+
+impl fmt::Display for Event<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(event) = self.event {
+            writeln!(f, "event: {event}")?;
+        }
+        if let Some(id) = self.id {
+            writeln!(f, "id: {id}")?;
+        }
+        if let Some(retry) = self.retry {
+            writeln!(f, "retry: {retry}")?;
+        }
+        for line in lines(self.data) {
+            writeln!(f, "data: {line}")?;
+        }
+        f.write_str("\n")
+    }
+}
+
+/// Splits on CRLF, CR and LF (CRLF counts once), keeping empty pieces: `"a\n"` is
+/// `["a", ""]`, `""` is `[""]`. U+2028, VT and FF are not line breaks in SSE.
+fn lines(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(text);
+    core::iter::from_fn(move || {
+        let text = rest?;
+        match text.find(['\r', '\n']) {
+            None => {
+                rest = None;
+                Some(text)
+            }
+            Some(at) => {
+                let skip = if text[at..].starts_with("\r\n") { 2 } else { 1 };
+                rest = Some(&text[at + skip..]);
+                Some(&text[..at])
+            }
+        }
+    })
+}
+
+/// A comment (ignored by clients; used for keep-alives): every line starts with `:`.
+pub fn comment(text: &str) -> String {
+    let mut out = String::new();
+    for line in lines(text) {
+        out.push(':');
+        if !line.is_empty() {
+            out.push(' ');
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out.push('\n');
+    out
+}
+
+/// An event as a client receives it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Received {
+    /// The event type (`message` unless the server named one).
+    pub event: String,
+    /// The data, lines joined with LF.
+    pub data: String,
+    /// The last event id at the time of this event (it persists across events).
+    pub id: String,
+}
+
+/// A parser that follows the WHATWG specification's "interpreting an event stream",
+/// incrementally: feed it chunks as they arrive (split anywhere, even inside a CRLF) and
+/// it yields the events dispatched so far. Used by tests and clients of SSE endpoints.
+#[derive(Debug, Default)]
+pub struct Parser {
+    /// Bytes of an unfinished line.
+    line: String,
+    /// The previous chunk ended with CR: an LF starting the next one is part of it.
+    after_cr: bool,
+    started: bool,
+    data: String,
+    event: String,
+    last_id: String,
+    /// The reconnection time last set by a `retry` field.
+    pub retry: Option<u64>,
+}
+
+impl Parser {
+    /// A parser at the start of a stream.
+    pub fn new() -> Self {
+        Parser::default()
+    }
+
+    /// Feeds a chunk; returns the events it completed.
+    pub fn feed(&mut self, chunk: &str) -> impl Iterator<Item = Received> + use<> {
+        let mut events = Vec::new();
+        let mut chunk = chunk;
+        if !self.started {
+            self.started = true;
+            chunk = chunk.strip_prefix('\u{feff}').unwrap_or(chunk);
+        }
+        for c in chunk.chars() {
+            match c {
+                '\n' if self.after_cr => self.after_cr = false,
+                '\r' | '\n' => {
+                    self.after_cr = c == '\r';
+                    let line = core::mem::take(&mut self.line);
+                    if let Some(event) = self.process(&line) {
+                        events.push(event);
+                    }
+                }
+                c => {
+                    self.after_cr = false;
+                    self.line.push(c);
+                }
+            }
+        }
+        events.into_iter()
+    }
+
+    fn process(&mut self, line: &str) -> Option<Received> {
+        if line.is_empty() {
+            return self.dispatch();
+        }
+        if line.starts_with(':') {
+            return None;
+        }
+        let (field, value) = match line.find(':') {
+            Some(at) => {
+                let value = &line[at + 1..];
+                (&line[..at], value.strip_prefix(' ').unwrap_or(value))
+            }
+            None => (line, ""),
+        };
+        match field {
+            "event" => self.event = value.into(),
+            "data" => {
+                self.data.push_str(value);
+                self.data.push('\n');
+            }
+            "id" if !value.contains('\0') => self.last_id = value.into(),
+            "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
+                self.retry = value.parse().ok();
+            }
+            _ => {}
+        }
+        None
+    }
+
+    fn dispatch(&mut self) -> Option<Received> {
+        let event = core::mem::take(&mut self.event);
+        if self.data.is_empty() {
+            return None;
+        }
+        let mut data = core::mem::take(&mut self.data);
+        data.pop();
+        Some(Received {
+            event: if event.is_empty() {
+                "message".into()
+            } else {
+                event
+            },
+            data,
+            id: self.last_id.clone(),
+        })
+    }
+}
