@@ -84,6 +84,8 @@ mod store;
 mod sync;
 #[cfg(feature = "alloc")]
 mod wait;
+#[cfg(feature = "alloc")]
+pub mod websocket;
 
 #[cfg(feature = "alloc")]
 pub use data_store::{DataStore, DataSubscriber};

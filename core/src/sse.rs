@@ -279,3 +279,199 @@ impl Parser {
         })
     }
 }
+
+/// A value that can be sent as an event: its data, and optionally an event type.
+pub trait Payload {
+    /// The event's data.
+    fn data(&self) -> &str;
+    /// The event's type; `None` for the default (`message`).
+    fn event_type(&self) -> Option<&str> {
+        None
+    }
+}
+
+impl Payload for String {
+    fn data(&self) -> &str {
+        self
+    }
+}
+
+impl Payload for &'static str {
+    fn data(&self) -> &str {
+        self
+    }
+}
+
+impl Payload for alloc::boxed::Box<str> {
+    fn data(&self) -> &str {
+        self
+    }
+}
+
+impl Payload for alloc::sync::Arc<str> {
+    fn data(&self) -> &str {
+        self
+    }
+}
+
+/// The event types a subscriber's news of missed messages is sent as.
+pub mod event_types {
+    /// Messages were dropped before the subscriber read them (`data`: `{"missed":N}`);
+    /// the stream goes on with the oldest retained message.
+    pub const LAGGED: &str = "lagged";
+    /// The subscriber fell a whole queue behind and is disconnected (`data`:
+    /// `{"capacity":N}`); the stream ends after this event.
+    pub const FELL_BEHIND: &str = "fell-behind";
+    /// The store's transport was interrupted; messages may have been missed (`data`:
+    /// `{}`).
+    pub const INTERRUPTED: &str = "interrupted";
+}
+
+/// Encodes what a subscriber received as one event: a message with its position as the
+/// `id`, or news of missed messages as an event of one of the [`event_types`]. A message
+/// whose type contains a line break is refused.
+pub fn encode_item<T: Payload>(item: &crate::Item<T>) -> Result<String, EncodeError> {
+    use crate::RecvError;
+    let mut out = String::new();
+    let mut number = [0u8; 20];
+    match item {
+        Ok(message) => {
+            let id = format_u64(&mut number, message.position().get());
+            let mut event = Event::new(message.data()).id(id)?;
+            if let Some(event_type) = message.event_type() {
+                event = event.event(event_type)?;
+            }
+            event.encode_into(&mut out);
+        }
+        Err(RecvError::Lagged { missed }) => {
+            let data = alloc::format!("{{\"missed\":{missed}}}");
+            Event::new(&data)
+                .event(event_types::LAGGED)?
+                .encode_into(&mut out);
+        }
+        Err(RecvError::FellBehind { capacity }) => {
+            let data = alloc::format!("{{\"capacity\":{capacity}}}");
+            Event::new(&data)
+                .event(event_types::FELL_BEHIND)?
+                .encode_into(&mut out);
+        }
+        Err(RecvError::Interrupted) => {
+            Event::new("{}")
+                .event(event_types::INTERRUPTED)?
+                .encode_into(&mut out);
+        }
+    }
+    Ok(out)
+}
+
+/// Formats `n` in decimal into `buffer` without allocating.
+fn format_u64(buffer: &mut [u8; 20], mut n: u64) -> &str {
+    let mut at = buffer.len();
+    loop {
+        at -= 1;
+        buffer[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    core::str::from_utf8(&buffer[at..]).expect("ASCII digits")
+}
+
+/// Where a reconnecting client resumes: after its `Last-Event-ID` (header, or a query
+/// parameter for clients that cannot set headers), or as a new subscriber without one.
+/// An id that is not a position this crate wrote is an error to report to the client.
+pub fn resume_from(last_event_id: Option<&str>) -> Result<crate::Start, core::num::ParseIntError> {
+    match last_event_id.map(str::trim) {
+        None | Some("") => Ok(crate::Start::Now),
+        Some(id) => Ok(crate::Start::After(id.parse()?)),
+    }
+}
+
+/// A subscriber turned into the chunks of an SSE response body: an optional `retry`
+/// first, then one event per item, and a keep-alive comment for each tick of `ticks`
+/// that found the stream idle since the one before. It ends when the subscriber ends (a
+/// closed store, or after [`event_types::FELL_BEHIND`]).
+///
+/// Runtime adapters supply `ticks` from their timer (every
+/// [`DEFAULT_KEEP_ALIVE_MS`] by default), and write each chunk and flush it.
+#[derive(Debug)]
+pub struct EventStream<S, K> {
+    subscriber: S,
+    ticks: K,
+    retry: Option<u64>,
+    /// Something was sent since the last tick.
+    busy: bool,
+    done: bool,
+}
+
+impl<S, K> EventStream<S, K> {
+    /// Frames `subscriber`'s items, with keep-alives on `ticks` and the client's
+    /// reconnection delay set to `retry` milliseconds if given.
+    pub fn new(subscriber: S, ticks: K, retry: Option<u64>) -> Self {
+        EventStream {
+            subscriber,
+            ticks,
+            retry,
+            busy: false,
+            done: false,
+        }
+    }
+}
+
+impl<S, K, T> futures_core::Stream for EventStream<S, K>
+where
+    S: futures_core::Stream<Item = crate::Item<T>> + Unpin,
+    K: futures_core::Stream + Unpin,
+    T: Payload,
+{
+    type Item = String;
+
+    fn poll_next(
+        self: core::pin::Pin<&mut Self>,
+        cx: &mut core::task::Context<'_>,
+    ) -> core::task::Poll<Option<String>> {
+        use core::pin::Pin;
+        use core::task::Poll;
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if let Some(retry) = this.retry.take() {
+            return Poll::Ready(Some(alloc::format!("retry: {retry}\n\n")));
+        }
+        loop {
+            match Pin::new(&mut this.subscriber).poll_next(cx) {
+                Poll::Ready(Some(item)) => {
+                    this.busy = true;
+                    if matches!(item, Err(crate::RecvError::FellBehind { .. })) {
+                        this.done = true;
+                    }
+                    match encode_item(&item) {
+                        Ok(chunk) => return Poll::Ready(Some(chunk)),
+                        // A message that cannot be an event (a type with a line break) is
+                        // reported in its place, never sent mangled.
+                        Err(e) => {
+                            let id = item.as_ref().map(|m| m.position().get()).unwrap_or(0);
+                            return Poll::Ready(Some(comment(&alloc::format!(
+                                "message {id} not sent: {e}"
+                            ))));
+                        }
+                    }
+                }
+                Poll::Ready(None) => {
+                    this.done = true;
+                    return Poll::Ready(None);
+                }
+                Poll::Pending => {}
+            }
+            match Pin::new(&mut this.ticks).poll_next(cx) {
+                Poll::Ready(Some(_)) if !core::mem::take(&mut this.busy) => {
+                    return Poll::Ready(Some(String::from(":\n\n")));
+                }
+                Poll::Ready(Some(_)) => continue,
+                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}

@@ -170,3 +170,96 @@ fn any_message_round_trips_as_exactly_one_event_however_the_stream_is_split() {
         assert_eq!(got.id, id.unwrap_or_default(), "case {case}: {wire:?}");
     }
 }
+
+mod items {
+    use futures_lite::StreamExt;
+    use futures_lite::future::block_on;
+    use storecast::sse::{self, EventStream, Parser};
+    use storecast::{Overflow, QueueStore, Start};
+
+    #[test]
+    fn messages_carry_their_position_as_id_and_lag_is_an_explicit_event() {
+        let store = QueueStore::with_overflow(2, Overflow::DropOldest);
+        let mut sub = store.subscribe();
+        for n in 1..=5 {
+            store.try_submit(format!("m{n}")).unwrap();
+        }
+        let mut parser = Parser::new();
+        let mut events = Vec::new();
+        for _ in 0..3 {
+            let item = sub.try_next().unwrap();
+            events.extend(parser.feed(&sse::encode_item(&item).unwrap()));
+        }
+        assert_eq!(events[0].event, sse::event_types::LAGGED);
+        assert_eq!(events[0].data, r#"{"missed":3}"#);
+        assert_eq!(
+            (events[1].data.as_str(), events[1].id.as_str()),
+            ("m4", "4")
+        );
+        assert_eq!(
+            (events[2].data.as_str(), events[2].id.as_str()),
+            ("m5", "5")
+        );
+    }
+
+    #[test]
+    fn last_event_id_resumes_and_garbage_is_refused() {
+        assert_eq!(sse::resume_from(None), Ok(Start::Now));
+        assert_eq!(sse::resume_from(Some(" 42 ")), Ok(Start::After(42.into())));
+        assert!(sse::resume_from(Some("42\u{0}")).is_err());
+        assert!(sse::resume_from(Some("-1")).is_err());
+    }
+
+    #[test]
+    fn event_stream_sends_retry_first_keep_alives_when_idle_and_ends_with_the_store() {
+        let store = QueueStore::new(8);
+        let sub = store.subscribe();
+        // Two ticks with nothing to send: two keep-alives; then a message, and a tick
+        // right after it sends nothing extra.
+        let ticks = futures_lite::stream::iter([(), ()]);
+        let mut body = EventStream::new(sub, ticks, Some(3000));
+        block_on(async {
+            assert_eq!(body.next().await.unwrap(), "retry: 3000\n\n");
+            assert_eq!(body.next().await.unwrap(), ":\n\n");
+            assert_eq!(body.next().await.unwrap(), ":\n\n");
+            store.submit(String::from("hello")).await.unwrap();
+            assert_eq!(body.next().await.unwrap(), "id: 1\ndata: hello\n\n");
+            store.close();
+            assert_eq!(body.next().await, None);
+        });
+    }
+
+    #[test]
+    fn a_laggard_cut_off_by_disconnect_gets_a_last_event_then_the_stream_ends() {
+        let store = QueueStore::with_overflow(1, Overflow::Disconnect);
+        let sub = store.subscribe();
+        store.try_submit(String::from("a")).unwrap();
+        store.try_submit(String::from("b")).unwrap();
+        let mut body = EventStream::new(sub, futures_lite::stream::pending::<()>(), None);
+        block_on(async {
+            let chunk = body.next().await.unwrap();
+            assert!(chunk.starts_with("event: fell-behind\n"), "{chunk:?}");
+            assert_eq!(body.next().await, None);
+        });
+    }
+}
+
+mod websocket_frames {
+    use storecast::{Message, Position, RecvError, websocket};
+
+    #[test]
+    fn frames_are_valid_json_with_data_and_id_whatever_the_text() {
+        let text = "quote \" backslash \\ newline \n tab \t nul \u{0} bell \u{7} é 🦀";
+        let frame =
+            websocket::encode_item(&Ok(Message::new(Position::new(12), String::from(text))));
+        let json: serde_json::Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!(json["data"], text);
+        assert_eq!(json["id"], "12");
+        let lag = websocket::encode_item::<String>(&Err(RecvError::Lagged { missed: 3 }));
+        let json: serde_json::Value = serde_json::from_str(&lag).unwrap();
+        assert_eq!(
+            (json["event"].as_str(), json["missed"].as_u64()),
+            (Some("lagged"), Some(3))
+        );
+    }
+}
