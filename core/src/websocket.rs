@@ -12,7 +12,7 @@
 //! ```
 //!
 //! News of missed messages is a frame with an `"event"` of the same names as the SSE
-//! [`event_types`](crate::sse::event_types): `{"event":"lagged","missed":N}`,
+//! [`crate::sse::event_types`]: `{"event":"lagged","missed":N}`,
 //! `{"event":"fell-behind","capacity":N}` (after which the server closes the socket) and
 //! `{"event":"interrupted"}`.
 
