@@ -1,0 +1,130 @@
+//! Serving a store as Server-Sent Events.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::Query;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get};
+use futures_lite::{Stream, StreamExt};
+use storecast::sse::{self, EventStream, Payload};
+use storecast::{Start, Store};
+use tokio::time::{Interval, MissedTickBehavior};
+
+/// Tornadose's `EventSource` handler: serves a store's subscribers as Server-Sent Events.
+///
+/// Each message is one event whose `id` is its position; a client that reconnects with
+/// `Last-Event-ID` (or `?lastEventId=` for clients that cannot set headers) resumes right
+/// after it. A subscriber that missed messages gets an explicit `lagged` event, one cut
+/// off by a [`Disconnect`](storecast::Overflow::Disconnect) queue a `fell-behind` event
+/// before the stream ends; a resume from a position no longer retained gets `lagged` and
+/// continues from the oldest message. Idle streams get a keep-alive comment (every 15 s
+/// by default), which is also how a dead connection is noticed and its subscriber
+/// dropped.
+#[derive(Debug, Clone)]
+pub struct EventSource<S> {
+    store: S,
+    keep_alive: Duration,
+    retry: Option<Duration>,
+}
+
+impl<S> EventSource<S>
+where
+    S: Store + Clone + 'static,
+    S::Value: Payload,
+{
+    /// Serves `store` with a keep-alive every 15 s and no `retry` advice.
+    pub fn new(store: S) -> Self {
+        EventSource {
+            store,
+            keep_alive: Duration::from_millis(sse::DEFAULT_KEEP_ALIVE_MS),
+            retry: None,
+        }
+    }
+
+    /// Sets how long an idle stream waits before a keep-alive comment.
+    pub fn keep_alive(mut self, every: Duration) -> Self {
+        self.keep_alive = every;
+        self
+    }
+
+    /// Tells clients how long to wait before reconnecting (the `retry` field).
+    pub fn retry(mut self, after: Duration) -> Self {
+        self.retry = Some(after);
+        self
+    }
+
+    /// The response to a client whose `Last-Event-ID` is `last_event_id`: the event
+    /// stream, or `400 Bad Request` if the id is not one this server sent.
+    pub fn respond(&self, last_event_id: Option<&str>) -> Response {
+        match sse::resume_from(last_event_id) {
+            Ok(start) => self.stream_from(start),
+            Err(_) => (
+                StatusCode::BAD_REQUEST,
+                "Last-Event-ID is not a position this server sent (expected a decimal number)\n",
+            )
+                .into_response(),
+        }
+    }
+
+    /// The event stream for a subscriber starting at `start`.
+    pub fn stream_from(&self, start: Start) -> Response {
+        let subscriber = self.store.subscribe_from(start);
+        let retry = self.retry.map(|r| r.as_millis() as u64);
+        let body = EventStream::new(subscriber, Ticks::new(self.keep_alive), retry)
+            .map(|chunk| Ok::<_, Infallible>(Bytes::from(chunk)));
+        let mut response = Response::new(Body::from_stream(body));
+        for (name, value) in sse::HEADERS {
+            response
+                .headers_mut()
+                .insert(name, value.parse().expect("a valid header"));
+        }
+        response
+    }
+
+    /// An axum GET route serving this store (reads `Last-Event-ID` itself).
+    pub fn handler(self) -> MethodRouter {
+        get(move |headers: HeaderMap, query: Query<LastEventIdQuery>| {
+            let source = self.clone();
+            async move { source.respond(last_event_id(&headers, query.0.last_event_id.as_deref())) }
+        })
+    }
+}
+
+/// The query parameter a client that cannot set headers resumes with.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct LastEventIdQuery {
+    #[serde(rename = "lastEventId")]
+    last_event_id: Option<String>,
+}
+
+/// The client's `Last-Event-ID`: the header, or else the `lastEventId` query parameter.
+pub fn last_event_id<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<&'a str> {
+    headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .or(query)
+}
+
+/// Keep-alive ticks from Tokio's timer, the first one period from now.
+struct Ticks(Interval);
+
+impl Ticks {
+    fn new(period: Duration) -> Self {
+        let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Ticks(interval)
+    }
+}
+
+impl Stream for Ticks {
+    type Item = ();
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<()>> {
+        self.get_mut().0.poll_tick(cx).map(|_| Some(()))
+    }
+}

@@ -1,0 +1,66 @@
+//! Background work for a store on Tokio tasks: forwarding a source into it, and periodic
+//! submits (Tornado's `PeriodicCallback`).
+
+use std::time::Duration;
+
+use futures_lite::{Stream, StreamExt};
+use storecast::Store;
+use tokio::task::JoinHandle;
+use tokio::time::MissedTickBehavior;
+
+/// Submits every item of `source` to `store`, in order (waiting for room if the store's
+/// policy is to wait), until the source ends or the store closes. The task's result is
+/// how many items were submitted.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use futures_lite::StreamExt;
+/// use storecast::QueueStore;
+///
+/// let store = QueueStore::new(16);
+/// let mut subscriber = store.subscribe();
+/// let lines = futures_lite::stream::iter(["a", "b", "c"]);
+/// assert_eq!(storecast_tokio::forward(store.clone(), lines).await.unwrap(), 3);
+/// assert_eq!(*subscriber.next().await.unwrap().unwrap(), "a");
+/// # }
+/// ```
+pub fn forward<S, St>(store: S, source: St) -> JoinHandle<u64>
+where
+    S: Store + 'static,
+    St: Stream<Item = S::Value> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut source = std::pin::pin!(source);
+        let mut submitted = 0;
+        while let Some(value) = source.next().await {
+            if store.submit(value).await.is_err() {
+                break;
+            }
+            submitted += 1;
+        }
+        submitted
+    })
+}
+
+/// Submits `make()` to `store` every `period` (the first after one period), until the
+/// store closes. A tick that comes late (a busy runtime) is not made up with a burst.
+/// The task's result is how many values were submitted.
+pub fn every<S, F>(store: S, period: Duration, mut make: F) -> JoinHandle<u64>
+where
+    S: Store + 'static,
+    F: FnMut() -> S::Value + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut submitted = 0;
+        while !store.is_closed() {
+            ticks.tick().await;
+            if store.submit(make()).await.is_err() {
+                break;
+            }
+            submitted += 1;
+        }
+        submitted
+    })
+}
