@@ -1,0 +1,122 @@
+//! The hub's settings: command-line flags, each also readable from an environment
+//! variable.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use storecast::Overflow;
+
+/// storecast hub: publish messages over HTTP; subscribe over Server-Sent Events or
+/// WebSocket. Topics are created on first use and live in memory.
+///
+/// Endpoints:
+///   POST /publish/{topic}[?event=TYPE]   body = the message (UTF-8); answers {"topic","id"}
+///   GET  /events/{topic}                 SSE; resumes after Last-Event-ID (or ?lastEventId=)
+///   GET  /ws/{topic}                     WebSocket; frames {"data": ..., "id": ...}
+///   GET  /                               a page that shows a topic live and publishes to it
+///   GET  /healthz, GET /metrics          health, and Prometheus metrics
+///
+/// Tokens are sent as `Authorization: Bearer TOKEN`, or `?token=TOKEN` where a client
+/// cannot set headers (a browser's EventSource).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "storecast-hub", version, verbatim_doc_comment)]
+pub struct Config {
+    /// Address to listen on (port 0 picks a free port; the address is printed).
+    #[arg(long, env = "STORECAST_LISTEN", default_value = "127.0.0.1:8000")]
+    pub listen: SocketAddr,
+
+    /// Topics that hold the latest value instead of a queue: exact names, or prefixes
+    /// ending in `*` (`prices.*`). Repeat the flag or separate with commas.
+    #[arg(long = "latest", env = "STORECAST_LATEST", value_delimiter = ',')]
+    pub latest: Vec<String>,
+
+    /// How many messages each queue topic retains (for slow subscribers and resume).
+    #[arg(long, env = "STORECAST_QUEUE_CAPACITY", default_value_t = 1024)]
+    pub queue_capacity: usize,
+
+    /// What a queue topic does with a subscriber a whole queue behind: tell it how many
+    /// it missed and go on (drop-oldest), cut it off (disconnect), or hold publishers
+    /// until it catches up (wait; one stalled client then slows everyone).
+    #[arg(
+        long,
+        env = "STORECAST_OVERFLOW",
+        value_enum,
+        default_value = "drop-oldest"
+    )]
+    pub overflow: OverflowArg,
+
+    /// Largest message body accepted, in bytes (larger ones get 413).
+    #[arg(long, env = "STORECAST_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Most topics that may exist (publishing to a new one beyond that gets 503).
+    #[arg(long, env = "STORECAST_MAX_TOPICS", default_value_t = 10_000)]
+    pub max_topics: usize,
+
+    /// Most SSE and WebSocket subscribers at once (more get 503).
+    #[arg(long, env = "STORECAST_MAX_CONNECTIONS", default_value_t = 20_000)]
+    pub max_connections: usize,
+
+    /// Token required to publish (none: anyone may publish).
+    #[arg(long, env = "STORECAST_PUBLISH_TOKEN", hide_env_values = true)]
+    pub publish_token: Option<String>,
+
+    /// Token required to subscribe (none: anyone may subscribe).
+    #[arg(long, env = "STORECAST_SUBSCRIBE_TOKEN", hide_env_values = true)]
+    pub subscribe_token: Option<String>,
+
+    /// Origins allowed to call the hub from a browser page (CORS); `*` allows any.
+    /// Repeat the flag or separate with commas.
+    #[arg(
+        long = "cors-origin",
+        env = "STORECAST_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
+
+    /// Seconds between keep-alives on idle SSE streams and pings on WebSockets.
+    #[arg(long, env = "STORECAST_KEEP_ALIVE_SECS", default_value_t = 15)]
+    pub keep_alive_secs: u64,
+
+    /// Milliseconds an SSE client should wait before reconnecting (the `retry` field).
+    #[arg(long, env = "STORECAST_RETRY_MS")]
+    pub retry_ms: Option<u64>,
+}
+
+/// The `--overflow` choices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OverflowArg {
+    /// Tell the laggard how many it missed, then go on.
+    DropOldest,
+    /// Cut the laggard off with a `fell-behind` event.
+    Disconnect,
+    /// Hold publishers until the slowest subscriber catches up (lossless).
+    Wait,
+}
+
+impl From<OverflowArg> for Overflow {
+    fn from(arg: OverflowArg) -> Self {
+        match arg {
+            OverflowArg::DropOldest => Overflow::DropOldest,
+            OverflowArg::Disconnect => Overflow::Disconnect,
+            OverflowArg::Wait => Overflow::Wait,
+        }
+    }
+}
+
+impl Config {
+    /// Whether `topic` is a latest-value topic.
+    pub fn is_latest(&self, topic: &str) -> bool {
+        self.latest
+            .iter()
+            .any(|pattern| match pattern.strip_suffix('*') {
+                Some(prefix) => topic.starts_with(prefix),
+                None => topic == pattern,
+            })
+    }
+
+    pub fn keep_alive(&self) -> Duration {
+        Duration::from_secs(self.keep_alive_secs.max(1))
+    }
+}

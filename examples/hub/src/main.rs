@@ -1,0 +1,73 @@
+//! storecast-hub: publish over HTTP, subscribe over Server-Sent Events and WebSocket.
+//!
+//! ```text
+//! cargo run --release -p storecast-hub            # http://127.0.0.1:8000
+//! curl -d 'hello' http://127.0.0.1:8000/publish/demo
+//! curl -N http://127.0.0.1:8000/events/demo
+//! ```
+
+mod config;
+mod metrics;
+mod routes;
+mod topics;
+
+use std::sync::Arc;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::routes::Hub;
+use crate::topics::Topics;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let config = Config::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("storecast-hub: cannot listen on {}: {e}", config.listen);
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let address = listener.local_addr().expect("a bound address");
+    let metrics = Arc::new(Metrics::default());
+    let hub = Arc::new(Hub {
+        topics: Topics::new(config.clone(), Arc::clone(&metrics)),
+        config,
+        metrics,
+    });
+    // Printed on stdout (logs go to stderr) so that scripts and tests can find the port.
+    println!("listening on http://{address}");
+    tracing::info!(%address, "storecast hub started; open http://{address}/ in a browser");
+
+    let app = routes::router(Arc::clone(&hub));
+    let closing = Arc::clone(&hub);
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            storecast_tokio::shutdown_signal().await;
+            tracing::info!("shutting down: ending every stream");
+            // Subscribers get what is left, then their streams end, so connections close.
+            closing.topics.close_all();
+        })
+        .await;
+    match served {
+        Ok(()) => {
+            tracing::info!("stopped");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("storecast-hub: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

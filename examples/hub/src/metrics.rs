@@ -1,0 +1,81 @@
+//! Counters, rendered in the Prometheus text format.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Open SSE and WebSocket subscribers.
+    pub connections: AtomicUsize,
+    /// Messages accepted by `POST /publish`.
+    pub messages_in: AtomicU64,
+    /// Messages delivered to subscribers.
+    pub messages_out: AtomicU64,
+    /// Lag reports sent (`lagged`, `fell-behind` events).
+    pub lagged: AtomicU64,
+    /// Messages subscribers missed, as counted in `lagged` reports.
+    pub dropped: AtomicU64,
+    /// Requests refused (4xx and 5xx answers).
+    pub rejected: AtomicU64,
+}
+
+impl Metrics {
+    /// The Prometheus text exposition of these counters and each topic's subscribers.
+    pub fn render(&self, subscribers: &[(String, usize)]) -> String {
+        let mut out = String::new();
+        let mut gauge = |name: &str, kind: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        };
+        gauge(
+            "storecast_connections",
+            "gauge",
+            "Open SSE and WebSocket subscribers.",
+            self.connections.load(Ordering::Relaxed) as u64,
+        );
+        gauge(
+            "storecast_messages_in_total",
+            "counter",
+            "Messages published.",
+            self.messages_in.load(Ordering::Relaxed),
+        );
+        gauge(
+            "storecast_messages_out_total",
+            "counter",
+            "Messages delivered to subscribers.",
+            self.messages_out.load(Ordering::Relaxed),
+        );
+        gauge(
+            "storecast_lagged_total",
+            "counter",
+            "Lag reports sent to subscribers that fell behind.",
+            self.lagged.load(Ordering::Relaxed),
+        );
+        gauge(
+            "storecast_dropped_total",
+            "counter",
+            "Messages subscribers missed because they fell behind.",
+            self.dropped.load(Ordering::Relaxed),
+        );
+        gauge(
+            "storecast_rejected_total",
+            "counter",
+            "Requests refused with a 4xx or 5xx status.",
+            self.rejected.load(Ordering::Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP storecast_topic_subscribers Subscribers per topic.\n# TYPE storecast_topic_subscribers gauge"
+        );
+        for (topic, count) in subscribers {
+            // Topic names are limited to [A-Za-z0-9._-], safe inside a label.
+            let _ = writeln!(
+                out,
+                "storecast_topic_subscribers{{topic=\"{topic}\"}} {count}"
+            );
+        }
+        out
+    }
+}

@@ -1,0 +1,285 @@
+//! The HTTP interface: publish, subscribe (SSE, WebSocket), the page, health, metrics,
+//! and the checks every request passes (tokens, CORS, limits).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use storecast::Store;
+use storecast_tokio::{EventSource, WebSocketSubscriber, last_event_id};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::topics::{HubMessage, Topic, TopicError, Topics};
+
+/// What every handler shares.
+#[derive(Debug)]
+pub struct Hub {
+    pub config: Config,
+    pub topics: Topics,
+    pub metrics: Arc<Metrics>,
+}
+
+type Shared = State<Arc<Hub>>;
+
+/// The hub's routes.
+pub fn router(hub: Arc<Hub>) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route("/publish/{topic}", post(publish))
+        .route("/events/{topic}", get(events))
+        .route("/ws/{topic}", get(websocket))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(hub.config.max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&hub),
+            cors_and_accounting,
+        ))
+        .with_state(hub)
+}
+
+/// A refusal with a message a client can act on.
+fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
+    let mut message = message.into();
+    message.push('\n');
+    (status, message).into_response()
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Params {
+    token: Option<String>,
+    event: Option<String>,
+    #[serde(rename = "lastEventId")]
+    last_event_id: Option<String>,
+}
+
+/// Whether the request carries `expected` (as a bearer token or `?token=`); no token
+/// configured means anyone may.
+fn authorized(expected: &Option<String>, headers: &HeaderMap, params: &Params) -> bool {
+    let Some(expected) = expected else {
+        return true;
+    };
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let given = bearer.or(params.token.as_deref());
+    // Compared without an early exit, so timing does not reveal a matching prefix.
+    given.is_some_and(|given| {
+        given.len() == expected.len()
+            && given
+                .bytes()
+                .zip(expected.bytes())
+                .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+                == 0
+    })
+}
+
+fn unauthorized(what: &str) -> Response {
+    let mut response = refuse(
+        StatusCode::UNAUTHORIZED,
+        format!("a valid token is required to {what} (Authorization: Bearer TOKEN, or ?token=)"),
+    );
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+fn topic(hub: &Hub, name: &str) -> Result<Topic, Response> {
+    hub.topics.get(name).map_err(|e| match e {
+        TopicError::BadName => refuse(
+            StatusCode::BAD_REQUEST,
+            format!("bad topic name {name:?}: use 1 to 128 of A-Z a-z 0-9 . _ -"),
+        ),
+        TopicError::TooMany(max) => refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the hub already has its maximum of {max} topics"),
+        ),
+    })
+}
+
+async fn publish(
+    State(hub): Shared,
+    Path(name): Path<String>,
+    Query(params): Query<Params>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !authorized(&hub.config.publish_token, &headers, &params) {
+        return unauthorized("publish");
+    }
+    let topic = match topic(&hub, &name) {
+        Ok(topic) => topic,
+        Err(refusal) => return refusal,
+    };
+    let Ok(data) = String::from_utf8(body.to_vec()) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "the message body must be UTF-8 text",
+        );
+    };
+    if let Some(event) = &params.event {
+        if event.is_empty() || event.contains(['\r', '\n']) {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "the event type must be non-empty and on one line",
+            );
+        }
+    }
+    match topic
+        .submit(HubMessage {
+            event: params.event,
+            data,
+        })
+        .await
+    {
+        Ok(position) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            format!("{{\"topic\":\"{name}\",\"id\":\"{position}\"}}\n"),
+        )
+            .into_response(),
+        Err(_) => refuse(StatusCode::SERVICE_UNAVAILABLE, "the hub is shutting down"),
+    }
+}
+
+/// Checks a subscription request: token and connection cap.
+fn admit(hub: &Hub, headers: &HeaderMap, params: &Params, name: &str) -> Result<Topic, Response> {
+    if !authorized(&hub.config.subscribe_token, headers, params) {
+        return Err(unauthorized("subscribe"));
+    }
+    let open = hub.metrics.connections.load(Ordering::Relaxed);
+    if open >= hub.config.max_connections {
+        return Err(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the hub is at its maximum of {open} subscribers; try again later"),
+        ));
+    }
+    topic(hub, name)
+}
+
+async fn events(
+    State(hub): Shared,
+    Path(name): Path<String>,
+    Query(params): Query<Params>,
+    headers: HeaderMap,
+) -> Response {
+    let topic = match admit(&hub, &headers, &params, &name) {
+        Ok(topic) => topic,
+        Err(refusal) => return refusal,
+    };
+    let mut source = EventSource::new(topic).keep_alive(hub.config.keep_alive());
+    if let Some(retry) = hub.config.retry_ms {
+        source = source.retry(std::time::Duration::from_millis(retry));
+    }
+    source.respond(last_event_id(&headers, params.last_event_id.as_deref()))
+}
+
+async fn websocket(
+    State(hub): Shared,
+    Path(name): Path<String>,
+    Query(params): Query<Params>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let topic = match admit(&hub, &headers, &params, &name) {
+        Ok(topic) => topic,
+        Err(refusal) => return refusal,
+    };
+    let start = match storecast::sse::resume_from(params.last_event_id.as_deref()) {
+        Ok(start) => start,
+        Err(_) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "lastEventId must be a decimal position",
+            );
+        }
+    };
+    WebSocketSubscriber::new(topic)
+        .ping_every(hub.config.keep_alive())
+        .upgrade(upgrade, start)
+}
+
+async fn page() -> Html<&'static str> {
+    Html(include_str!("page.html"))
+}
+
+async fn metrics(State(hub): Shared) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        hub.metrics.render(&hub.topics.subscriber_counts()),
+    )
+        .into_response()
+}
+
+async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
+    refuse(
+        StatusCode::NOT_FOUND,
+        format!("no route for {method} {}; see GET / and --help", uri.path()),
+    )
+}
+
+/// CORS for the configured origins (answering preflights), and counting refusals.
+async fn cors_and_accounting(State(hub): Shared, request: Request, next: Next) -> Response {
+    let origin = request.headers().get(header::ORIGIN).cloned();
+    let allowed = origin.as_ref().and_then(|origin| {
+        let origin_str = origin.to_str().ok()?;
+        let origins = &hub.config.cors_origins;
+        if origins.iter().any(|o| o == "*") {
+            Some(HeaderValue::from_static("*"))
+        } else if origins.iter().any(|o| o == origin_str) {
+            Some(origin.clone())
+        } else {
+            None
+        }
+    });
+    let mut response = if request.method() == Method::OPTIONS && origin.is_some() {
+        if allowed.is_some() {
+            let mut preflight = StatusCode::NO_CONTENT.into_response();
+            let headers = preflight.headers_mut();
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static("GET, POST, OPTIONS"),
+            );
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                HeaderValue::from_static("authorization, content-type, last-event-id"),
+            );
+            headers.insert(
+                header::ACCESS_CONTROL_MAX_AGE,
+                HeaderValue::from_static("600"),
+            );
+            preflight
+        } else {
+            refuse(
+                StatusCode::FORBIDDEN,
+                "this origin is not allowed (see --cors-origin)",
+            )
+        }
+    } else {
+        next.run(request).await
+    };
+    if let Some(allowed) = allowed {
+        response
+            .headers_mut()
+            .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allowed);
+        response
+            .headers_mut()
+            .insert(header::VARY, HeaderValue::from_static("origin"));
+    }
+    if response.status().is_client_error() || response.status().is_server_error() {
+        hub.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(status = %response.status(), "request refused");
+    }
+    response
+}
