@@ -50,9 +50,35 @@ pub fn router(hub: Arc<Hub>) -> Router {
 
 /// A refusal with a message a client can act on.
 fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
-    let mut message = message.into();
-    message.push('\n');
-    (status, message).into_response()
+    Refusal::new(status, message).into_response()
+}
+
+/// A request the hub will not serve: the status and why.
+#[derive(Debug)]
+struct Refusal {
+    status: StatusCode,
+    message: String,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Refusal {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, format!("{}\n", self.message)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -85,24 +111,20 @@ fn authorized(expected: &Option<String>, headers: &HeaderMap, params: &Params) -
     })
 }
 
-fn unauthorized(what: &str) -> Response {
-    let mut response = refuse(
+fn unauthorized(what: &str) -> Refusal {
+    Refusal::new(
         StatusCode::UNAUTHORIZED,
         format!("a valid token is required to {what} (Authorization: Bearer TOKEN, or ?token=)"),
-    );
-    response
-        .headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    response
+    )
 }
 
-fn topic(hub: &Hub, name: &str) -> Result<Topic, Response> {
+fn topic(hub: &Hub, name: &str) -> Result<Topic, Refusal> {
     hub.topics.get(name).map_err(|e| match e {
-        TopicError::BadName => refuse(
+        TopicError::BadName => Refusal::new(
             StatusCode::BAD_REQUEST,
             format!("bad topic name {name:?}: use 1 to 128 of A-Z a-z 0-9 . _ -"),
         ),
-        TopicError::TooMany(max) => refuse(
+        TopicError::TooMany(max) => Refusal::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("the hub already has its maximum of {max} topics"),
         ),
@@ -117,11 +139,11 @@ async fn publish(
     body: Bytes,
 ) -> Response {
     if !authorized(&hub.config.publish_token, &headers, &params) {
-        return unauthorized("publish");
+        return unauthorized("publish").into_response();
     }
     let topic = match topic(&hub, &name) {
         Ok(topic) => topic,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.into_response(),
     };
     let Ok(data) = String::from_utf8(body.to_vec()) else {
         return refuse(
@@ -129,13 +151,13 @@ async fn publish(
             "the message body must be UTF-8 text",
         );
     };
-    if let Some(event) = &params.event {
-        if event.is_empty() || event.contains(['\r', '\n']) {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                "the event type must be non-empty and on one line",
-            );
-        }
+    if let Some(event) = &params.event
+        && (event.is_empty() || event.contains(['\r', '\n']))
+    {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "the event type must be non-empty and on one line",
+        );
     }
     match topic
         .submit(HubMessage {
@@ -154,13 +176,13 @@ async fn publish(
 }
 
 /// Checks a subscription request: token and connection cap.
-fn admit(hub: &Hub, headers: &HeaderMap, params: &Params, name: &str) -> Result<Topic, Response> {
+fn admit(hub: &Hub, headers: &HeaderMap, params: &Params, name: &str) -> Result<Topic, Refusal> {
     if !authorized(&hub.config.subscribe_token, headers, params) {
         return Err(unauthorized("subscribe"));
     }
     let open = hub.metrics.connections.load(Ordering::Relaxed);
     if open >= hub.config.max_connections {
-        return Err(refuse(
+        return Err(Refusal::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("the hub is at its maximum of {open} subscribers; try again later"),
         ));
@@ -176,7 +198,7 @@ async fn events(
 ) -> Response {
     let topic = match admit(&hub, &headers, &params, &name) {
         Ok(topic) => topic,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.into_response(),
     };
     let mut source = EventSource::new(topic).keep_alive(hub.config.keep_alive());
     if let Some(retry) = hub.config.retry_ms {
@@ -194,7 +216,7 @@ async fn websocket(
 ) -> Response {
     let topic = match admit(&hub, &headers, &params, &name) {
         Ok(topic) => topic,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.into_response(),
     };
     let start = match storecast::sse::resume_from(params.last_event_id.as_deref()) {
         Ok(start) => start,
