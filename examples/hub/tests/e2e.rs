@@ -1,0 +1,359 @@
+//! End to end: the real hub binary on a loopback port, real HTTP and WebSocket clients.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use futures_lite::StreamExt;
+use support::{Hub, client};
+use tokio_tungstenite::tungstenite::Message as Frame;
+
+#[tokio::test]
+async fn a_published_message_reaches_sse_and_websocket_subscribers() {
+    let hub = Hub::start(&[]);
+    let mut sse = hub.events("/events/demo", &[]).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws/demo", hub.address))
+        .await
+        .expect("the WebSocket upgrade succeeds");
+    // Both subscribed before the publish (the WebSocket one once its upgrade is done).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let id = hub.published("demo", "hello").await;
+
+    let event = sse.next().await;
+    assert_eq!(
+        (event.event.as_str(), event.data.as_str(), event.id.as_str()),
+        ("message", "hello", id.as_str())
+    );
+    let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let Frame::Text(text) = frame else {
+        panic!("expected a text frame, got {frame:?}")
+    };
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        (json["data"].as_str(), json["id"].as_str()),
+        (Some("hello"), Some(id.as_str()))
+    );
+}
+
+#[tokio::test]
+async fn an_event_type_can_be_given_when_publishing() {
+    let hub = Hub::start(&[]);
+    let mut sse = hub.events("/events/news", &[]).await;
+    let response = client()
+        .post(hub.url("/publish/news?event=headline"))
+        .body("storecast ships")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let event = sse.next().await;
+    assert_eq!(
+        (event.event.as_str(), event.data.as_str()),
+        ("headline", "storecast ships")
+    );
+}
+
+#[tokio::test]
+async fn sse_resumes_after_last_event_id_from_header_or_query() {
+    let hub = Hub::start(&[]);
+    let mut ids = Vec::new();
+    for n in 1..=3 {
+        ids.push(hub.published("resume", &format!("m{n}")).await);
+    }
+    let mut from_header = hub
+        .events("/events/resume", &[("Last-Event-ID", &ids[0])])
+        .await;
+    assert_eq!(from_header.next().await.data, "m2");
+    assert_eq!(from_header.next().await.data, "m3");
+    let mut from_query = hub
+        .events(&format!("/events/resume?lastEventId={}", ids[1]), &[])
+        .await;
+    assert_eq!(from_query.next().await.data, "m3");
+    assert!(
+        from_query
+            .try_next(Duration::from_millis(300))
+            .await
+            .is_none(),
+        "a message arrived twice"
+    );
+}
+
+#[tokio::test]
+async fn resuming_from_a_position_no_longer_retained_is_told_then_continues() {
+    let hub = Hub::start(&["--queue-capacity", "4"]);
+    let mut ids = Vec::new();
+    for n in 1..=10 {
+        ids.push(hub.published("gone", &format!("m{n}")).await);
+    }
+    let mut sse = hub
+        .events("/events/gone", &[("Last-Event-ID", &ids[0])])
+        .await;
+    let notice = sse.next().await;
+    assert_eq!(
+        (notice.event.as_str(), notice.data.as_str()),
+        ("lagged", r#"{"missed":5}"#)
+    );
+    for n in 7..=10 {
+        assert_eq!(sse.next().await.data, format!("m{n}"));
+    }
+}
+
+#[tokio::test]
+async fn a_message_that_looks_like_events_arrives_as_one_ordinary_event() {
+    let hub = Hub::start(&[]);
+    let mut sse = hub.events("/events/inject", &[]).await;
+    let message = "x\n\nevent: admin\ndata: y\nretry: 1";
+    hub.published("inject", message).await;
+    hub.published("inject", "after").await;
+    let event = sse.next().await;
+    assert_eq!(
+        (event.event.as_str(), event.data.as_str()),
+        ("message", message)
+    );
+    assert_eq!(sse.next().await.data, "after");
+}
+
+#[tokio::test]
+async fn latest_value_topics_give_a_new_subscriber_the_current_value() {
+    let hub = Hub::start(&["--latest", "prices.*"]);
+    for price in ["100", "101", "102"] {
+        hub.published("prices.acme", price).await;
+    }
+    let mut sse = hub.events("/events/prices.acme", &[]).await;
+    assert_eq!(sse.next().await.data, "102");
+    hub.published("prices.acme", "103").await;
+    assert_eq!(sse.next().await.data, "103");
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_errors_and_nothing_else_is_disturbed() {
+    let hub = Hub::start(&["--max-body-bytes", "1024"]);
+    let mut sse = hub.events("/events/steady", &[]).await;
+
+    let (status, text) = hub.publish("steady", vec![b'a'; 2048]).await;
+    assert_eq!(status, 413, "{text}");
+    let (status, text) = hub.publish("steady", vec![0xff, 0xfe, 0x00]).await;
+    assert_eq!((status, text.contains("UTF-8")), (400, true), "{text}");
+    let (status, text) = hub.publish("bad%20topic!", "x").await;
+    assert_eq!((status, text.contains("topic")), (400, true), "{text}");
+    let response = client()
+        .get(hub.url("/no/such/route"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let response = client()
+        .get(hub.url("/events/steady"))
+        .header("Last-Event-ID", "not-a-number")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let response = client()
+        .post(hub.url("/publish/steady?event=a%0Ab"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+
+    // The subscriber that was there all along still gets what comes next, and only that.
+    hub.published("steady", "still here").await;
+    assert_eq!(sse.next().await.data, "still here");
+}
+
+#[tokio::test]
+async fn tokens_are_required_when_configured() {
+    let hub = Hub::start(&[
+        "--publish-token",
+        "pub-secret",
+        "--subscribe-token",
+        "sub-secret",
+    ]);
+    let (status, _) = hub.publish("private", "x").await;
+    assert_eq!(status, 401);
+    let response = client()
+        .post(hub.url("/publish/private"))
+        .bearer_auth("wrong")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(response.headers()["www-authenticate"], "Bearer");
+    let response = client()
+        .get(hub.url("/events/private"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+
+    let mut sse = hub.events("/events/private?token=sub-secret", &[]).await;
+    let response = client()
+        .post(hub.url("/publish/private"))
+        .bearer_auth("pub-secret")
+        .body("secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(sse.next().await.data, "secret");
+}
+
+#[tokio::test]
+async fn the_connection_cap_answers_503() {
+    let hub = Hub::start(&["--max-connections", "1"]);
+    let _first = hub.events("/events/capped", &[]).await;
+    let second = client()
+        .get(hub.url("/events/capped"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(second.status(), 503);
+    drop(_first);
+    // Once the first one is gone, there is room again.
+    let mut room = false;
+    for _ in 0..50 {
+        let again = client()
+            .get(hub.url("/events/capped"))
+            .send()
+            .await
+            .unwrap();
+        if again.status() == 200 {
+            room = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(room, "the cap was not released when a subscriber left");
+}
+
+#[tokio::test]
+async fn cors_allows_the_configured_origin_only() {
+    let hub = Hub::start(&["--cors-origin", "https://app.example"]);
+    let allowed = client()
+        .get(hub.url("/healthz"))
+        .header("Origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let other = client()
+        .get(hub.url("/healthz"))
+        .header("Origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+    let preflight = client()
+        .request(reqwest::Method::OPTIONS, hub.url("/publish/x"))
+        .header("Origin", "https://app.example")
+        .header("Access-Control-Request-Method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.status(), 204);
+    assert!(
+        preflight.headers()["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("POST")
+    );
+}
+
+#[tokio::test]
+async fn health_and_metrics_report_what_happened() {
+    let hub = Hub::start(&[]);
+    let health = client().get(hub.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let mut sse = hub.events("/events/counted", &[]).await;
+    hub.published("counted", "one").await;
+    sse.next().await;
+    let metrics = client()
+        .get(hub.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "storecast_connections 1",
+        "storecast_messages_in_total 1",
+        "storecast_messages_out_total 1",
+        "storecast_topic_subscribers{topic=\"counted\"} 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing {line:?} in:\n{metrics}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_slows_nobody_and_is_told_what_it_missed() {
+    let hub = Hub::start(&["--queue-capacity", "16"]);
+    // The slow client: asks for the stream, then reads nothing for a while.
+    let mut slow = std::net::TcpStream::connect(&hub.address).unwrap();
+    write!(slow, "GET /events/firehose HTTP/1.1\r\nHost: hub\r\n\r\n").unwrap();
+    let mut fast = hub.events("/events/firehose", &[]).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Far more than the kernel's socket buffers hold, so the hub must drop for the slow
+    // one; each message is read by the fast one before the next is published.
+    const COUNT: usize = 400;
+    let payload = "x".repeat(60_000);
+    let started = tokio::time::Instant::now();
+    for n in 1..=COUNT {
+        let id = hub.published("firehose", &format!("{n}:{payload}")).await;
+        let event = fast.next().await;
+        assert_eq!(
+            (event.id.as_str(), id.as_str()),
+            (n.to_string().as_str(), n.to_string().as_str())
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "publishing was held up"
+    );
+
+    // Now the slow client reads: it is told it lagged, then goes on.
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buffer = vec![0; 1 << 20];
+    while !String::from_utf8_lossy(&seen).contains("event: lagged") {
+        let n = slow
+            .read(&mut buffer)
+            .expect("the slow client can still read");
+        assert!(n > 0, "the stream ended without a lag report");
+        seen.extend_from_slice(&buffer[..n]);
+    }
+}
+
+#[tokio::test]
+async fn shutting_down_ends_every_stream_and_exits_cleanly() {
+    let mut hub = Hub::start(&[]);
+    let mut sse = hub.events("/events/bye", &[]).await;
+    hub.published("bye", "last words").await;
+    assert_eq!(sse.next().await.data, "last words");
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &hub.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert!(
+        sse.ends(Duration::from_secs(10)).await,
+        "the stream did not end on shutdown"
+    );
+    let status = hub.child.wait().unwrap();
+    assert!(status.success(), "the hub exited with {status}");
+}
