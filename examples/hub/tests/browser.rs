@@ -52,10 +52,10 @@ async fn start_driver() -> Driver {
         url: format!("http://127.0.0.1:{port}"),
     };
     for _ in 0..100 {
-        if let Ok(status) = client().get(format!("{}/status", driver.url)).send().await {
-            if status.status().is_success() {
-                return driver;
-            }
+        if let Ok(status) = client().get(format!("{}/status", driver.url)).send().await
+            && status.status().is_success()
+        {
+            return driver;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
