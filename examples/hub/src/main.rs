@@ -13,6 +13,7 @@ mod topics;
 
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -52,6 +53,12 @@ async fn main() -> std::process::ExitCode {
 
     let app = routes::router(Arc::clone(&hub));
     let closing = Arc::clone(&hub);
+    // Events are small writes that must leave at once: no Nagle delay.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!("cannot set TCP_NODELAY: {e}");
+        }
+    });
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             storecast_tokio::shutdown_signal().await;
