@@ -230,6 +230,23 @@ mod items {
     }
 
     #[test]
+    fn events_already_waiting_go_out_in_one_chunk() {
+        let store = QueueStore::new(8);
+        let sub = store.subscribe();
+        for n in 1..=3 {
+            store.try_submit(format!("m{n}")).unwrap();
+        }
+        let mut body = EventStream::new(sub, futures_lite::stream::pending::<()>(), None);
+        block_on(async {
+            let chunk = body.next().await.unwrap();
+            assert_eq!(
+                chunk,
+                "id: 1\ndata: m1\n\nid: 2\ndata: m2\n\nid: 3\ndata: m3\n\n"
+            );
+        });
+    }
+
+    #[test]
     fn a_laggard_cut_off_by_disconnect_gets_a_last_event_then_the_stream_ends() {
         let store = QueueStore::with_overflow(1, Overflow::Disconnect);
         let sub = store.subscribe();

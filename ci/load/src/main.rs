@@ -94,34 +94,50 @@ async fn subscribe(hub: &str, topic: &str) -> std::io::Result<TcpStream> {
     Ok(stream)
 }
 
-/// Reads SSE events from `stream`, calling `each` with every `data:` line's bytes and
-/// counting `lagged` events, until `deadline` or the end of the stream.
+/// Reads SSE events from `stream`, calling `each` with every message's `data:` bytes,
+/// until `target` messages were received or reported missed, the deadline passes, or the
+/// stream ends. Returns the number of lag reports and of messages they said were missed.
 async fn read_events(
     mut stream: TcpStream,
     mut each: impl FnMut(&[u8]),
+    target: u64,
     deadline: tokio::time::Instant,
-) -> u64 {
+) -> (u64, u64) {
     let mut buffer = vec![0u8; 64 * 1024];
     let mut pending: Vec<u8> = Vec::new();
-    let mut lagged = 0;
-    loop {
+    let (mut reports, mut missed, mut received) = (0, 0, 0);
+    let mut lag_data_next = false;
+    while received + missed < target {
         let n = match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
             Ok(Ok(n)) if n > 0 => n,
-            _ => return lagged,
+            _ => break,
         };
         pending.extend_from_slice(&buffer[..n]);
         let mut start = 0;
         while let Some(end) = pending[start..].iter().position(|&b| b == b'\n') {
             let line = &pending[start..start + end];
-            if let Some(data) = line.strip_prefix(b"data: ") {
-                each(data);
-            } else if line == b"event: lagged" {
-                lagged += 1;
+            if line == b"event: lagged" {
+                reports += 1;
+                lag_data_next = true;
+            } else if let Some(data) = line.strip_prefix(b"data: ") {
+                if std::mem::take(&mut lag_data_next) {
+                    // {"missed":N}
+                    let digits: String = data
+                        .iter()
+                        .filter(|b| b.is_ascii_digit())
+                        .map(|&b| b as char)
+                        .collect();
+                    missed += digits.parse::<u64>().unwrap_or(0);
+                } else {
+                    each(data);
+                    received += 1;
+                }
             }
             start += end + 1;
         }
         pending.drain(..start);
     }
+    (reports, missed)
 }
 
 /// Publishes over one keep-alive connection; returns the connection for the next one.
@@ -191,6 +207,7 @@ async fn idle_phase(o: &Options) {
                                     let _ = tx.send(());
                                 }
                             },
+                            u64::MAX,
                             deadline,
                         )
                         .await;
@@ -284,53 +301,70 @@ async fn fan_out_phase(o: &Options) {
     for _ in 0..o.connections {
         streams.push(subscribe(&o.hub, "load").await.expect("subscribe"));
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(o.seconds + 5);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(o.seconds * 3 + 10);
+    let wanted = o.rate * o.seconds / 8 * 8;
     let readers: Vec<_> = streams
         .into_iter()
         .map(|stream| {
             tokio::spawn(async move {
                 let mut histogram = Histogram::new();
                 let mut received = 0u64;
-                let lagged = read_events(
+                let (lagged, missed) = read_events(
                     stream,
                     |data| {
-                        let sent: u64 = std::str::from_utf8(&data[..20])
+                        let sent: u64 = std::str::from_utf8(&data[..20.min(data.len())])
                             .ok()
                             .and_then(|s| s.parse().ok())
-                            .unwrap_or(0);
+                            .expect("a timestamped message");
                         histogram.record(unix_nanos().saturating_sub(sent) / 1000);
                         received += 1;
                     },
+                    wanted,
                     deadline,
                 )
                 .await;
-                (histogram, received, lagged)
+                (histogram, received, lagged, missed)
             })
         })
         .collect();
 
-    let mut conn = TcpStream::connect(&o.hub)
-        .await
-        .expect("publisher connects");
-    let total = o.rate * o.seconds;
+    // Several publishing connections, so that one request's round trip does not cap the
+    // rate; together they publish `rate` per second.
+    const PUBLISHERS: u64 = 8;
+    let per_publisher = o.rate * o.seconds / PUBLISHERS;
+    let total = per_publisher * PUBLISHERS;
+    let period = Duration::from_nanos(1_000_000_000 * PUBLISHERS / o.rate);
     let started = tokio::time::Instant::now();
-    let mut ticks = tokio::time::interval(Duration::from_nanos(1_000_000_000 / o.rate));
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    for _ in 0..total {
-        ticks.tick().await;
-        let mut body = format!("{:020}", unix_nanos()).into_bytes();
-        body.resize(64, b'x');
-        publish(&mut conn, "load", &body).await.expect("publish");
+    let publishers: Vec<_> = (0..PUBLISHERS)
+        .map(|_| {
+            let hub = o.hub.clone();
+            tokio::spawn(async move {
+                let mut conn = TcpStream::connect(&hub).await.expect("publisher connects");
+                conn.set_nodelay(true).expect("TCP_NODELAY");
+                let mut ticks = tokio::time::interval(period);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                for _ in 0..per_publisher {
+                    ticks.tick().await;
+                    let mut body = format!("{:020}", unix_nanos()).into_bytes();
+                    body.resize(64, b'x');
+                    publish(&mut conn, "load", &body).await.expect("publish");
+                }
+            })
+        })
+        .collect();
+    for publisher in publishers {
+        publisher.await.unwrap();
     }
     let publishing = started.elapsed();
 
     let mut histogram = Histogram::new();
-    let (mut received, mut lagged) = (0u64, 0u64);
+    let (mut received, mut lagged, mut missed) = (0u64, 0u64, 0u64);
     for reader in readers {
-        let (h, r, l) = reader.await.unwrap();
+        let (h, r, l, m) = reader.await.unwrap();
         histogram.merge(&h);
         received += r;
         lagged += l;
+        missed += m;
     }
     let expected = total * o.connections as u64;
     let show = |q: Option<u64>| {
@@ -344,7 +378,7 @@ async fn fan_out_phase(o: &Options) {
         total as f64 / publishing.as_secs_f64()
     );
     println!(
-        "- delivered {received} of {expected} ({:.0} events/s over the publishing time); {lagged} lag reports",
+        "- delivered {received} of {expected} ({:.0} events/s over the publishing time); {lagged} lag reports for {missed} missed",
         received as f64 / publishing.as_secs_f64()
     );
     println!(
