@@ -1,0 +1,190 @@
+//! Serving a store over WebSocket.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use async_tungstenite::WebSocketStream;
+use async_tungstenite::tungstenite::Message;
+use async_tungstenite::tungstenite::handshake::derive_accept_key;
+use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use async_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use futures_lite::future::or;
+use futures_lite::{AsyncRead, AsyncWrite, StreamExt};
+use http_body_util::{BodyExt, Empty};
+use hyper::header::{CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE};
+use hyper::rt::ReadBuf;
+use hyper::{Request, Response, StatusCode};
+use storecast::sse::Payload;
+use storecast::{RecvError, Start, Store, websocket};
+
+use crate::http::{Body, text};
+
+/// Tornadose's `WebSocketSubscriber` on async-std: one JSON text frame per message,
+/// `{"data": ..., "id": ...}` (see [`storecast::websocket`]), pings every 15 s by default,
+/// a peer silent for three intervals dropped; the socket is closed normally when the
+/// store closes, and with code 1008 after a `fell-behind` frame.
+#[derive(Debug, Clone)]
+pub struct WebSocketSubscriber<S> {
+    store: S,
+    ping: Duration,
+}
+
+enum Turn<T> {
+    Item(Option<storecast::Item<T>>),
+    Received(Option<Result<Message, async_tungstenite::tungstenite::Error>>),
+    Ping,
+}
+
+impl<S> WebSocketSubscriber<S>
+where
+    S: Store + Clone + 'static,
+    S::Value: Payload,
+{
+    /// Serves `store`, pinging every 15 s.
+    pub fn new(store: S) -> Self {
+        WebSocketSubscriber {
+            store,
+            ping: Duration::from_secs(15),
+        }
+    }
+
+    /// Sets how often the server pings.
+    pub fn ping_every(mut self, every: Duration) -> Self {
+        self.ping = every;
+        self
+    }
+
+    /// Answers an upgrade request (`101 Switching Protocols`), then streams the store from
+    /// `start` on the upgraded connection; a request that is not a WebSocket handshake
+    /// gets `400 Bad Request`.
+    pub fn upgrade<B>(self, mut request: Request<B>, start: Start) -> Response<Body> {
+        let headers = request.headers();
+        let wants_upgrade = headers
+            .get(UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+        let Some(key) = headers.get(SEC_WEBSOCKET_KEY).filter(|_| wants_upgrade) else {
+            return text(StatusCode::BAD_REQUEST, "expected a WebSocket handshake");
+        };
+        let accept = derive_accept_key(key.as_bytes());
+        let upgrading = hyper::upgrade::on(&mut request);
+        async_std::task::spawn(async move {
+            match upgrading.await {
+                Ok(upgraded) => {
+                    let socket =
+                        WebSocketStream::from_raw_socket(HyperIo(upgraded), Role::Server, None)
+                            .await;
+                    self.serve(socket, start).await;
+                }
+                Err(e) => tracing::debug!("WebSocket upgrade failed: {e}"),
+            }
+        });
+        let mut response = Response::new(Empty::new().map_err(|never| match never {}).boxed());
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = response.headers_mut();
+        headers.insert(UPGRADE, "websocket".parse().expect("a header"));
+        headers.insert(CONNECTION, "Upgrade".parse().expect("a header"));
+        headers.insert(SEC_WEBSOCKET_ACCEPT, accept.parse().expect("a header"));
+        response
+    }
+
+    async fn serve<Io>(self, mut socket: WebSocketStream<Io>, start: Start)
+    where
+        Io: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut subscriber = self.store.subscribe_from(start);
+        let mut ping = async_io::Timer::interval_at(Instant::now() + self.ping, self.ping);
+        let mut heard = Instant::now();
+        loop {
+            let turn = or(
+                async { Turn::Item(subscriber.next().await) },
+                or(async { Turn::Received(socket.next().await) }, async {
+                    ping.next().await;
+                    Turn::Ping
+                }),
+            )
+            .await;
+            match turn {
+                Turn::Item(None) => {
+                    let _ = socket
+                        .close(Some(close(CloseCode::Normal, "the store is closed")))
+                        .await;
+                    break;
+                }
+                Turn::Item(Some(item)) => {
+                    let cut_off = matches!(item, Err(RecvError::FellBehind { .. }));
+                    let frame = websocket::encode_item(&item);
+                    if socket.send(Message::text(frame)).await.is_err() {
+                        break;
+                    }
+                    if cut_off {
+                        let _ = socket
+                            .close(Some(close(CloseCode::Policy, "fell behind")))
+                            .await;
+                        break;
+                    }
+                }
+                Turn::Received(Some(Ok(Message::Close(_))))
+                | Turn::Received(Some(Err(_)))
+                | Turn::Received(None) => break,
+                Turn::Received(Some(Ok(_))) => heard = Instant::now(),
+                Turn::Ping => {
+                    if heard.elapsed() > self.ping * 3 {
+                        tracing::debug!(
+                            "dropping a WebSocket peer silent for {:?}",
+                            heard.elapsed()
+                        );
+                        break;
+                    }
+                    if socket.send(Message::Ping(Vec::new().into())).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn close(code: CloseCode, reason: &'static str) -> CloseFrame {
+    CloseFrame {
+        code,
+        reason: reason.into(),
+    }
+}
+
+/// A hyper connection (the upgraded socket) seen as `futures-io`, for async-tungstenite.
+struct HyperIo<T>(T);
+
+impl<T: hyper::rt::Read + Unpin> AsyncRead for HyperIo<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let mut read = ReadBuf::new(buf);
+        match Pin::new(&mut self.get_mut().0).poll_read(cx, read.unfilled()) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(read.filled().len())),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T: hyper::rt::Write + Unpin> AsyncWrite for HyperIo<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+}
