@@ -113,38 +113,119 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// Lets other tasks run, the way each runtime does it (Tokio's puts the task at the back of
+/// the queue; a bare self-wake would be polled again at once).
+async fn yield_on(rt: Runtime) {
+    match rt {
+        Runtime::Tokio => tokio::task::yield_now().await,
+        Runtime::AsyncStd => async_std::task::yield_now().await,
+        Runtime::Smol => futures_lite::future::yield_now().await,
+    }
+}
+
+/// The runtimes the stores are measured on: each with two worker threads.
+#[derive(Clone, Copy)]
+enum Runtime {
+    Tokio,
+    AsyncStd,
+    Smol,
+}
+
 /// Runs `publisher` and the subscriber tasks on a fresh runtime; returns the elapsed time
 /// from the first submit until every subscriber finished, and what each one received.
-fn fan_out<S, SF, P>(subscribers: Vec<S>, read: fn(S) -> SF, publisher: P) -> (Duration, Vec<u64>)
+fn fan_out<S, SF, P>(
+    runtime_kind: Runtime,
+    subscribers: Vec<S>,
+    read: fn(S) -> SF,
+    publisher: P,
+) -> (Duration, Vec<u64>)
 where
     S: Send + 'static,
     SF: Future<Output = u64> + Send + 'static,
     P: Future<Output = ()> + Send + 'static,
 {
-    let rt = runtime();
-    rt.block_on(async move {
-        let readers: Vec<_> = subscribers
-            .into_iter()
-            .map(|s| tokio::spawn(read(s)))
-            .collect();
-        // Let every reader reach its first wait before the clock starts.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let start = Instant::now();
-        tokio::spawn(publisher).await.unwrap();
-        let mut received = Vec::with_capacity(readers.len());
-        for r in readers {
-            received.push(r.await.unwrap());
+    match runtime_kind {
+        Runtime::Tokio => runtime().block_on(async move {
+            let readers: Vec<_> = subscribers
+                .into_iter()
+                .map(|s| tokio::spawn(read(s)))
+                .collect();
+            // Let every reader reach its first wait before the clock starts.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let start = Instant::now();
+            tokio::spawn(publisher).await.unwrap();
+            let mut received = Vec::with_capacity(readers.len());
+            for r in readers {
+                received.push(r.await.unwrap());
+            }
+            (start.elapsed(), received)
+        }),
+        // async-std's global executor runs one thread per core: two here.
+        Runtime::AsyncStd => async_std::task::block_on(async move {
+            let readers: Vec<_> = subscribers
+                .into_iter()
+                .map(|s| async_std::task::spawn(read(s)))
+                .collect();
+            async_io::Timer::after(Duration::from_millis(20)).await;
+            let start = Instant::now();
+            async_std::task::spawn(publisher).await;
+            let mut received = Vec::with_capacity(readers.len());
+            for r in readers {
+                received.push(r.await);
+            }
+            (start.elapsed(), received)
+        }),
+        Runtime::Smol => {
+            let executor = std::sync::Arc::new(smol::Executor::new());
+            let (stop, stopped) = smol::channel::unbounded::<()>();
+            let workers: Vec<_> = (0..2)
+                .map(|_| {
+                    let (executor, stopped) = (executor.clone(), stopped.clone());
+                    std::thread::spawn(move || smol::block_on(executor.run(stopped.recv())))
+                })
+                .collect();
+            let result = smol::block_on(async {
+                let readers: Vec<_> = subscribers
+                    .into_iter()
+                    .map(|s| executor.spawn(read(s)))
+                    .collect();
+                async_io::Timer::after(Duration::from_millis(20)).await;
+                let start = Instant::now();
+                executor.spawn(publisher).await;
+                let mut received = Vec::with_capacity(readers.len());
+                for r in readers {
+                    received.push(r.await);
+                }
+                (start.elapsed(), received)
+            });
+            drop(stop);
+            for w in workers {
+                let _ = w.join();
+            }
+            result
         }
-        (start.elapsed(), received)
-    })
+    }
 }
 
 // --- Queue: lossless fan-out ------------------------------------------------------------
 
 fn storecast_queue(n: usize, m: u64) -> (Duration, Vec<u64>) {
+    storecast_queue_on(Runtime::Tokio, n, m)
+}
+
+fn storecast_queue_async_std(n: usize, m: u64) -> (Duration, Vec<u64>) {
+    storecast_queue_on(Runtime::AsyncStd, n, m)
+}
+
+fn storecast_queue_smol(n: usize, m: u64) -> (Duration, Vec<u64>) {
+    storecast_queue_on(Runtime::Smol, n, m)
+}
+
+fn storecast_queue_on(rt: Runtime, n: usize, m: u64) -> (Duration, Vec<u64>) {
     let store = QueueStore::<Payload>::new(CAPACITY);
     let subs: Vec<_> = (0..n).map(|_| store.subscribe()).collect();
     fan_out(
+        rt,
         subs,
         |mut sub| async move {
             let mut got = 0;
@@ -169,6 +250,7 @@ fn tokio_broadcast(n: usize, m: u64) -> (Duration, Vec<u64>) {
     let subs: Vec<_> = (0..n).map(|_| tx.subscribe()).collect();
     drop(rx);
     fan_out(
+        Runtime::Tokio,
         subs,
         |mut rx| async move {
             let mut got = 0;
@@ -202,6 +284,7 @@ fn async_broadcast(n: usize, m: u64) -> (Duration, Vec<u64>) {
     let subs: Vec<_> = (0..n).map(|_| rx.clone()).collect();
     drop(rx);
     fan_out(
+        Runtime::Tokio,
         subs,
         |mut rx| async move {
             let mut got = 0;
@@ -225,9 +308,22 @@ fn async_broadcast(n: usize, m: u64) -> (Duration, Vec<u64>) {
 const YIELD_EVERY: u64 = 16;
 
 fn storecast_latest(n: usize, m: u64) -> (Duration, Vec<u64>) {
+    storecast_latest_on(Runtime::Tokio, n, m)
+}
+
+fn storecast_latest_async_std(n: usize, m: u64) -> (Duration, Vec<u64>) {
+    storecast_latest_on(Runtime::AsyncStd, n, m)
+}
+
+fn storecast_latest_smol(n: usize, m: u64) -> (Duration, Vec<u64>) {
+    storecast_latest_on(Runtime::Smol, n, m)
+}
+
+fn storecast_latest_on(rt: Runtime, n: usize, m: u64) -> (Duration, Vec<u64>) {
     let store = DataStore::<Payload>::new();
     let subs: Vec<_> = (0..n).map(|_| store.subscribe()).collect();
     fan_out(
+        rt,
         subs,
         |mut sub| async move {
             let (mut got, mut last) = (0, 0);
@@ -242,7 +338,7 @@ fn storecast_latest(n: usize, m: u64) -> (Duration, Vec<u64>) {
             for i in 1..=m {
                 store.submit(payload(i)).unwrap();
                 if i % YIELD_EVERY == 0 {
-                    tokio::task::yield_now().await;
+                    yield_on(rt).await;
                 }
             }
             store.close();
@@ -255,6 +351,7 @@ fn tokio_watch(n: usize, m: u64) -> (Duration, Vec<u64>) {
     let subs: Vec<_> = (0..n).map(|_| rx.clone()).collect();
     drop(rx);
     fan_out(
+        Runtime::Tokio,
         subs,
         |mut rx| async move {
             let (mut got, mut last) = (0, 0);
@@ -414,7 +511,7 @@ fn memory() {
 fn main() {
     let o = options();
     println!(
-        "# storecast fan-out benchmark\n\n2-worker Tokio runtime, 64-byte messages, queue capacity {CAPACITY}, \
+        "# storecast fan-out benchmark\n\n2 worker threads (Tokio unless named), 64-byte messages, queue capacity {CAPACITY}, \
          median of {} run(s); figures are deliveries per second for queues and updates per \
          second reaching every subscriber for latest-value stores.",
         o.repeat
@@ -434,6 +531,14 @@ fn main() {
                 name: "async-broadcast",
                 run: async_broadcast,
             },
+            Contender {
+                name: "QueueStore on async-std",
+                run: storecast_queue_async_std,
+            },
+            Contender {
+                name: "QueueStore on smol",
+                run: storecast_queue_smol,
+            },
         ],
         &o,
         true,
@@ -448,6 +553,14 @@ fn main() {
             Contender {
                 name: "tokio watch",
                 run: tokio_watch,
+            },
+            Contender {
+                name: "DataStore on async-std",
+                run: storecast_latest_async_std,
+            },
+            Contender {
+                name: "DataStore on smol",
+                run: storecast_latest_smol,
             },
         ],
         &o,
