@@ -72,6 +72,8 @@ mod backpressure;
 #[cfg(feature = "alloc")]
 mod data_store;
 #[cfg(feature = "alloc")]
+pub mod drive;
+#[cfg(feature = "alloc")]
 mod notify;
 #[cfg(feature = "alloc")]
 mod queue_store;

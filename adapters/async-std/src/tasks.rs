@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use async_std::task::JoinHandle;
-use futures_lite::{Stream, StreamExt};
-use storecast::Store;
+use futures_lite::Stream;
+use storecast::{Store, drive};
 
 /// Submits every item of `source` to `store`, in order (waiting for room if the store's
 /// policy is to wait), until the source ends or the store closes. The task's result is
@@ -15,36 +15,17 @@ where
     S: Store + 'static,
     St: Stream<Item = S::Value> + Send + 'static,
 {
-    async_std::task::spawn(async move {
-        let mut source = std::pin::pin!(source);
-        let mut submitted = 0;
-        while let Some(value) = source.next().await {
-            if store.submit(value).await.is_err() {
-                break;
-            }
-            submitted += 1;
-        }
-        submitted
-    })
+    async_std::task::spawn(async move { drive::forward(&store, source).await })
 }
 
 /// Submits `make()` to `store` every `period` (the first after one period), until the
 /// store closes. The task's result is how many values were submitted.
-pub fn every<S, F>(store: S, period: Duration, mut make: F) -> JoinHandle<u64>
+pub fn every<S, F>(store: S, period: Duration, make: F) -> JoinHandle<u64>
 where
     S: Store + 'static,
     F: FnMut() -> S::Value + Send + 'static,
 {
     async_std::task::spawn(async move {
-        let mut ticks = async_io::Timer::interval(period);
-        let mut submitted = 0;
-        while !store.is_closed() {
-            ticks.next().await;
-            if store.submit(make()).await.is_err() {
-                break;
-            }
-            submitted += 1;
-        }
-        submitted
+        drive::on_ticks(&store, async_io::Timer::interval(period), make).await
     })
 }

@@ -1,8 +1,6 @@
 //! Serving a store as Server-Sent Events.
 
 use std::convert::Infallible;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -10,10 +8,11 @@ use axum::extract::Query;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
-use futures_lite::{Stream, StreamExt};
+use futures_lite::StreamExt;
 use storecast::sse::{self, EventStream, Payload};
 use storecast::{Start, Store};
-use tokio::time::{Interval, MissedTickBehavior};
+
+use crate::timer::Ticks;
 
 /// Tornadose's `EventSource` handler: serves a store's subscribers as Server-Sent Events.
 ///
@@ -108,23 +107,4 @@ pub fn last_event_id<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Opti
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .or(query)
-}
-
-/// Keep-alive ticks from Tokio's timer, the first one period from now.
-struct Ticks(Interval);
-
-impl Ticks {
-    fn new(period: Duration) -> Self {
-        let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        Ticks(interval)
-    }
-}
-
-impl Stream for Ticks {
-    type Item = ();
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<()>> {
-        self.get_mut().0.poll_tick(cx).map(|_| Some(()))
-    }
 }

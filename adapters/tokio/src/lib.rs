@@ -29,6 +29,7 @@
 mod event_source;
 mod shutdown;
 mod tasks;
+mod timer;
 mod websocket;
 
 pub use event_source::{EventSource, last_event_id};

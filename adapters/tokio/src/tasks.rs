@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
-use futures_lite::{Stream, StreamExt};
-use storecast::Store;
+use futures_lite::Stream;
+use storecast::{Store, drive};
 use tokio::task::JoinHandle;
-use tokio::time::MissedTickBehavior;
+
+use crate::timer::Ticks;
 
 /// Submits every item of `source` to `store`, in order (waiting for room if the store's
 /// policy is to wait), until the source ends or the store closes. The task's result is
@@ -29,38 +30,16 @@ where
     S: Store + 'static,
     St: Stream<Item = S::Value> + Send + 'static,
 {
-    tokio::spawn(async move {
-        let mut source = std::pin::pin!(source);
-        let mut submitted = 0;
-        while let Some(value) = source.next().await {
-            if store.submit(value).await.is_err() {
-                break;
-            }
-            submitted += 1;
-        }
-        submitted
-    })
+    tokio::spawn(async move { drive::forward(&store, source).await })
 }
 
 /// Submits `make()` to `store` every `period` (the first after one period), until the
 /// store closes. A tick that comes late (a busy runtime) is not made up with a burst.
 /// The task's result is how many values were submitted.
-pub fn every<S, F>(store: S, period: Duration, mut make: F) -> JoinHandle<u64>
+pub fn every<S, F>(store: S, period: Duration, make: F) -> JoinHandle<u64>
 where
     S: Store + 'static,
     F: FnMut() -> S::Value + Send + 'static,
 {
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut submitted = 0;
-        while !store.is_closed() {
-            ticks.tick().await;
-            if store.submit(make()).await.is_err() {
-                break;
-            }
-            submitted += 1;
-        }
-        submitted
-    })
+    tokio::spawn(async move { drive::on_ticks(&store, Ticks::new(period), make).await })
 }
