@@ -10,9 +10,9 @@ use core::task::{Context, Poll};
 use futures_core::Stream;
 
 use crate::notify::{Parking, Published, Wakers};
-use crate::slot::{Miss, Slot, Spread};
+use crate::slot::{Miss, Slot};
 use crate::store::{Item, Message, Store};
-use crate::sync::{AtomicBool, AtomicUsize, Mutex, Ordering};
+use crate::sync::{AtomicBool, AtomicUsize, CachePadded, Mutex, Ordering};
 use crate::{Position, Start, SubmitError, TrySubmitError};
 
 /// A latest-value store (Tornadose's `DataStore`): it holds one current value, and its
@@ -62,9 +62,10 @@ pub struct DataStore<T> {
 
 struct Shared<T> {
     /// The current value and its position (0 until the first submit). Readers clone it
-    /// without a lock (see `slot.rs`), spread over guards on separate cache lines by
-    /// their parking shard, since every subscriber reads it at the same moment.
-    current: Slot<T, Spread>,
+    /// without a lock (see `slot.rs`). On a cache line of its own: every read updates its
+    /// reader count, and the fields next to it would otherwise miss in every subscriber's
+    /// cache.
+    current: CachePadded<Slot<T>>,
     /// The position of `current`, published after the value is in place, so that a
     /// subscriber can tell whether anything is new with a single load.
     position: Published,
@@ -93,7 +94,7 @@ impl<T> DataStore<T> {
         let position = current.as_ref().map_or(0, |m| m.position().get());
         DataStore {
             shared: Arc::new(Shared {
-                current: Slot::new(position, current.map(Message::into_arc)),
+                current: CachePadded(Slot::new(position, current.map(Message::into_arc))),
                 position: Published::new(position),
                 submitting: Mutex::new(()),
                 closed: AtomicBool::new(false),
@@ -137,7 +138,7 @@ impl<T> DataStore<T> {
 
     /// The current value and its position, without subscribing.
     pub fn current(&self) -> Option<Message<T>> {
-        self.shared.load(0)
+        self.shared.load()
     }
 
     /// Subscribes as a new subscriber: the current value first, then newer ones.
@@ -256,7 +257,7 @@ pub struct DataSubscriber<T> {
 impl<T> DataSubscriber<T> {
     /// The newest value not yet seen, without waiting; `None` if there is none.
     pub fn try_next(&mut self) -> Option<Message<T>> {
-        self.shared.newer_than(&mut self.seen, self.parking.shard())
+        self.shared.newer_than(&mut self.seen)
     }
 
     /// The position of the last value this subscriber received.
@@ -266,25 +267,25 @@ impl<T> DataSubscriber<T> {
 }
 
 impl<T> Shared<T> {
-    /// The current value, if any; `reader` spreads readers over the slot's guards.
-    fn load(&self, reader: usize) -> Option<Message<T>> {
+    /// The current value, if any.
+    fn load(&self) -> Option<Message<T>> {
         loop {
-            match self.current.read_guarded(reader, None) {
+            match self.current.read_guarded(None) {
                 Ok((position, value)) => {
                     return Some(Message::from_arc(Position::new(position), value));
                 }
-                Err(Miss::Writing) => self.current.wait_written(reader),
+                Err(Miss::Writing) => self.current.wait_written(),
                 Err(Miss::Holds(_)) => return None,
             }
         }
     }
 
     /// The current value if it is newer than `seen`, which then moves up to it.
-    fn newer_than(&self, seen: &mut u64, reader: usize) -> Option<Message<T>> {
+    fn newer_than(&self, seen: &mut u64) -> Option<Message<T>> {
         if self.position.load() <= *seen {
             return None;
         }
-        let message = self.load(reader)?;
+        let message = self.load()?;
         *seen = message.position().get();
         Some(message)
     }
@@ -306,7 +307,7 @@ impl<T> Stream for DataSubscriber<T> {
         } = self.get_mut();
         let mut parked = false;
         loop {
-            if let Some(message) = shared.newer_than(seen, parking.shard()) {
+            if let Some(message) = shared.newer_than(seen) {
                 return Poll::Ready(Some(Ok(message)));
             }
             if shared.finished(*seen) {

@@ -87,14 +87,6 @@ pub(crate) struct Parking {
     epoch: u64,
 }
 
-impl Parking {
-    /// Which of [`SHARDS`] this subscriber was given (also used to spread other per-reader
-    /// state).
-    pub(crate) fn shard(&self) -> usize {
-        self.shard as usize
-    }
-}
-
 impl Wakers {
     pub(crate) fn new() -> Self {
         Wakers {

@@ -442,7 +442,7 @@ impl<T> Shared<T> {
             }
             value
         } else {
-            match slot.read_guarded(0, Some(cursor.next)) {
+            match slot.read_guarded(Some(cursor.next)) {
                 Ok((_, value)) => value,
                 Err(held) => {
                     // Being overwritten, or overwritten: always by a newer message, since

@@ -11,9 +11,6 @@
 //!   clears the bit. All of these are read-modify-writes of the same word, so they are
 //!   totally ordered: either a reader came first and the writer waits for it, or the
 //!   writer came first and the reader sees the bit. No `SeqCst` reasoning is needed.
-//!   A slot that many threads read at once (the latest-value store's) spreads its readers
-//!   over several guards on separate cache lines ([`Spread`]): each reader uses one, the
-//!   writer takes them all, and readers on different cores stop fighting over one line.
 //! - **Unguarded** ([`Slot::read_unguarded`]): for the lossless queue, where the caller
 //!   guarantees the writer cannot replace the value while the reader is counted as having
 //!   it still to read (see `backpressure.rs`). No write to the slot at all.
@@ -22,7 +19,7 @@
 
 use alloc::sync::Arc;
 
-use crate::sync::{AtomicU64, AtomicUsize, Backoff, CachePadded, Ordering, UnsafeCell};
+use crate::sync::{AtomicU64, AtomicUsize, Backoff, Ordering, UnsafeCell};
 
 /// The bit of `guard` a writer holds while it replaces the value.
 const WRITER: usize = 1 << (usize::BITS - 1);
@@ -36,51 +33,9 @@ pub(crate) enum Miss {
     Holds(u64),
 }
 
-/// The guard words of a slot.
-pub(crate) trait Guards {
-    fn new() -> Self;
-    /// The guard the reader numbered `reader` uses.
-    fn of(&self, reader: usize) -> &AtomicUsize;
-    /// Every guard, for the writer.
-    fn each(&self, f: impl FnMut(&AtomicUsize));
-}
-
-/// One guard word: the queue's slots, read by one subscriber after another.
-impl Guards for AtomicUsize {
-    fn new() -> Self {
-        AtomicUsize::new(0)
-    }
-    fn of(&self, _: usize) -> &AtomicUsize {
-        self
-    }
-    fn each(&self, mut f: impl FnMut(&AtomicUsize)) {
-        f(self)
-    }
-}
-
-/// How many guards a [`Spread`] slot has.
-const SPREAD: usize = 8;
-
-/// Guards on separate cache lines, for a slot every subscriber reads at the same moment.
-pub(crate) struct Spread([CachePadded<AtomicUsize>; SPREAD]);
-
-impl Guards for Spread {
-    fn new() -> Self {
-        Spread(core::array::from_fn(|_| CachePadded(AtomicUsize::new(0))))
-    }
-    fn of(&self, reader: usize) -> &AtomicUsize {
-        &self.0[reader % SPREAD]
-    }
-    fn each(&self, mut f: impl FnMut(&AtomicUsize)) {
-        for guard in &self.0 {
-            f(guard)
-        }
-    }
-}
-
-pub(crate) struct Slot<T, G = AtomicUsize> {
-    /// Guarded readers cloning the value, plus the `WRITER` bit (per guard).
-    guards: G,
+pub(crate) struct Slot<T> {
+    /// Guarded readers cloning the value, plus the `WRITER` bit.
+    guard: AtomicUsize,
     /// The position of the message held (0: none yet). Changed only under the `WRITER`
     /// bit (or, for the lossless queue, once every subscriber has read the message).
     position: AtomicU64,
@@ -91,31 +46,25 @@ pub(crate) struct Slot<T, G = AtomicUsize> {
 // `T: Send + Sync`, as for `Arc<T>: Send + Sync`) and the writer replaces and drops on its
 // thread; access to it follows the protocols in the module documentation, so there is
 // never a write concurrent with another access.
-unsafe impl<T: Send + Sync, G: Sync> Sync for Slot<T, G> {}
+unsafe impl<T: Send + Sync> Sync for Slot<T> {}
 // SAFETY: as above; moving a slot moves the `Arc` it owns.
-unsafe impl<T: Send + Sync, G: Send> Send for Slot<T, G> {}
+unsafe impl<T: Send + Sync> Send for Slot<T> {}
 
-impl<T, G: Guards> Slot<T, G> {
+impl<T> Slot<T> {
     pub(crate) fn new(position: u64, value: Option<Arc<T>>) -> Self {
         Slot {
-            guards: G::new(),
+            guard: AtomicUsize::new(0),
             position: AtomicU64::new(position),
             value: UnsafeCell::new(value),
         }
     }
 
-    /// Clones the value if the slot holds `wanted` (any position if `None`); `reader`
-    /// picks the guard.
-    pub(crate) fn read_guarded(
-        &self,
-        reader: usize,
-        wanted: Option<u64>,
-    ) -> Result<(u64, Arc<T>), Miss> {
-        let guard = self.guards.of(reader);
+    /// Clones the value if the slot holds `wanted` (any position if `None`).
+    pub(crate) fn read_guarded(&self, wanted: Option<u64>) -> Result<(u64, Arc<T>), Miss> {
         // Acquire: if no writer holds the bit, the last writer's release of it happened
         // before, so its position and value are visible.
-        if guard.fetch_add(1, Ordering::Acquire) & WRITER != 0 {
-            guard.fetch_sub(1, Ordering::Relaxed);
+        if self.guard.fetch_add(1, Ordering::Acquire) & WRITER != 0 {
+            self.guard.fetch_sub(1, Ordering::Relaxed);
             return Err(Miss::Writing);
         }
         let position = self.position.load(Ordering::Relaxed);
@@ -128,16 +77,16 @@ impl<T, G: Guards> Slot<T, G> {
             Ok((position, value.expect("a written slot holds a value")))
         };
         // Release: our clone happens before the waiting writer's replacement.
-        guard.fetch_sub(1, Ordering::Release);
+        self.guard.fetch_sub(1, Ordering::Release);
         read
     }
 
     /// Waits until no writer holds the slot. A guarded reader that got
     /// [`Miss::Writing`] calls this before trying again, rather than re-announcing itself
     /// in a loop that could keep the writer waiting.
-    pub(crate) fn wait_written(&self, reader: usize) {
+    pub(crate) fn wait_written(&self) {
         let mut backoff = Backoff::default();
-        while self.guards.of(reader).load(Ordering::Relaxed) & WRITER != 0 {
+        while self.guard.load(Ordering::Relaxed) & WRITER != 0 {
             backoff.snooze();
         }
     }
@@ -162,25 +111,19 @@ impl<T, G: Guards> Slot<T, G> {
     ///
     /// Writers must be serialised by the caller.
     pub(crate) fn write_guarded(&self, position: u64, value: Arc<T>) -> Option<Arc<T>> {
-        self.guards.each(|guard| {
-            guard.fetch_or(WRITER, Ordering::Relaxed);
-        });
+        self.guard.fetch_or(WRITER, Ordering::Relaxed);
         let mut backoff = Backoff::default();
         // Acquire: each reader's clone happened before its releasing decrement.
-        self.guards.each(|guard| {
-            while guard.load(Ordering::Acquire) != WRITER {
-                backoff.snooze();
-            }
-        });
+        while self.guard.load(Ordering::Acquire) != WRITER {
+            backoff.snooze();
+        }
         // SAFETY: readers that joined before the bit have left, and later ones see the
         // bit and do not touch the value. Writers are serialised by the caller, and
         // unguarded readers never read a slot that is written with this method.
         let old = self.value.with_mut(|v| unsafe { (*v).replace(value) });
         self.position.store(position, Ordering::Relaxed);
         // Release: the new value and position are visible to readers that join next.
-        self.guards.each(|guard| {
-            guard.fetch_and(!WRITER, Ordering::Release);
-        });
+        self.guard.fetch_and(!WRITER, Ordering::Release);
         old
     }
 
