@@ -416,7 +416,7 @@ fn compare(title: &str, contenders: &[Contender], o: &Options, lossless: bool) {
     }
     println!("---|");
     for &n in &o.subscribers {
-        let m = (o.deliveries / n as u64).clamp(500, 200_000);
+        let m = (o.deliveries / n as u64).clamp(5_000, 200_000);
         let mut rates = vec![Vec::new(); contenders.len()];
         for _ in 0..o.repeat {
             for (c, rate) in contenders.iter().zip(&mut rates) {
