@@ -240,6 +240,25 @@ async fn submit<S: Store<Value: Sample>>(store: &S, n: u64) -> Result<Position, 
         .map_err(|e| format!("submit of message {n} failed: {e}"))
 }
 
+/// Submits sample `n` where there is room, without waiting for any: `try_submit`, or for a
+/// store whose transport is a network connection (it says
+/// [`WouldBlock`](TrySubmitError::WouldBlock)), `submit`, which must finish in time.
+async fn submit_now<H: Harness, S: Store<Value: Sample>>(
+    h: &H,
+    store: &S,
+    n: u64,
+) -> Result<Position, String> {
+    match store.try_submit(S::Value::sample(n)) {
+        Ok(position) => Ok(position),
+        Err(TrySubmitError::WouldBlock(value)) => {
+            within(h, "a submit with room", store.submit(value))
+                .await?
+                .map_err(|e| format!("submit of message {n} failed: {e}"))
+        }
+        Err(e) => Err(format!("try_submit of message {n} failed: {e}")),
+    }
+}
+
 async fn ends<H: Harness, S: Store>(h: &H, sub: &mut S::Subscriber) -> Result<(), String> {
     match within(h, "the end of the stream", sub.next()).await? {
         None => Ok(()),
@@ -613,9 +632,7 @@ async fn wait_policy_full<F: QueueFactory>(h: &F) -> Outcome {
     };
     let mut sub = store.subscribe();
     for n in 1..=2 {
-        store
-            .try_submit(Sample::sample(n))
-            .map_err(|e| format!("try_submit with room failed: {e}"))?;
+        submit_now(h, &store, n).await?;
     }
     match store.try_submit(Sample::sample(3)) {
         Err(TrySubmitError::Full(v)) => {
@@ -675,8 +692,8 @@ async fn drop_oldest_reports_missed<F: QueueFactory>(h: &F) -> Outcome {
     };
     let mut sub = store.subscribe();
     for n in 1..=10 {
-        store
-            .try_submit(Sample::sample(n))
+        submit_now(h, &store, n)
+            .await
             .map_err(|e| format!("DropOldest must never refuse a submit: {e}"))?;
     }
     match next_item::<F, F::Store>(h, &mut sub).await? {
@@ -711,8 +728,8 @@ async fn disconnect_ends_laggard<F: QueueFactory>(h: &F) -> Outcome {
     let mut laggard = store.subscribe();
     let mut reader = store.subscribe();
     for n in 1..=10 {
-        store
-            .try_submit(Sample::sample(n))
+        submit_now(h, &store, n)
+            .await
             .map_err(|e| format!("Disconnect must never refuse a submit: {e}"))?;
         let (got, _) = next_number::<F, F::Store>(h, &mut reader).await?;
         ensure!(got == n, "a subscriber keeping up got {got}, expected {n}");

@@ -159,6 +159,15 @@ impl<T> DataStore<T> {
         }
     }
 
+    /// Wakes every waiting subscriber although nothing new was submitted; a subscriber
+    /// that finds nothing new waits again.
+    ///
+    /// For a store built on this one that has news of its own to tell: a Redis store wakes
+    /// its subscribers to report [`RecvError::Interrupted`](crate::RecvError::Interrupted).
+    pub fn wake_subscribers(&self) {
+        self.shared.wakers.wake_all();
+    }
+
     /// Closes the store: submits fail from now on; subscribers get the last value if they
     /// have not seen it, then their streams end.
     pub fn close(&self) {

@@ -62,13 +62,17 @@ impl core::error::Error for RecvError {}
 pub enum SubmitError<T> {
     /// The store is closed and takes no more messages.
     Closed(T),
+    /// The store's transport could not take the message: its connection (to Redis) is
+    /// down or did not answer in time. The store goes on trying to reconnect; submit again
+    /// later.
+    Unavailable(T),
 }
 
 impl<T> SubmitError<T> {
     /// The message that was not submitted.
     pub fn into_inner(self) -> T {
         match self {
-            SubmitError::Closed(value) => value,
+            SubmitError::Closed(value) | SubmitError::Unavailable(value) => value,
         }
     }
 }
@@ -77,6 +81,7 @@ impl<T> fmt::Debug for SubmitError<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SubmitError::Closed(_) => f.write_str("Closed(..)"),
+            SubmitError::Unavailable(_) => f.write_str("Unavailable(..)"),
         }
     }
 }
@@ -87,6 +92,10 @@ impl<T> fmt::Display for SubmitError<T> {
             SubmitError::Closed(_) => {
                 f.write_str("the store is closed; the message was not submitted")
             }
+            SubmitError::Unavailable(_) => f.write_str(
+                "the store's transport is unavailable (its connection is down or timed out); \
+                 the message was not submitted",
+            ),
         }
     }
 }
@@ -103,13 +112,18 @@ pub enum TrySubmitError<T> {
     Full(T),
     /// The store is closed and takes no more messages.
     Closed(T),
+    /// The store cannot take a message without waiting on I/O: its transport is a network
+    /// connection (a Redis stream), so only `submit().await` can learn the position.
+    WouldBlock(T),
 }
 
 impl<T> TrySubmitError<T> {
     /// The message that was not submitted.
     pub fn into_inner(self) -> T {
         match self {
-            TrySubmitError::Full(value) | TrySubmitError::Closed(value) => value,
+            TrySubmitError::Full(value)
+            | TrySubmitError::Closed(value)
+            | TrySubmitError::WouldBlock(value) => value,
         }
     }
 
@@ -123,6 +137,7 @@ impl<T> From<SubmitError<T>> for TrySubmitError<T> {
     fn from(e: SubmitError<T>) -> Self {
         match e {
             SubmitError::Closed(value) => TrySubmitError::Closed(value),
+            SubmitError::Unavailable(value) => TrySubmitError::WouldBlock(value),
         }
     }
 }
@@ -132,6 +147,7 @@ impl<T> fmt::Debug for TrySubmitError<T> {
         match self {
             TrySubmitError::Full(_) => f.write_str("Full(..)"),
             TrySubmitError::Closed(_) => f.write_str("Closed(..)"),
+            TrySubmitError::WouldBlock(_) => f.write_str("WouldBlock(..)"),
         }
     }
 }
@@ -146,6 +162,10 @@ impl<T> fmt::Display for TrySubmitError<T> {
             TrySubmitError::Closed(_) => {
                 f.write_str("the store is closed; the message was not submitted")
             }
+            TrySubmitError::WouldBlock(_) => f.write_str(
+                "the store cannot take a message without waiting on its connection; \
+                 use submit().await",
+            ),
         }
     }
 }

@@ -195,7 +195,7 @@ impl<T> QueueStore<T> {
                 match self.shared.try_publish(v) {
                     Ok(position) => Some(Ok(position)),
                     Err(TrySubmitError::Closed(v)) => Some(Err(SubmitError::Closed(v))),
-                    Err(TrySubmitError::Full(v)) => {
+                    Err(TrySubmitError::Full(v) | TrySubmitError::WouldBlock(v)) => {
                         value = Some(v);
                         None
                     }
@@ -213,7 +213,46 @@ impl<T> QueueStore<T> {
             .map_err(|e| match e {
                 TrySubmitError::Full(v) => TrySubmitError::Full(unwrap_unshared(v)),
                 TrySubmitError::Closed(v) => TrySubmitError::Closed(unwrap_unshared(v)),
+                TrySubmitError::WouldBlock(v) => TrySubmitError::WouldBlock(unwrap_unshared(v)),
             })
+    }
+
+    /// Whether a message could be submitted now without waiting: always under
+    /// [`Overflow::DropOldest`] and [`Overflow::Disconnect`]; under [`Overflow::Wait`], when
+    /// the slowest subscriber is less than `capacity` behind. A closed store has no room.
+    pub fn has_room(&self) -> bool {
+        let shared = &*self.shared;
+        let mut state = shared.state.lock();
+        if state.closed {
+            return false;
+        }
+        let position = shared.last.load() + 1;
+        match &shared.backpressure {
+            Some(backpressure) => backpressure.has_room(position, &mut state.oldest_open),
+            None => true,
+        }
+    }
+
+    /// Waits until there is room for a message (see [`has_room`](QueueStore::has_room)),
+    /// or fails once the store is closed.
+    ///
+    /// For a store that writes a message elsewhere before it arrives here (a Redis queue
+    /// waits for room, then adds to its stream): nothing is reserved, so concurrent callers
+    /// may all see the same room.
+    pub async fn room(&self) -> Result<(), SubmitError<()>> {
+        let mut listener = None;
+        core::future::poll_fn(|cx| {
+            poll_until(&self.shared.freed, &mut listener, cx, || {
+                if self.is_closed() {
+                    Some(Err(SubmitError::Closed(())))
+                } else if self.has_room() {
+                    Some(Ok(()))
+                } else {
+                    None
+                }
+            })
+        })
+        .await
     }
 
     /// Subscribes as a new subscriber: messages submitted from now on.

@@ -161,7 +161,7 @@ impl<T, const CAPACITY: usize, const WAKERS: usize> QueueStore<T, CAPACITY, WAKE
             match self.try_submit(value.take().expect("polled after completion")) {
                 Ok(position) => Poll::Ready(Ok(position)),
                 Err(TrySubmitError::Closed(v)) => Poll::Ready(Err(SubmitError::Closed(v))),
-                Err(TrySubmitError::Full(v)) => {
+                Err(TrySubmitError::Full(v) | TrySubmitError::WouldBlock(v)) => {
                     let mut state = self.state.lock();
                     let position = state.last + 1;
                     let still_full = !state.closed && state.slot(position).unread > 0;

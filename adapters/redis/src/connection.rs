@@ -1,0 +1,272 @@
+//! One Redis server, its connection settings, and what goes wrong connecting to it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub};
+use redis::{Client, RedisError};
+
+use crate::runtime;
+
+/// How the stores connect to Redis and how hard they try when it goes away.
+///
+/// The URL is the `redis` crate's: `redis://[user:password@]host[:port][/db]`,
+/// `rediss://` for TLS (with the `redis` crate's TLS features), `unix:///path`.
+#[derive(Debug, Clone)]
+pub struct Options {
+    url: String,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+    health_check: Duration,
+    reconnect_min: Duration,
+    reconnect_max: Duration,
+}
+
+impl Options {
+    /// Defaults for the server at `url`: 5 s to connect, 5 s for an answer, a health check
+    /// of idle subscriptions every 5 s, reconnection delays doubling from 100 ms to 5 s.
+    pub fn new(url: impl Into<String>) -> Self {
+        Options {
+            url: url.into(),
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(5),
+            health_check: Duration::from_secs(5),
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(5),
+        }
+    }
+
+    /// How long to wait for a connection to open before giving up on this attempt.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long to wait for the answer to a command before calling the connection lost.
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = timeout;
+        self
+    }
+
+    /// How often a subscription that has heard nothing pings the server, so that a
+    /// connection that died silently is noticed (and replaced) within about this long.
+    pub fn health_check(mut self, interval: Duration) -> Self {
+        self.health_check = interval;
+        self
+    }
+
+    /// The shortest and longest delay between reconnection attempts; each failed attempt
+    /// doubles the delay.
+    pub fn reconnect_delay(mut self, min: Duration, max: Duration) -> Self {
+        self.reconnect_min = min;
+        self.reconnect_max = max.max(min);
+        self
+    }
+
+    pub(crate) fn backoff(&self) -> runtime::Backoff {
+        runtime::Backoff::new(self.reconnect_min, self.reconnect_max)
+    }
+
+    pub(crate) fn response_timeout_value(&self) -> Duration {
+        self.response_timeout
+    }
+
+    pub(crate) fn health_check_value(&self) -> Duration {
+        self.health_check
+    }
+}
+
+/// Why a store (or a [`Redis`] handle) could not be made: Tornadose's `ConnectionError`,
+/// with the reason.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The URL is not a Redis URL.
+    #[error("invalid Redis URL: {0}")]
+    InvalidUrl(#[source] RedisError),
+    /// The server could not be reached, refused the connection or the credentials.
+    #[error("cannot connect to Redis at {address}: {source}")]
+    Unreachable {
+        /// Where the server was expected (without credentials).
+        address: String,
+        /// What the connection attempt ran into.
+        #[source]
+        source: RedisError,
+    },
+    /// The server did not answer within the connect timeout.
+    #[error("Redis at {address} did not answer within {timeout:?}")]
+    Timeout {
+        /// Where the server was expected (without credentials).
+        address: String,
+        /// The connect timeout that ran out.
+        timeout: Duration,
+    },
+    /// The server answered but cannot host this store (for a stream queue: a Redis older
+    /// than 7.0, or a key of another type under the stream's name).
+    #[error("Redis at {address} cannot host this store: {source}")]
+    Unsupported {
+        /// Where the server is.
+        address: String,
+        /// The server's refusal.
+        #[source]
+        source: RedisError,
+    },
+}
+
+/// A Redis server: the connection its stores share for commands, and what they need to
+/// open subscriptions of their own.
+///
+/// One command connection (which reconnects on its own) serves every store made from the
+/// same handle; each store adds the one connection it listens on.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), storecast_redis::ConnectError> {
+/// use storecast_redis::{QueueOptions, Redis};
+///
+/// let redis = Redis::connect("redis://127.0.0.1:6379").await?;
+/// let prices = redis.data_store::<String>("prices").await?;
+/// let orders = redis.queue_store::<String>("orders", QueueOptions::default()).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Redis {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    commands: ConnectionManager,
+    options: Options,
+    /// The server's address for messages: never the URL, which may hold a password.
+    address: String,
+}
+
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redis")
+            .field("address", &self.inner.address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Redis {
+    /// Connects to the server at `url` with default [`Options`]; an unreachable server is
+    /// an error here, not later.
+    pub async fn connect(url: &str) -> Result<Redis, ConnectError> {
+        Redis::connect_with(Options::new(url)).await
+    }
+
+    /// Connects with `options`, and checks the server answers a `PING`.
+    pub async fn connect_with(options: Options) -> Result<Redis, ConnectError> {
+        let client = Client::open(options.url.as_str()).map_err(ConnectError::InvalidUrl)?;
+        let address = client.get_connection_info().addr().to_string();
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(options.connect_timeout))
+            .set_response_timeout(Some(options.response_timeout))
+            .set_min_delay(options.reconnect_min)
+            .set_max_delay(options.reconnect_max)
+            .set_number_of_retries(1);
+        let opened = runtime::timeout(
+            options.connect_timeout,
+            ConnectionManager::new_with_config(client.clone(), config),
+        )
+        .await;
+        let mut commands = match opened {
+            None => {
+                return Err(ConnectError::Timeout {
+                    address,
+                    timeout: options.connect_timeout,
+                });
+            }
+            Some(Err(source)) => return Err(ConnectError::Unreachable { address, source }),
+            Some(Ok(commands)) => commands,
+        };
+        let pong: Result<String, RedisError> = redis::cmd("PING").query_async(&mut commands).await;
+        if let Err(source) = pong {
+            return Err(ConnectError::Unreachable { address, source });
+        }
+        Ok(Redis {
+            inner: Arc::new(Inner {
+                client,
+                commands,
+                options,
+                address,
+            }),
+        })
+    }
+
+    /// The server's address (host and port, never the credentials).
+    pub fn address(&self) -> &str {
+        &self.inner.address
+    }
+
+    /// The options these stores were made with.
+    pub fn options(&self) -> &Options {
+        &self.inner.options
+    }
+
+    /// The shared command connection; cloning it is cheap.
+    pub(crate) fn commands(&self) -> ConnectionManager {
+        self.inner.commands.clone()
+    }
+
+    /// A connection of its own, for commands that block (`XREAD BLOCK`). It reconnects on
+    /// its own; its answers may take up to `block` longer than the response timeout.
+    pub(crate) async fn dedicated(
+        &self,
+        block: Duration,
+    ) -> Result<ConnectionManager, ConnectError> {
+        let options = &self.inner.options;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(options.connect_timeout))
+            .set_response_timeout(Some(options.response_timeout + block))
+            .set_min_delay(options.reconnect_min)
+            .set_max_delay(options.reconnect_max)
+            .set_number_of_retries(1);
+        let opened = runtime::timeout(
+            options.connect_timeout,
+            ConnectionManager::new_with_config(self.inner.client.clone(), config),
+        )
+        .await;
+        match opened {
+            None => Err(self.timeout_error()),
+            Some(Err(source)) => Err(self.unreachable(source)),
+            Some(Ok(connection)) => Ok(connection),
+        }
+    }
+
+    /// A new subscription connection, subscribed to `channel`, within the connect timeout.
+    pub(crate) async fn subscribe(&self, channel: &str) -> Result<PubSub, ConnectError> {
+        let attempt = async {
+            let mut pubsub = self.inner.client.get_async_pubsub().await?;
+            pubsub.subscribe(channel).await?;
+            Ok::<_, RedisError>(pubsub)
+        };
+        match runtime::timeout(self.inner.options.connect_timeout, attempt).await {
+            None => Err(self.timeout_error()),
+            Some(Err(source)) => Err(self.unreachable(source)),
+            Some(Ok(pubsub)) => Ok(pubsub),
+        }
+    }
+
+    pub(crate) fn unreachable(&self, source: RedisError) -> ConnectError {
+        ConnectError::Unreachable {
+            address: self.inner.address.clone(),
+            source,
+        }
+    }
+
+    pub(crate) fn unsupported(&self, source: RedisError) -> ConnectError {
+        ConnectError::Unsupported {
+            address: self.inner.address.clone(),
+            source,
+        }
+    }
+
+    fn timeout_error(&self) -> ConnectError {
+        ConnectError::Timeout {
+            address: self.inner.address.clone(),
+            timeout: self.inner.options.connect_timeout,
+        }
+    }
+}

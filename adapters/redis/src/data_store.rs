@@ -1,0 +1,565 @@
+//! `RedisStore`: the latest value, carried by a Redis channel.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use event_listener::Event;
+use futures_lite::{Stream, StreamExt};
+use redis::aio::PubSub;
+use redis::{RedisError, Script, Value};
+use storecast::{
+    DataStore, DataSubscriber, Item, Message, Position, RecvError, Start, Store, SubmitError,
+    TrySubmitError,
+};
+
+use crate::codec::Codec;
+use crate::connection::{ConnectError, Redis};
+use crate::runtime;
+
+/// Tornadose's default channel, so that its publishers keep working.
+pub const DEFAULT_CHANNEL: &str = "tornadose";
+
+/// Sets the latest-value key and publishes, in one step, so that every process agrees on
+/// which value came last.
+const PUBLISH: &str = r"
+redis.call('SET', KEYS[1], ARGV[2])
+return redis.call('PUBLISH', ARGV[1], ARGV[2])
+";
+
+/// The latest value, carried by a Redis channel (Tornadose's `RedisStore`): anything any
+/// program publishes to the channel reaches every subscriber, in every process.
+///
+/// A subscriber first gets the current value, then newer ones; like
+/// [`storecast::DataStore`] it may skip values, never sees one twice and always ends up
+/// with the last. [`submit`](RedisStore::submit) never waits: the value reaches this
+/// process's subscribers at once and is published (with `SET` of the latest-value key and
+/// `PUBLISH`, as one script) in the background.
+///
+/// # One subscription per process
+///
+/// The store holds one Redis subscription and fans it out in memory, so a thousand
+/// subscribers cost one Redis connection. Values published by other programs
+/// (`redis-cli PUBLISH tornadose hello`) arrive through it; this process's own values are
+/// recognised when they come back and not delivered twice.
+///
+/// # A process that starts later
+///
+/// Every submit also sets a key (`<channel>:latest` unless told otherwise), and a new
+/// store starts from it, so subscribers get the current value at once. A program that
+/// only `PUBLISH`es does not set the key; set it too if late joiners should see its value.
+///
+/// # When Redis goes away
+///
+/// Connecting to an unreachable server is an error from [`open`](RedisStore::open).
+/// Losing the server later is not fatal: the store reconnects with backoff and
+/// resubscribes, and every subscriber receives [`RecvError::Interrupted`] — Redis channels
+/// keep nothing for absent listeners, so values published meanwhile may be lost. On
+/// reconnecting the store reads the latest-value key, so it catches up with the newest
+/// value a storecast process submitted.
+///
+/// # Positions
+///
+/// Positions are this process's: they order what its subscribers saw, and a resuming
+/// subscriber ([`Start::After`]) must come back to the same process. For positions that
+/// mean the same in every process, use [`RedisQueueStore`](crate::RedisQueueStore).
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use futures_lite::StreamExt;
+/// use storecast::Store;
+/// use storecast_redis::RedisStore;
+///
+/// // The channel `tornadose`, as Tornadose names it.
+/// let store: RedisStore<String> = RedisStore::connect("redis://127.0.0.1:6379").await?;
+/// let mut subscriber = store.subscribe();
+/// store.submit("from this process".to_string()).await?;
+/// // `redis-cli PUBLISH tornadose "from elsewhere"` arrives here too.
+/// while let Some(Ok(message)) = subscriber.next().await {
+///     println!("{} at {}", *message, message.position());
+/// }
+/// # Ok(()) }
+/// ```
+pub struct RedisStore<T> {
+    handle: Arc<Handle<T>>,
+}
+
+/// The user's side of the store: the background tasks stop when the last one goes.
+struct Handle<T> {
+    shared: Arc<Shared<T>>,
+}
+
+struct Shared<T> {
+    redis: Redis,
+    channel: String,
+    key: String,
+    /// What subscribers read: every value, submitted here or heard from Redis, in the
+    /// order this process learnt of it.
+    local: DataStore<T>,
+    /// Values submitted here, for the publishing task, which skips superseded ones.
+    outbox: DataStore<Outgoing<T>>,
+    /// Makes a submit to `local` and to `outbox` one step, so both order values alike.
+    submitting: Mutex<()>,
+    /// Published from here, not yet heard back: how this process's own messages are told
+    /// from other publishers' when the subscription delivers them.
+    in_flight: Mutex<VecDeque<Outgoing<T>>>,
+    /// `in_flight.len()`, read without the lock by the listener.
+    in_flight_len: AtomicUsize,
+    /// Position (in `local`) of the newest value submitted here.
+    last_own: AtomicU64,
+    /// Position (in `local`) of the newest value heard from another publisher.
+    last_foreign: AtomicU64,
+    /// How many times the subscription was lost: subscribers compare it with what they
+    /// last saw to report `Interrupted`.
+    interruptions: AtomicU64,
+    connected: AtomicBool,
+    undecodable: AtomicU64,
+    /// Set by `close` (or by dropping the last handle); the tasks end when they see it.
+    stopped: AtomicBool,
+    stop: Event,
+}
+
+/// A value submitted here, on its way to Redis.
+struct Outgoing<T> {
+    /// Its position in `local`.
+    position: Position,
+    value: Arc<T>,
+    /// Its encoding, once published (what the echo is compared with).
+    bytes: Vec<u8>,
+}
+
+impl<T: Codec> RedisStore<T> {
+    /// Connects to `url` with default options and opens the store on Tornadose's channel,
+    /// `tornadose`.
+    pub async fn connect(url: &str) -> Result<Self, ConnectError> {
+        let redis = Redis::connect(url).await?;
+        RedisStore::open(&redis, DEFAULT_CHANNEL).await
+    }
+
+    /// Opens the store on `channel`, keeping its latest value in the key
+    /// `<channel>:latest`.
+    pub async fn open(redis: &Redis, channel: &str) -> Result<Self, ConnectError> {
+        RedisStore::open_with_key(redis, channel, &format!("{channel}:latest")).await
+    }
+
+    /// Opens the store on `channel`, keeping its latest value in `key`.
+    ///
+    /// Subscribes before it returns, so nothing published afterwards is missed, and starts
+    /// from the value in `key`, if any.
+    pub async fn open_with_key(
+        redis: &Redis,
+        channel: &str,
+        key: &str,
+    ) -> Result<Self, ConnectError> {
+        let pubsub = redis.subscribe(channel).await?;
+        let shared = Arc::new(Shared {
+            redis: redis.clone(),
+            channel: channel.to_owned(),
+            key: key.to_owned(),
+            local: DataStore::new(),
+            outbox: DataStore::new(),
+            submitting: Mutex::new(()),
+            in_flight: Mutex::new(VecDeque::new()),
+            in_flight_len: AtomicUsize::new(0),
+            last_own: AtomicU64::new(0),
+            last_foreign: AtomicU64::new(0),
+            interruptions: AtomicU64::new(0),
+            connected: AtomicBool::new(true),
+            undecodable: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
+            stop: Event::new(),
+        });
+        shared
+            .catch_up_from_key()
+            .await
+            .map_err(|e| redis.unreachable(e))?;
+        let outgoing = shared.outbox.subscribe();
+        runtime::spawn(listen(Arc::clone(&shared), pubsub));
+        runtime::spawn(publish(Arc::clone(&shared), outgoing));
+        Ok(RedisStore {
+            handle: Arc::new(Handle { shared }),
+        })
+    }
+
+    /// Makes `value` the current value here at once and publishes it in the background.
+    /// Never waits; fails only on a closed store.
+    pub fn submit(&self, value: T) -> Result<Position, SubmitError<T>> {
+        let shared = &*self.handle.shared;
+        let value = Arc::new(value);
+        let _submitting = shared.submitting.lock().expect("submit lock");
+        let position = match shared.local.submit_arc(Arc::clone(&value)) {
+            Ok(position) => position,
+            Err(refused) => {
+                drop(refused);
+                let value = Arc::try_unwrap(value)
+                    .ok()
+                    .expect("a refused value was never shared");
+                return Err(SubmitError::Closed(value));
+            }
+        };
+        shared.last_own.store(position.get(), Ordering::Release);
+        // Fails only if the store closed meanwhile; the value was delivered here anyway.
+        let _ = shared.outbox.submit(Outgoing {
+            position,
+            value,
+            bytes: Vec::new(),
+        });
+        Ok(position)
+    }
+}
+
+impl<T> RedisStore<T> {
+    /// The current value and its position, without subscribing.
+    pub fn current(&self) -> Option<Message<T>> {
+        self.handle.shared.local.current()
+    }
+
+    /// The channel the store publishes to and listens on.
+    pub fn channel(&self) -> &str {
+        &self.handle.shared.channel
+    }
+
+    /// The key holding the latest value.
+    pub fn key(&self) -> &str {
+        &self.handle.shared.key
+    }
+
+    /// Whether the subscription is up now (false while reconnecting).
+    pub fn is_connected(&self) -> bool {
+        self.handle.shared.connected.load(Ordering::Relaxed)
+    }
+
+    /// How many times the subscription was lost (and subscribers were told).
+    pub fn interruptions(&self) -> u64 {
+        self.handle.shared.interruptions.load(Ordering::Relaxed)
+    }
+
+    /// How many messages heard on the channel were skipped because they did not decode.
+    pub fn undecodable(&self) -> u64 {
+        self.handle.shared.undecodable.load(Ordering::Relaxed)
+    }
+}
+
+impl<T: Codec> Store for RedisStore<T> {
+    type Value = T;
+    type Subscriber = RedisSubscriber<T>;
+
+    async fn submit(&self, value: T) -> Result<Position, SubmitError<T>> {
+        RedisStore::submit(self, value)
+    }
+
+    fn try_submit(&self, value: T) -> Result<Position, TrySubmitError<T>> {
+        RedisStore::submit(self, value).map_err(TrySubmitError::from)
+    }
+
+    fn subscribe_from(&self, start: Start) -> RedisSubscriber<T> {
+        let shared = &self.handle.shared;
+        RedisSubscriber {
+            interruptions: shared.interruptions.load(Ordering::SeqCst),
+            inner: shared.local.subscribe_from(start),
+            shared: Arc::clone(shared),
+        }
+    }
+
+    fn close(&self) {
+        self.handle.shared.stop();
+    }
+
+    fn is_closed(&self) -> bool {
+        self.handle.shared.local.is_closed()
+    }
+
+    fn subscriber_count(&self) -> usize {
+        self.handle.shared.local.subscriber_count()
+    }
+}
+
+impl<T> Clone for RedisStore<T> {
+    fn clone(&self) -> Self {
+        RedisStore {
+            handle: Arc::clone(&self.handle),
+        }
+    }
+}
+
+impl<T> fmt::Debug for RedisStore<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("address", &self.handle.shared.redis.address())
+            .field("channel", &self.handle.shared.channel)
+            .field("connected", &self.is_connected())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> Drop for Handle<T> {
+    fn drop(&mut self) {
+        self.shared.stop();
+    }
+}
+
+/// A subscriber of a [`RedisStore`]: the store's values, and
+/// [`RecvError::Interrupted`] when its subscription was lost. Dropping it deregisters it.
+pub struct RedisSubscriber<T> {
+    inner: DataSubscriber<T>,
+    shared: Arc<Shared<T>>,
+    /// The store's interruption count when this subscriber last looked.
+    interruptions: u64,
+}
+
+impl<T> RedisSubscriber<T> {
+    /// `Interrupted`, if the subscription was lost since this subscriber last looked.
+    fn interrupted(&mut self) -> Option<Item<T>> {
+        let now = self.shared.interruptions.load(Ordering::SeqCst);
+        (now != self.interruptions).then(|| {
+            self.interruptions = now;
+            Err(RecvError::Interrupted)
+        })
+    }
+}
+
+impl<T> Stream for RedisSubscriber<T> {
+    type Item = Item<T>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item<T>>> {
+        let this = self.get_mut();
+        if let Some(news) = this.interrupted() {
+            return Poll::Ready(Some(news));
+        }
+        match Pin::new(&mut this.inner).poll_next(cx) {
+            // Checked again after parking: an interruption counted before the listener
+            // woke everyone is seen here, one counted after wakes this task.
+            Poll::Pending => this
+                .interrupted()
+                .map_or(Poll::Pending, |news| Poll::Ready(Some(news))),
+            ready => ready,
+        }
+    }
+}
+
+impl<T> fmt::Debug for RedisSubscriber<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisSubscriber")
+            .field("channel", &self.shared.channel)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> Shared<T> {
+    fn stop(&self) {
+        if !self.stopped.swap(true, Ordering::SeqCst) {
+            self.stop.notify(usize::MAX);
+        }
+        self.local.close();
+        self.outbox.close();
+    }
+
+    /// Resolves once the store is stopped.
+    async fn stopped(&self) {
+        loop {
+            if self.stopped.load(Ordering::SeqCst) {
+                return;
+            }
+            let listener = self.stop.listen();
+            if self.stopped.load(Ordering::SeqCst) {
+                return;
+            }
+            listener.await;
+        }
+    }
+
+    /// Tells every subscriber that messages may have been missed.
+    fn interrupt(&self) {
+        self.interruptions.fetch_add(1, Ordering::SeqCst);
+        self.local.wake_subscribers();
+    }
+}
+
+impl<T: Codec> Shared<T> {
+    /// Takes the value in the latest-value key if it is not the current one already.
+    async fn catch_up_from_key(&self) -> Result<(), RedisError> {
+        let mut commands = self.redis.commands();
+        let stored: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(&self.key)
+            .query_async(&mut commands)
+            .await?;
+        let Some(bytes) = stored else {
+            return Ok(());
+        };
+        let current = self.local.current();
+        if current.is_some_and(|m| m.value().encode() == bytes.as_slice()) {
+            return Ok(());
+        }
+        self.take_foreign(&bytes);
+        Ok(())
+    }
+
+    /// A message delivered by the subscription.
+    fn heard(&self, bytes: &[u8]) {
+        if self.in_flight_len.load(Ordering::Acquire) > 0 {
+            let mut in_flight = self.in_flight.lock().expect("in-flight lock");
+            if let Some(index) = in_flight.iter().position(|out| out.bytes == bytes) {
+                // Anything published before it whose echo never came was lost with a
+                // connection; it was delivered here already.
+                let own = in_flight.drain(..=index).last().expect("drained one");
+                self.in_flight_len.store(in_flight.len(), Ordering::Release);
+                drop(in_flight);
+                // A value from another publisher was shown after this one, but Redis put this
+                // one later: show it again, so that this process ends with Redis's last
+                // value (unless a newer value of ours is on its way anyway).
+                let position = own.position.get();
+                if self.last_foreign.load(Ordering::Acquire) > position
+                    && self.last_own.load(Ordering::Acquire) == position
+                {
+                    let _ = self.local.submit_arc(own.value);
+                }
+                return;
+            }
+        }
+        self.take_foreign(bytes);
+    }
+
+    /// A value from another publisher (or from the key).
+    fn take_foreign(&self, bytes: &[u8]) {
+        match T::decode(bytes) {
+            Ok(value) => {
+                if let Ok(position) = self.local.submit(value) {
+                    self.last_foreign.store(position.get(), Ordering::Release);
+                }
+            }
+            Err(e) => {
+                self.undecodable.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(channel = %self.channel, error = %e, "skipped a message");
+            }
+        }
+    }
+
+    fn expect_echo(&self, out: Outgoing<T>) {
+        let mut in_flight = self.in_flight.lock().expect("in-flight lock");
+        in_flight.push_back(out);
+        self.in_flight_len.store(in_flight.len(), Ordering::Release);
+    }
+
+    fn forget_echo(&self, position: Position) {
+        let mut in_flight = self.in_flight.lock().expect("in-flight lock");
+        in_flight.retain(|out| out.position != position);
+        self.in_flight_len.store(in_flight.len(), Ordering::Release);
+    }
+
+    fn forget_all_echoes(&self) {
+        let mut in_flight = self.in_flight.lock().expect("in-flight lock");
+        in_flight.clear();
+        self.in_flight_len.store(0, Ordering::Release);
+    }
+}
+
+/// The listening task: one subscription, fanned out to every subscriber; resubscribes with
+/// backoff when the connection is lost.
+async fn listen<T: Codec>(shared: Arc<Shared<T>>, first: PubSub) {
+    let options = shared.redis.options().clone();
+    let mut backoff = options.backoff();
+    let mut pubsub = Some(first);
+    loop {
+        let subscription = match pubsub.take() {
+            Some(subscription) => subscription,
+            None => {
+                let attempt = futures_lite::future::or(
+                    async { Some(shared.redis.subscribe(&shared.channel).await) },
+                    async {
+                        shared.stopped().await;
+                        None
+                    },
+                )
+                .await;
+                match attempt {
+                    None => return,
+                    Some(Ok(subscription)) => {
+                        backoff.reset();
+                        shared.connected.store(true, Ordering::Relaxed);
+                        tracing::info!(channel = %shared.channel, "resubscribed to Redis");
+                        if let Err(e) = shared.catch_up_from_key().await {
+                            tracing::warn!(channel = %shared.channel, error = %e, "could not read the latest-value key");
+                        }
+                        subscription
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(channel = %shared.channel, error = %e, "resubscribing failed; retrying");
+                        futures_lite::future::or(backoff.wait(), shared.stopped()).await;
+                        continue;
+                    }
+                }
+            }
+        };
+        let (mut sink, mut messages) = subscription.split();
+        let receive = async {
+            while let Some(message) = messages.next().await {
+                shared.heard(message.get_payload_bytes());
+            }
+        };
+        let health = async {
+            loop {
+                runtime::sleep(options.health_check_value()).await;
+                let pong =
+                    runtime::timeout(options.response_timeout_value(), sink.ping::<Value>()).await;
+                if !matches!(pong, Some(Ok(_))) {
+                    return;
+                }
+            }
+        };
+        futures_lite::future::or(futures_lite::future::or(receive, health), shared.stopped()).await;
+        if shared.stopped.load(Ordering::SeqCst) {
+            return;
+        }
+        shared.connected.store(false, Ordering::Relaxed);
+        shared.forget_all_echoes();
+        shared.interrupt();
+        tracing::warn!(channel = %shared.channel, "lost the Redis subscription; reconnecting");
+    }
+}
+
+/// The publishing task: publishes what is submitted here, newest first when it falls
+/// behind (a latest-value store may skip values), retrying with backoff while Redis is
+/// away.
+async fn publish<T: Codec>(shared: Arc<Shared<T>>, mut outgoing: DataSubscriber<Outgoing<T>>) {
+    let script = Script::new(PUBLISH);
+    let mut commands = shared.redis.commands();
+    let mut backoff = shared.redis.options().backoff();
+    let mut retry: Option<Message<Outgoing<T>>> = None;
+    loop {
+        let next = match retry.take() {
+            Some(message) => Some(message),
+            None => outgoing.next().await.and_then(Result::ok),
+        };
+        let Some(message) = next else { return };
+        // Newer values waiting supersede this one.
+        let message = outgoing.try_next().unwrap_or(message);
+        let out = message.value();
+        let bytes = out.value.encode().into_owned();
+        shared.expect_echo(Outgoing {
+            position: out.position,
+            value: Arc::clone(&out.value),
+            bytes: bytes.clone(),
+        });
+        let published: Result<i64, RedisError> = script
+            .key(&shared.key)
+            .arg(&shared.channel)
+            .arg(bytes)
+            .invoke_async(&mut commands)
+            .await;
+        match published {
+            Ok(_) => backoff.reset(),
+            Err(e) => {
+                shared.forget_echo(out.position);
+                if shared.stopped.load(Ordering::SeqCst) {
+                    return;
+                }
+                tracing::warn!(channel = %shared.channel, error = %e, "publishing failed; retrying");
+                retry = Some(message);
+                futures_lite::future::or(backoff.wait(), shared.stopped()).await;
+            }
+        }
+    }
+}

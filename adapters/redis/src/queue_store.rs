@@ -1,0 +1,770 @@
+//! `RedisQueueStore`: every message, in order, kept by a Redis stream.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use event_listener::Event;
+use futures_lite::Stream;
+use redis::aio::ConnectionManager;
+use redis::{RedisError, Script, Value};
+use storecast::{
+    Item, Message, Overflow, Position, QueueStore, QueueSubscriber, RecvError, Start, Store,
+    SubmitError, TrySubmitError,
+};
+
+use crate::codec::Codec;
+use crate::connection::{ConnectError, Redis};
+use crate::runtime;
+
+/// Adds an entry and answers its ordinal: how many entries the stream has ever had.
+const ADD: &str = r"
+redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], ARGV[2], '*', 'data', ARGV[3])
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+for i = 1, #info, 2 do
+  if info[i] == 'entries-added' then return info[i + 1] end
+end
+return redis.error_reply('storecast needs Redis 7.0 or later (XINFO STREAM has no entries-added)')
+";
+
+/// Reads up to ARGV[2] entries after the ordinal ARGV[1] (-1: none, only the state).
+/// Answers {entries-added, the ordinal read after, last-generated-id, entries}: the
+/// entries have the ordinals after+1, after+2, ...; `after` is past the requested one when
+/// entries were trimmed before they could be read.
+///
+/// Ordinals count from the stream's `entries-added`: the retained entries are the last
+/// `length` ones added, so the first has ordinal `added - length + 1`.
+const READ: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0, '0-0', {}} end
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+local added, length, last
+for i = 1, #info, 2 do
+  if info[i] == 'entries-added' then added = info[i + 1]
+  elseif info[i] == 'length' then length = info[i + 1]
+  elseif info[i] == 'last-generated-id' then last = info[i + 1] end
+end
+if added == nil then
+  return redis.error_reply('storecast needs Redis 7.0 or later (XINFO STREAM has no entries-added)')
+end
+local after = tonumber(ARGV[1])
+if after < 0 or after > added then return {added, added, last, {}} end
+local first = added - length + 1
+if after < first - 1 then after = first - 1 end
+local skip = after - (first - 1)
+local want = added - after
+local count = math.min(tonumber(ARGV[2]), want)
+if count <= 0 then return {added, after, last, {}} end
+local out = {}
+if skip <= want then
+  local entries = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', skip + count)
+  for i = skip + 1, #entries do out[#out + 1] = entries[i] end
+else
+  local entries = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', want)
+  for i = #entries, #entries - count + 1, -1 do out[#out + 1] = entries[i] end
+end
+return {added, after, last, out}
+";
+
+/// How a [`RedisQueueStore`] keeps and hands out its messages.
+#[derive(Debug, Clone)]
+pub struct QueueOptions {
+    capacity: usize,
+    overflow: Overflow,
+    max_len: usize,
+    exact_trim: bool,
+    batch: usize,
+}
+
+impl Default for QueueOptions {
+    /// 1,024 messages in memory under [`Overflow::Wait`]; the stream keeps about 10,000.
+    fn default() -> Self {
+        QueueOptions {
+            capacity: 1024,
+            overflow: Overflow::Wait,
+            max_len: 10_000,
+            exact_trim: false,
+            batch: 512,
+        }
+    }
+}
+
+impl QueueOptions {
+    /// How many messages this process keeps in memory for its subscribers, and the room
+    /// a slow subscriber has before the overflow policy applies.
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity.max(1);
+        self
+    }
+
+    /// What happens when this process's slowest subscriber is `capacity` behind: see
+    /// [`RedisQueueStore`].
+    pub fn overflow(mut self, overflow: Overflow) -> Self {
+        self.overflow = overflow;
+        self
+    }
+
+    /// How many entries the stream keeps (`XADD ... MAXLEN ~ n`): how far back a
+    /// subscriber can resume, in any process, and across restarts.
+    pub fn max_len(mut self, max_len: usize) -> Self {
+        self.max_len = max_len.max(1);
+        self
+    }
+
+    /// Trims the stream to exactly `max_len` entries (`MAXLEN =`) instead of about that
+    /// many (`MAXLEN ~`, which Redis does far more cheaply, in whole nodes).
+    pub fn exact_trim(mut self, exact: bool) -> Self {
+        self.exact_trim = exact;
+        self
+    }
+
+    /// How many entries one read fetches from Redis.
+    pub fn batch(mut self, batch: usize) -> Self {
+        self.batch = batch.max(1);
+        self
+    }
+}
+
+/// A queue kept by a Redis stream: every subscriber, in every process, gets every message
+/// in order, none twice, and can resume from a position after a reconnect or a restart.
+///
+/// [`submit`](RedisQueueStore::submit) adds an entry (`XADD <stream> MAXLEN ~ n * data
+/// <bytes>`); other programs can add entries the same way. One task per store per process
+/// reads the stream and fans it out to this process's subscribers through an in-memory
+/// [`storecast::QueueStore`].
+///
+/// # Positions
+///
+/// A message's position is its ordinal in the stream: 1 for the first entry ever added,
+/// and so on (Redis counts them as `entries-added`). Positions are the same in every
+/// process, so an SSE client can resume with `Last-Event-ID` on any hub. Deleting entries
+/// with `XDEL` breaks this numbering; trimming does not.
+///
+/// # Resuming
+///
+/// [`Start::After`] and [`Start::Oldest`] read what they need from the stream first, then
+/// go on with the live messages: nothing lost, nothing twice. Asking for a position the
+/// stream no longer keeps yields [`RecvError::Lagged`] with exactly how many were trimmed.
+///
+/// # Overflow
+///
+/// The policy applies to this process's subscribers. Under [`Overflow::Wait`],
+/// `submit().await` waits until they have room, then adds the entry (so a message handed
+/// back was never added); the stream keeps the rest whatever the policy. A submit returns
+/// once the message has reached this process's subscribers, so what you submit is what
+/// they see next.
+///
+/// # When Redis goes away
+///
+/// The reading task retries with backoff and carries on from the last entry it read, so
+/// nothing is lost as long as the stream keeps the entries (`max_len`). A submit while
+/// Redis is away fails with [`SubmitError::Unavailable`], handing the message back. Needs
+/// Redis 7.0 or later.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use futures_lite::StreamExt;
+/// use storecast::{Start, Store};
+/// use storecast_redis::{QueueOptions, Redis};
+///
+/// let redis = Redis::connect("redis://127.0.0.1:6379").await?;
+/// let orders = redis.queue_store::<String>("orders", QueueOptions::default()).await?;
+/// let mut subscriber = orders.subscribe_from(Start::Oldest);
+/// orders.submit("first order".to_string()).await?;
+/// // `redis-cli XADD orders '*' data "from elsewhere"` arrives here too.
+/// while let Some(Ok(message)) = subscriber.next().await {
+///     println!("{} at {}", *message, message.position());
+/// }
+/// # Ok(()) }
+/// ```
+pub struct RedisQueueStore<T> {
+    handle: Arc<Handle<T>>,
+}
+
+/// The user's side of the store: the reading task stops when the last one goes.
+struct Handle<T> {
+    shared: Arc<Shared<T>>,
+}
+
+struct Shared<T> {
+    redis: Redis,
+    stream: String,
+    options: QueueOptions,
+    /// This process's subscribers read here; the reading task fills it in stream order.
+    ring: QueueStore<Entry<T>>,
+    /// Position of the newest entry the reading task has put into `ring`.
+    read: AtomicU64,
+    /// Notified when `read` moves (submitters wait to see their message arrive).
+    advanced: Event,
+    /// Position of the newest entry submitted here: `Start::Now` begins after it.
+    submitted: AtomicU64,
+    /// Added to stream ordinals to make positions: it grows if the stream is deleted and
+    /// starts counting again, so that positions here keep growing.
+    offset: AtomicU64,
+    connected: AtomicBool,
+    undecodable: AtomicU64,
+    stopped: AtomicBool,
+    stop: Event,
+}
+
+/// What the reading task puts into the ring.
+enum Entry<T> {
+    Message(Message<T>),
+    /// Entries trimmed from the stream before this process could read them.
+    Lost(u64),
+    /// The stream was deleted and started again; how much was lost is unknown.
+    Restarted,
+}
+
+impl<T: Codec> RedisQueueStore<T> {
+    /// Opens the queue on the stream `stream`; new subscribers start after the entries it
+    /// has now.
+    pub async fn open(
+        redis: &Redis,
+        stream: &str,
+        options: QueueOptions,
+    ) -> Result<Self, ConnectError> {
+        let block = redis.options().health_check_value();
+        let mut reader = redis.dedicated(block).await?;
+        let state = read::<T>(&mut reader, stream, None, 0)
+            .await
+            .map_err(|e| match e.kind() {
+                redis::ErrorKind::Io => redis.unreachable(e),
+                _ => redis.unsupported(e),
+            })?;
+        let shared = Arc::new(Shared {
+            redis: redis.clone(),
+            stream: stream.to_owned(),
+            ring: QueueStore::with_overflow(options.capacity, options.overflow),
+            options,
+            read: AtomicU64::new(state.after),
+            advanced: Event::new(),
+            submitted: AtomicU64::new(0),
+            offset: AtomicU64::new(0),
+            connected: AtomicBool::new(true),
+            undecodable: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
+            stop: Event::new(),
+        });
+        runtime::spawn(follow(Arc::clone(&shared), reader, state.after, block));
+        Ok(RedisQueueStore {
+            handle: Arc::new(Handle { shared }),
+        })
+    }
+
+    /// Adds `value` to the stream and returns its position once this process's
+    /// subscribers can read it. Under [`Overflow::Wait`] it first waits until they have
+    /// room. A closed store, or Redis away, hands the value back.
+    pub async fn submit(&self, value: T) -> Result<Position, SubmitError<T>> {
+        let shared = &*self.handle.shared;
+        if shared.stopped.load(Ordering::SeqCst) {
+            return Err(SubmitError::Closed(value));
+        }
+        if shared.options.overflow == Overflow::Wait && shared.ring.room().await.is_err() {
+            return Err(SubmitError::Closed(value));
+        }
+        let trim = if shared.options.exact_trim { "=" } else { "~" };
+        let mut commands = shared.redis.commands();
+        let added: Result<u64, RedisError> = Script::new(ADD)
+            .key(&shared.stream)
+            .arg(trim)
+            .arg(shared.options.max_len)
+            .arg(value.encode().as_ref())
+            .invoke_async(&mut commands)
+            .await;
+        let ordinal = match added {
+            Ok(ordinal) => ordinal,
+            Err(e) => {
+                tracing::warn!(stream = %shared.stream, error = %e, "could not add to the stream");
+                return Err(SubmitError::Unavailable(value));
+            }
+        };
+        let position = shared.offset.load(Ordering::Acquire) + ordinal;
+        shared.submitted.fetch_max(position, Ordering::AcqRel);
+        // It is in the stream: wait (a while) for the reading task to hand it to this
+        // process's subscribers, so that a submit is followed by its delivery here.
+        let arrived = async {
+            loop {
+                if shared.read.load(Ordering::Acquire) >= position
+                    || shared.stopped.load(Ordering::SeqCst)
+                {
+                    return;
+                }
+                let listener = shared.advanced.listen();
+                if shared.read.load(Ordering::Acquire) >= position
+                    || shared.stopped.load(Ordering::SeqCst)
+                {
+                    return;
+                }
+                listener.await;
+            }
+        };
+        runtime::timeout(shared.redis.options().response_timeout_value(), arrived).await;
+        Ok(Position::new(position))
+    }
+}
+
+impl<T> RedisQueueStore<T> {
+    /// The stream's key.
+    pub fn stream(&self) -> &str {
+        &self.handle.shared.stream
+    }
+
+    /// The position of the newest message this process has read from the stream.
+    pub fn last_position(&self) -> Position {
+        Position::new(self.handle.shared.read.load(Ordering::Acquire))
+    }
+
+    /// Whether the reading task's connection is up now (false while reconnecting).
+    pub fn is_connected(&self) -> bool {
+        self.handle.shared.connected.load(Ordering::Relaxed)
+    }
+
+    /// How many stream entries were skipped because they did not decode (or had no `data`
+    /// field).
+    pub fn undecodable(&self) -> u64 {
+        self.handle.shared.undecodable.load(Ordering::Relaxed)
+    }
+}
+
+impl<T: Codec> Store for RedisQueueStore<T> {
+    type Value = T;
+    type Subscriber = RedisQueueSubscriber<T>;
+
+    async fn submit(&self, value: T) -> Result<Position, SubmitError<T>> {
+        RedisQueueStore::submit(self, value).await
+    }
+
+    /// A Redis queue cannot learn a position without a round trip: this says
+    /// [`Closed`](TrySubmitError::Closed), [`Full`](TrySubmitError::Full) (a lossless
+    /// queue whose subscribers here have no room) or
+    /// [`WouldBlock`](TrySubmitError::WouldBlock).
+    fn try_submit(&self, value: T) -> Result<Position, TrySubmitError<T>> {
+        let shared = &*self.handle.shared;
+        if shared.stopped.load(Ordering::SeqCst) {
+            Err(TrySubmitError::Closed(value))
+        } else if shared.options.overflow == Overflow::Wait && !shared.ring.has_room() {
+            Err(TrySubmitError::Full(value))
+        } else {
+            Err(TrySubmitError::WouldBlock(value))
+        }
+    }
+
+    fn subscribe_from(&self, start: Start) -> RedisQueueSubscriber<T> {
+        let shared = &self.handle.shared;
+        // Registered first, so that the catch-up below and the live messages overlap
+        // rather than leave a gap.
+        let live = shared.ring.subscribe();
+        let read = shared.read.load(Ordering::Acquire);
+        let (after, catch_up_from) = match start {
+            Start::Now => (read.max(shared.submitted.load(Ordering::Acquire)), None),
+            Start::Oldest => (0, Some(0)),
+            Start::After(position) if position.get() < read => {
+                (position.get(), Some(position.get()))
+            }
+            Start::After(position) => (position.get(), None),
+        };
+        let offset = shared.offset.load(Ordering::Acquire);
+        RedisQueueSubscriber {
+            live,
+            after,
+            target: read,
+            fetching: catch_up_from.map(|from| fetch(shared, from.saturating_sub(offset))),
+            backlog: VecDeque::new(),
+            report_loss: start != Start::Oldest,
+            shared: Arc::clone(shared),
+        }
+    }
+
+    fn close(&self) {
+        self.handle.shared.stop();
+    }
+
+    fn is_closed(&self) -> bool {
+        self.handle.shared.stopped.load(Ordering::SeqCst)
+    }
+
+    fn subscriber_count(&self) -> usize {
+        self.handle.shared.ring.subscriber_count()
+    }
+}
+
+impl<T> Clone for RedisQueueStore<T> {
+    fn clone(&self) -> Self {
+        RedisQueueStore {
+            handle: Arc::clone(&self.handle),
+        }
+    }
+}
+
+impl<T> fmt::Debug for RedisQueueStore<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisQueueStore")
+            .field("address", &self.handle.shared.redis.address())
+            .field("stream", &self.handle.shared.stream)
+            .field("options", &self.handle.shared.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> Drop for Handle<T> {
+    fn drop(&mut self) {
+        self.shared.stop();
+    }
+}
+
+impl<T> Shared<T> {
+    fn stop(&self) {
+        if !self.stopped.swap(true, Ordering::SeqCst) {
+            self.stop.notify(usize::MAX);
+            self.advanced.notify(usize::MAX);
+        }
+        self.ring.close();
+    }
+
+    async fn stopped(&self) {
+        loop {
+            if self.stopped.load(Ordering::SeqCst) {
+                return;
+            }
+            let listener = self.stop.listen();
+            if self.stopped.load(Ordering::SeqCst) {
+                return;
+            }
+            listener.await;
+        }
+    }
+}
+
+/// A batch read from the stream.
+struct Batch<T> {
+    /// The stream's `entries-added`.
+    added: u64,
+    /// The ordinal the entries follow.
+    after: u64,
+    /// The stream's newest id, for `XREAD BLOCK`.
+    last_id: String,
+    /// Each entry's value, or why it did not decode.
+    entries: Vec<Option<T>>,
+}
+
+/// Reads up to `count` entries after the ordinal `after` (`None`: none, only the state).
+async fn read<T: Codec>(
+    connection: &mut ConnectionManager,
+    stream: &str,
+    after: Option<u64>,
+    count: usize,
+) -> Result<Batch<T>, RedisError> {
+    let reply: Value = Script::new(READ)
+        .key(stream)
+        .arg(after.map_or(-1, |a| i64::try_from(a).unwrap_or(i64::MAX)))
+        .arg(count.max(1))
+        .invoke_async(connection)
+        .await?;
+    parse_batch(reply).ok_or_else(|| {
+        RedisError::from((
+            redis::ErrorKind::Parse,
+            "unexpected answer to the stream read script",
+        ))
+    })
+}
+
+fn parse_batch<T: Codec>(reply: Value) -> Option<Batch<T>> {
+    let Value::Array(mut parts) = reply else {
+        return None;
+    };
+    if parts.len() != 4 {
+        return None;
+    }
+    let entries = parts.pop()?;
+    let last_id = match parts.pop()? {
+        Value::BulkString(bytes) => String::from_utf8(bytes).ok()?,
+        Value::SimpleString(s) => s,
+        _ => return None,
+    };
+    let after = integer(&parts[1])?;
+    let added = integer(&parts[0])?;
+    let Value::Array(entries) = entries else {
+        return None;
+    };
+    let entries = entries
+        .into_iter()
+        .map(|entry| decode_entry(entry))
+        .collect();
+    Some(Batch {
+        added,
+        after,
+        last_id,
+        entries,
+    })
+}
+
+fn integer(value: &Value) -> Option<u64> {
+    match value {
+        Value::Int(n) => u64::try_from(*n).ok(),
+        _ => None,
+    }
+}
+
+/// An entry's `data` field, decoded; `None` if it has none or it does not decode.
+fn decode_entry<T: Codec>(entry: Value) -> Option<T> {
+    let Value::Array(mut parts) = entry else {
+        return None;
+    };
+    let Value::Array(fields) = parts.pop()? else {
+        return None;
+    };
+    let mut fields = fields.into_iter();
+    while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+        if matches!(&name, Value::BulkString(n) if n == b"data") {
+            let Value::BulkString(bytes) = value else {
+                return None;
+            };
+            return match T::decode(&bytes) {
+                Ok(value) => Some(value),
+                Err(e) => {
+                    tracing::warn!(error = %e, "skipped a stream entry");
+                    None
+                }
+            };
+        }
+    }
+    None
+}
+
+/// The reading task: follows the stream from the ordinal `cursor`, filling the ring in
+/// order; retries with backoff while Redis is away.
+async fn follow<T: Codec>(
+    shared: Arc<Shared<T>>,
+    mut connection: ConnectionManager,
+    mut cursor: u64,
+    block: Duration,
+) {
+    let mut backoff = shared.redis.options().backoff();
+    let mut failing = false;
+    loop {
+        let attempt = futures_lite::future::or(
+            async {
+                Some(
+                    read::<T>(
+                        &mut connection,
+                        &shared.stream,
+                        Some(cursor),
+                        shared.options.batch,
+                    )
+                    .await,
+                )
+            },
+            async {
+                shared.stopped().await;
+                None
+            },
+        )
+        .await;
+        let batch = match attempt {
+            None => return,
+            Some(Ok(batch)) => batch,
+            Some(Err(e)) => {
+                if !failing {
+                    tracing::warn!(stream = %shared.stream, error = %e, "lost the stream; retrying");
+                    failing = true;
+                    shared.connected.store(false, Ordering::Relaxed);
+                }
+                futures_lite::future::or(backoff.wait(), shared.stopped()).await;
+                continue;
+            }
+        };
+        if failing {
+            tracing::info!(stream = %shared.stream, "reading the stream again");
+            failing = false;
+            shared.connected.store(true, Ordering::Relaxed);
+            backoff.reset();
+        }
+        if batch.added < cursor {
+            // The stream was deleted (or Redis lost it) and counts from the start again.
+            tracing::warn!(stream = %shared.stream, "the stream started again; positions go on from here");
+            shared.offset.fetch_add(cursor, Ordering::AcqRel);
+            cursor = 0;
+            if shared.ring.submit(Entry::Restarted).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        if batch.after > cursor {
+            tracing::warn!(stream = %shared.stream, missed = batch.after - cursor, "entries were trimmed before they were read");
+            if shared
+                .ring
+                .submit(Entry::Lost(batch.after - cursor))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            cursor = batch.after;
+        }
+        let caught_up = batch.entries.is_empty();
+        let offset = shared.offset.load(Ordering::Acquire);
+        for value in batch.entries {
+            cursor += 1;
+            let position = offset + cursor;
+            if let Some(value) = value {
+                let entry = Entry::Message(Message::new(Position::new(position), value));
+                if shared.ring.submit(entry).await.is_err() {
+                    return;
+                }
+            } else {
+                shared.undecodable.fetch_add(1, Ordering::Relaxed);
+            }
+            shared.read.store(position, Ordering::Release);
+            shared.advanced.notify(usize::MAX);
+        }
+        if caught_up {
+            // Wait for the next entry; the answer only wakes us, the next read fetches it.
+            let woken: Result<Value, RedisError> = redis::cmd("XREAD")
+                .arg("BLOCK")
+                .arg(block.as_millis().max(1) as u64)
+                .arg("COUNT")
+                .arg(1)
+                .arg("STREAMS")
+                .arg(&shared.stream)
+                .arg(&batch.last_id)
+                .query_async(&mut connection)
+                .await;
+            if shared.stopped.load(Ordering::SeqCst) {
+                return;
+            }
+            if let Err(e) = woken {
+                tracing::debug!(stream = %shared.stream, error = %e, "waiting for entries failed");
+            }
+        }
+    }
+}
+
+type Fetch<T> = Pin<Box<dyn Future<Output = Result<Batch<T>, RedisError>> + Send>>;
+
+/// Reads the batch after the ordinal `after` for a subscriber catching up.
+fn fetch<T: Codec>(shared: &Arc<Shared<T>>, after: u64) -> Fetch<T> {
+    let shared = Arc::clone(shared);
+    Box::pin(async move {
+        let mut commands = shared.redis.commands();
+        read(
+            &mut commands,
+            &shared.stream,
+            Some(after),
+            shared.options.batch,
+        )
+        .await
+    })
+}
+
+/// A subscriber of a [`RedisQueueStore`]: every message from where it started, in order.
+/// Dropping it deregisters it.
+pub struct RedisQueueSubscriber<T> {
+    /// The messages this process reads from the stream, from when it subscribed.
+    live: QueueSubscriber<Entry<T>>,
+    /// The position of the last message delivered (or skipped as already seen).
+    after: u64,
+    /// Catching up ends here: `live` has everything after it.
+    target: u64,
+    /// A read from the stream, while catching up.
+    fetching: Option<Fetch<T>>,
+    /// Caught-up messages not yet delivered.
+    backlog: VecDeque<Item<T>>,
+    /// Whether entries trimmed before the next batch were lost to this subscriber (not
+    /// when it asked for the oldest retained).
+    report_loss: bool,
+    shared: Arc<Shared<T>>,
+}
+
+impl<T: Codec> Stream for RedisQueueSubscriber<T> {
+    type Item = Item<T>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item<T>>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(item) = this.backlog.pop_front() {
+                return Poll::Ready(Some(item));
+            }
+            if let Some(fetching) = &mut this.fetching {
+                let batch = match fetching.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(batch) => batch,
+                };
+                this.fetching = None;
+                this.catch_up(batch);
+                continue;
+            }
+            let entry = match Pin::new(&mut this.live).poll_next(cx) {
+                Poll::Ready(Some(Ok(entry))) => entry,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            };
+            match &**entry.value() {
+                Entry::Message(message) if message.position().get() > this.after => {
+                    this.after = message.position().get();
+                    return Poll::Ready(Some(Ok(message.clone())));
+                }
+                Entry::Message(_) => {}
+                Entry::Lost(missed) => {
+                    return Poll::Ready(Some(Err(RecvError::Lagged { missed: *missed })));
+                }
+                Entry::Restarted => return Poll::Ready(Some(Err(RecvError::Interrupted))),
+            }
+        }
+    }
+}
+
+impl<T: Codec> RedisQueueSubscriber<T> {
+    /// Takes a batch read while catching up, and asks for the next if there is more.
+    fn catch_up(&mut self, batch: Result<Batch<T>, RedisError>) {
+        let batch = match batch {
+            Ok(batch) => batch,
+            Err(e) => {
+                // What lies between here and the live messages cannot be read now.
+                tracing::warn!(stream = %self.shared.stream, error = %e, "could not catch up");
+                self.backlog.push_back(Err(RecvError::Interrupted));
+                return;
+            }
+        };
+        let offset = self.shared.offset.load(Ordering::Acquire);
+        let requested = self.after.saturating_sub(offset);
+        if batch.after > requested && self.report_loss {
+            self.backlog.push_back(Err(RecvError::Lagged {
+                missed: batch.after - requested,
+            }));
+        }
+        self.report_loss = true;
+        let mut ordinal = batch.after;
+        let more = !batch.entries.is_empty() && batch.added > batch.after;
+        for value in batch.entries {
+            ordinal += 1;
+            let position = offset + ordinal;
+            self.after = self.after.max(position);
+            match value {
+                Some(value) => self
+                    .backlog
+                    .push_back(Ok(Message::new(Position::new(position), value))),
+                None => {
+                    self.shared.undecodable.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        if more && self.after < self.target {
+            self.fetching = Some(fetch(&self.shared, self.after - offset));
+        }
+    }
+}
+
+impl<T> fmt::Debug for RedisQueueSubscriber<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisQueueSubscriber")
+            .field("stream", &self.shared.stream)
+            .field("after", &self.after)
+            .finish_non_exhaustive()
+    }
+}
