@@ -404,7 +404,7 @@ impl<T: Codec> Shared<T> {
             if let Some(index) = in_flight.iter().position(|out| out.bytes == bytes) {
                 // Anything published before it whose echo never came was lost with a
                 // connection; it was delivered here already.
-                let own = in_flight.drain(..=index).last().expect("drained one");
+                let own = in_flight.drain(..=index).next_back().expect("drained one");
                 self.in_flight_len.store(in_flight.len(), Ordering::Release);
                 drop(in_flight);
                 // A value from another publisher was shown after this one, but Redis put this

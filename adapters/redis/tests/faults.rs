@@ -1,0 +1,407 @@
+//! What happens when Redis misbehaves or other programs use it: connections killed, the
+//! server restarted, external publishers, undecodable messages, several processes.
+
+mod support;
+
+use std::time::Duration;
+
+use futures_lite::StreamExt;
+use storecast::{Item, Position, RecvError, Start, Store};
+use storecast_redis::{ConnectError, Options, QueueOptions, Redis, RedisStore};
+use support::{RedisServer, eventually};
+
+const PATIENCE: Duration = Duration::from_secs(15);
+
+/// Options that notice a dead connection and come back quickly.
+fn quick(url: &str) -> Options {
+    Options::new(url)
+        .health_check(Duration::from_millis(200))
+        .response_timeout(Duration::from_secs(1))
+        .reconnect_delay(Duration::from_millis(20), Duration::from_millis(200))
+}
+
+async fn next<S>(subscriber: &mut S) -> Item<String>
+where
+    S: futures_lite::Stream<Item = Item<String>> + Unpin,
+{
+    tokio::time::timeout(PATIENCE, subscriber.next())
+        .await
+        .expect("an item in time")
+        .expect("the stream to go on")
+}
+
+async fn next_value<S>(subscriber: &mut S) -> (String, Position)
+where
+    S: futures_lite::Stream<Item = Item<String>> + Unpin,
+{
+    match next(subscriber).await {
+        Ok(message) => ((*message).clone(), message.position()),
+        Err(e) => panic!("expected a message, got `{e}`"),
+    }
+}
+
+/// Publishes `text` with redis-cli until a subscriber of `store` has it (a channel keeps
+/// nothing for a subscription that is still being re-established).
+async fn publish_until_heard(server: &RedisServer, store: &RedisStore<String>, text: &str) {
+    let mut subscriber = store.subscribe_from(Start::After(
+        store.current().map_or(Position::ZERO, |m| m.position()),
+    ));
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        server.cli(&["PUBLISH", store.channel(), text]);
+        match tokio::time::timeout(Duration::from_millis(200), subscriber.next()).await {
+            Ok(Some(Ok(message))) if *message == text => return,
+            _ => assert!(
+                tokio::time::Instant::now() < deadline,
+                "`{text}` never arrived"
+            ),
+        }
+    }
+}
+
+#[tokio::test]
+async fn unreachable_redis_is_a_clear_error_at_construction() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let error = RedisStore::<String>::connect(&format!("redis://127.0.0.1:{port}"))
+        .await
+        .expect_err("nothing listens there");
+    assert!(
+        matches!(
+            error,
+            ConnectError::Unreachable { .. } | ConnectError::Timeout { .. }
+        ),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains(&port.to_string()), "{error}");
+
+    let error = Redis::connect("http://example.com")
+        .await
+        .expect_err("not a Redis URL");
+    assert!(matches!(error, ConnectError::InvalidUrl(_)), "{error:?}");
+}
+
+#[tokio::test]
+async fn the_password_never_appears_in_errors() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let error = Redis::connect(&format!("redis://user:hunter2@127.0.0.1:{port}"))
+        .await
+        .expect_err("nothing listens there");
+    assert!(!error.to_string().contains("hunter2"), "{error}");
+    assert!(!format!("{error:?}").contains("hunter2"), "{error:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cli_publish_reaches_every_subscriber_on_the_tornadose_channel() {
+    let server = RedisServer::start();
+    let store = RedisStore::<String>::connect(&server.url()).await.unwrap();
+    assert_eq!(store.channel(), "tornadose");
+    let mut subscribers: Vec<_> = (0..3).map(|_| store.subscribe()).collect();
+    assert_eq!(
+        server.cli(&["PUBLISH", "tornadose", "hello"]),
+        "1",
+        "one subscription per process"
+    );
+    for subscriber in &mut subscribers {
+        assert_eq!(next_value(subscriber).await.0, "hello");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_opened_later_starts_from_the_latest_value_key() {
+    let server = RedisServer::start();
+    let redis = Redis::connect(&server.url()).await.unwrap();
+    let first = redis.data_store::<String>("prices").await.unwrap();
+    let mut watcher = first.subscribe();
+    first.submit("42".to_string()).unwrap();
+    assert_eq!(next_value(&mut watcher).await.0, "42");
+    eventually("the key to be set", PATIENCE, || {
+        server.cli(&["GET", "prices:latest"]) == "42"
+    })
+    .await;
+
+    let later = redis.data_store::<String>("prices").await.unwrap();
+    assert_eq!(later.current().map(|m| (*m).clone()).as_deref(), Some("42"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_submitted_in_one_process_reaches_another_once() {
+    let server = RedisServer::start();
+    // Two handles: two processes as far as Redis can tell.
+    let here = Redis::connect(&server.url())
+        .await
+        .unwrap()
+        .data_store::<String>("news")
+        .await
+        .unwrap();
+    let there = Redis::connect(&server.url())
+        .await
+        .unwrap()
+        .data_store::<String>("news")
+        .await
+        .unwrap();
+    let mut local = here.subscribe();
+    let mut remote = there.subscribe();
+    here.submit("one".to_string()).unwrap();
+    assert_eq!(next_value(&mut remote).await.0, "one");
+    assert_eq!(next_value(&mut local).await.0, "one");
+    // Its own echo is not delivered a second time.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), local.next())
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_publishing_at_once_end_with_the_same_value() {
+    let server = RedisServer::start();
+    let a = Redis::connect(&server.url())
+        .await
+        .unwrap()
+        .data_store::<String>("race")
+        .await
+        .unwrap();
+    let b = Redis::connect(&server.url())
+        .await
+        .unwrap()
+        .data_store::<String>("race")
+        .await
+        .unwrap();
+    let (ra, rb) = (a.clone(), b.clone());
+    let publish_a = tokio::spawn(async move {
+        for n in 0..500 {
+            ra.submit(format!("a{n}")).unwrap();
+            tokio::task::yield_now().await;
+        }
+    });
+    let publish_b = tokio::spawn(async move {
+        for n in 0..500 {
+            rb.submit(format!("b{n}")).unwrap();
+            tokio::task::yield_now().await;
+        }
+    });
+    publish_a.await.unwrap();
+    publish_b.await.unwrap();
+    let value = |s: &RedisStore<String>| s.current().map(|m| (*m).clone());
+    eventually("both processes to agree with the key", PATIENCE, || {
+        let key = server.cli(&["GET", "race:latest"]);
+        value(&a).as_deref() == Some(key.as_str()) && value(&b).as_deref() == Some(key.as_str())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_messages_are_skipped_and_counted() {
+    let server = RedisServer::start();
+    let store = RedisStore::<String>::connect(&server.url()).await.unwrap();
+    let mut subscriber = store.subscribe();
+    // Not UTF-8: redis-cli sends the bytes of the escape.
+    let output = std::process::Command::new("redis-cli")
+        .args(["-p", &server.port().to_string(), "PUBLISH", "tornadose"])
+        .arg(std::ffi::OsStr::new(unsafe_free_invalid_utf8()))
+        .output()
+        .expect("redis-cli");
+    assert!(output.status.success());
+    server.cli(&["PUBLISH", "tornadose", "fine"]);
+    assert_eq!(next_value(&mut subscriber).await.0, "fine");
+    assert_eq!(store.undecodable(), 1);
+}
+
+/// An argument that is not UTF-8.
+fn unsafe_free_invalid_utf8() -> &'static std::ffi::OsStr {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::OsStr::from_bytes(b"\xff\xfe")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_subscription_is_reported_and_receiving_goes_on() {
+    let server = RedisServer::start();
+    let redis = Redis::connect_with(quick(&server.url())).await.unwrap();
+    let store = redis.data_store::<String>("tornadose").await.unwrap();
+    let mut subscriber = store.subscribe();
+    server.cli(&["PUBLISH", "tornadose", "before"]);
+    assert_eq!(next_value(&mut subscriber).await.0, "before");
+
+    assert_eq!(server.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]), "1");
+    assert_eq!(
+        next(&mut subscriber).await.unwrap_err(),
+        RecvError::Interrupted
+    );
+    assert_eq!(store.interruptions(), 1);
+
+    publish_until_heard(&server, &store, "after").await;
+    assert_eq!(next_value(&mut subscriber).await.0, "after");
+    assert!(store.is_connected());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restart_is_reported_and_both_stores_carry_on() {
+    let mut server = RedisServer::start();
+    let redis = Redis::connect_with(quick(&server.url())).await.unwrap();
+    let latest = redis.data_store::<String>("tornadose").await.unwrap();
+    let queue = redis
+        .queue_store::<String>("jobs", QueueOptions::default())
+        .await
+        .unwrap();
+    let mut latest_subscriber = latest.subscribe();
+    let mut queue_subscriber = queue.subscribe();
+    for n in 1..=3 {
+        queue.submit(format!("job {n}")).await.unwrap();
+    }
+
+    server.restart();
+
+    assert_eq!(
+        next(&mut latest_subscriber).await.unwrap_err(),
+        RecvError::Interrupted
+    );
+    publish_until_heard(&server, &latest, "back").await;
+    assert_eq!(next_value(&mut latest_subscriber).await.0, "back");
+
+    // Submits fail while the command connection is re-established, then succeed.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut n = 4;
+    while n <= 6 {
+        match queue.submit(format!("job {n}")).await {
+            Ok(_) => n += 1,
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "submits never recovered: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    for n in 1..=6 {
+        let (value, position) = next_value(&mut queue_subscriber).await;
+        assert_eq!(
+            (value.as_str(), position),
+            (format!("job {n}").as_str(), Position::new(n))
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_loses_nothing_when_its_connections_are_killed_mid_stream() {
+    const COUNT: u64 = 2_000;
+    let server = RedisServer::start();
+    let redis = Redis::connect_with(quick(&server.url())).await.unwrap();
+    let queue = redis
+        .queue_store::<String>("orders", QueueOptions::default().capacity(64))
+        .await
+        .unwrap();
+    let mut subscriber = queue.subscribe();
+    // An external program adds the entries, so that killing this process's connections
+    // does not stop the flow.
+    let url = server.url();
+    let client = redis::Client::open(url).unwrap();
+    let mut connection = client.get_connection().unwrap();
+    let producer_id: i64 = redis::cmd("CLIENT")
+        .arg("ID")
+        .query(&mut connection)
+        .unwrap();
+    let producer = tokio::task::spawn_blocking(move || {
+        for n in 1..=COUNT {
+            let _: String = redis::cmd("XADD")
+                .arg("orders")
+                .arg("*")
+                .arg("data")
+                .arg(format!("order {n}"))
+                .query(&mut connection)
+                .unwrap();
+        }
+    });
+    let killer = async {
+        let mut killed = 0;
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            // Every normal client but the producer's (and redis-cli's) is this process's.
+            let clients = server.cli(&["CLIENT", "LIST", "TYPE", "normal"]);
+            let ids = clients
+                .lines()
+                .filter_map(|line| {
+                    line.strip_prefix("id=")?
+                        .split(' ')
+                        .next()?
+                        .parse::<i64>()
+                        .ok()
+                })
+                .filter(|id| *id != producer_id);
+            for id in ids {
+                let id = id.to_string();
+                killed += server
+                    .cli(&["CLIENT", "KILL", "ID", &id, "SKIPME", "yes"])
+                    .parse::<u32>()
+                    .unwrap();
+            }
+        }
+        killed
+    };
+    let reader = async {
+        for n in 1..=COUNT {
+            let (value, position) = next_value(&mut subscriber).await;
+            assert_eq!(value, format!("order {n}"));
+            assert_eq!(position, Position::new(n));
+        }
+    };
+    let (killed, ()) = futures_lite::future::zip(killer, reader).await;
+    producer.await.unwrap();
+    assert!(killed >= 3, "only {killed} connections were killed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cli_xadd_reaches_queue_subscribers_and_positions_agree_across_processes() {
+    let server = RedisServer::start();
+    let first = Redis::connect(&server.url()).await.unwrap();
+    let second = Redis::connect(&server.url()).await.unwrap();
+    let here = first
+        .queue_store::<String>("events", QueueOptions::default())
+        .await
+        .unwrap();
+    let mut subscriber = here.subscribe();
+    let p1 = here.submit("one".to_string()).await.unwrap();
+    server.cli(&["XADD", "events", "*", "data", "two"]);
+    assert_eq!(next_value(&mut subscriber).await, ("one".to_string(), p1));
+    let (two, p2) = next_value(&mut subscriber).await;
+    assert_eq!((two.as_str(), p2), ("two", Position::new(p1.get() + 1)));
+
+    // Another process resumes after `one` by position, as an SSE client with
+    // Last-Event-ID would on another hub.
+    let there = second
+        .queue_store::<String>("events", QueueOptions::default())
+        .await
+        .unwrap();
+    let mut resumed = there.subscribe_from(Start::After(p1));
+    assert_eq!(next_value(&mut resumed).await, ("two".to_string(), p2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resuming_from_a_trimmed_position_reports_exactly_how_many_were_lost() {
+    let server = RedisServer::start();
+    let redis = Redis::connect(&server.url()).await.unwrap();
+    let options = QueueOptions::default().max_len(10).exact_trim(true);
+    let queue = redis.queue_store::<String>("short", options).await.unwrap();
+    for n in 1..=25 {
+        queue.submit(format!("m{n}")).await.unwrap();
+    }
+    let mut resumed = queue.subscribe_from(Start::After(Position::new(5)));
+    assert_eq!(
+        next(&mut resumed).await.unwrap_err(),
+        RecvError::Lagged { missed: 10 }
+    );
+    for n in 16..=25 {
+        assert_eq!(
+            next_value(&mut resumed).await,
+            (format!("m{n}"), Position::new(n))
+        );
+    }
+}
