@@ -8,7 +8,7 @@ use clap::{Parser, ValueEnum};
 use storecast::Overflow;
 
 /// storecast hub: publish messages over HTTP; subscribe over Server-Sent Events or
-/// WebSocket. Topics are created on first use and live in memory.
+/// WebSocket. Topics are created on first use and live in memory, or on Redis (--redis).
 ///
 /// Endpoints:
 ///   POST /publish/{topic}[?event=TYPE]   body = the message (UTF-8); answers {"topic","id"}
@@ -82,6 +82,21 @@ pub struct Config {
     /// Milliseconds an SSE client should wait before reconnecting (the `retry` field).
     #[arg(long, env = "STORECAST_RETRY_MS")]
     pub retry_ms: Option<u64>,
+
+    /// Put every topic on this Redis server (`redis://[:password@]host:port[/db]`), so that
+    /// several hubs share topics and other programs can publish: latest-value topics on
+    /// the channel `<prefix><topic>`, queue topics on the stream `<prefix><topic>`.
+    #[arg(long, env = "STORECAST_REDIS", hide_env_values = true)]
+    pub redis: Option<String>,
+
+    /// Prefix of the Redis channel and stream names of topics.
+    #[arg(long, env = "STORECAST_REDIS_PREFIX", default_value = "")]
+    pub redis_prefix: String,
+
+    /// How many entries each queue topic's Redis stream keeps (about; `MAXLEN ~`): how far
+    /// back a client can resume, on any hub.
+    #[arg(long, env = "STORECAST_REDIS_STREAM_LENGTH", default_value_t = 10_000)]
+    pub redis_stream_length: usize,
 }
 
 /// The `--overflow` choices.

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use axum::serve::ListenerExt;
 use clap::Parser;
+use storecast_redis::Redis;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::Config;
@@ -41,9 +42,22 @@ async fn main() -> std::process::ExitCode {
         }
     };
     let address = listener.local_addr().expect("a bound address");
+    let redis = match &config.redis {
+        None => None,
+        Some(url) => match Redis::connect(url).await {
+            Ok(redis) => {
+                tracing::info!(redis = redis.address(), "topics live on Redis");
+                Some(redis)
+            }
+            Err(e) => {
+                eprintln!("storecast-hub: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        },
+    };
     let metrics = Arc::new(Metrics::default());
     let hub = Arc::new(Hub {
-        topics: Topics::new(config.clone(), Arc::clone(&metrics)),
+        topics: Topics::new(config.clone(), Arc::clone(&metrics), redis),
         config,
         metrics,
     });

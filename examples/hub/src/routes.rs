@@ -13,7 +13,7 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
-use storecast::Store;
+use storecast::{Store, SubmitError};
 use storecast_tokio::{EventSource, WebSocketSubscriber, last_event_id};
 
 use crate::config::Config;
@@ -118,8 +118,8 @@ fn unauthorized(what: &str) -> Refusal {
     )
 }
 
-fn topic(hub: &Hub, name: &str) -> Result<Topic, Refusal> {
-    hub.topics.get(name).map_err(|e| match e {
+async fn topic(hub: &Hub, name: &str) -> Result<Topic, Refusal> {
+    hub.topics.get(name).await.map_err(|e| match e {
         TopicError::BadName => Refusal::new(
             StatusCode::BAD_REQUEST,
             format!("bad topic name {name:?}: use 1 to 128 of A-Z a-z 0-9 . _ -"),
@@ -127,6 +127,10 @@ fn topic(hub: &Hub, name: &str) -> Result<Topic, Refusal> {
         TopicError::TooMany(max) => Refusal::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("the hub already has its maximum of {max} topics"),
+        ),
+        TopicError::Unavailable(reason) => Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("topic {name:?} is unavailable: {reason}; try again later"),
         ),
     })
 }
@@ -141,7 +145,7 @@ async fn publish(
     if !authorized(&hub.config.publish_token, &headers, &params) {
         return unauthorized("publish").into_response();
     }
-    let topic = match topic(&hub, &name) {
+    let topic = match topic(&hub, &name).await {
         Ok(topic) => topic,
         Err(refusal) => return refusal.into_response(),
     };
@@ -171,12 +175,21 @@ async fn publish(
             format!("{{\"topic\":\"{name}\",\"id\":\"{position}\"}}\n"),
         )
             .into_response(),
+        Err(SubmitError::Unavailable(_)) => refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Redis is unavailable; the message was not published; try again later",
+        ),
         Err(_) => refuse(StatusCode::SERVICE_UNAVAILABLE, "the hub is shutting down"),
     }
 }
 
 /// Checks a subscription request: token and connection cap.
-fn admit(hub: &Hub, headers: &HeaderMap, params: &Params, name: &str) -> Result<Topic, Refusal> {
+async fn admit(
+    hub: &Hub,
+    headers: &HeaderMap,
+    params: &Params,
+    name: &str,
+) -> Result<Topic, Refusal> {
     if !authorized(&hub.config.subscribe_token, headers, params) {
         return Err(unauthorized("subscribe"));
     }
@@ -187,7 +200,7 @@ fn admit(hub: &Hub, headers: &HeaderMap, params: &Params, name: &str) -> Result<
             format!("the hub is at its maximum of {open} subscribers; try again later"),
         ));
     }
-    topic(hub, name)
+    topic(hub, name).await
 }
 
 async fn events(
@@ -196,7 +209,7 @@ async fn events(
     Query(params): Query<Params>,
     headers: HeaderMap,
 ) -> Response {
-    let topic = match admit(&hub, &headers, &params, &name) {
+    let topic = match admit(&hub, &headers, &params, &name).await {
         Ok(topic) => topic,
         Err(refusal) => return refusal.into_response(),
     };
@@ -214,7 +227,7 @@ async fn websocket(
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let topic = match admit(&hub, &headers, &params, &name) {
+    let topic = match admit(&hub, &headers, &params, &name).await {
         Ok(topic) => topic,
         Err(refusal) => return refusal.into_response(),
     };

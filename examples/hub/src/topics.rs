@@ -1,5 +1,6 @@
 //! Topics: named stores, created on first use, each a latest-value store or a queue.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -11,6 +12,10 @@ use storecast::sse::Payload;
 use storecast::{
     DataStore, DataSubscriber, Item, Position, QueueStore, QueueSubscriber, RecvError, Start,
     Store, SubmitError, TrySubmitError,
+};
+use storecast_redis::{
+    Codec, DecodeError, QueueOptions, Redis, RedisQueueStore, RedisQueueSubscriber, RedisStore,
+    RedisSubscriber,
 };
 
 use crate::config::Config;
@@ -32,6 +37,44 @@ impl Payload for HubMessage {
     }
 }
 
+/// On Redis a message is its data, after a first line `event: TYPE` if it has a type, so
+/// that other programs can publish plain text (and typed events too). The type `message`
+/// is SSE's default, so it reads back as no type.
+impl Codec for HubMessage {
+    fn encode(&self) -> Cow<'_, [u8]> {
+        match &self.event {
+            None if !self.data.starts_with(EVENT_LINE) => Cow::Borrowed(self.data.as_bytes()),
+            None => Cow::Owned(format!("{EVENT_LINE}message\n{}", self.data).into_bytes()),
+            Some(event) => Cow::Owned(format!("{EVENT_LINE}{event}\n{}", self.data).into_bytes()),
+        }
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let text = std::str::from_utf8(bytes)
+            .map_err(|_| DecodeError::new("a hub message must be UTF-8 text"))?;
+        let typed = text
+            .strip_prefix(EVENT_LINE)
+            .and_then(|rest| rest.split_once('\n'))
+            .filter(|(event, _)| !event.is_empty() && !event.contains('\r'));
+        Ok(match typed {
+            Some(("message", data)) => HubMessage {
+                event: None,
+                data: data.to_owned(),
+            },
+            Some((event, data)) => HubMessage {
+                event: Some(event.to_owned()),
+                data: data.to_owned(),
+            },
+            None => HubMessage {
+                event: None,
+                data: text.to_owned(),
+            },
+        })
+    }
+}
+
+const EVENT_LINE: &str = "event: ";
+
 /// Why a topic could not be had.
 #[derive(Debug)]
 pub enum TopicError {
@@ -39,6 +82,8 @@ pub enum TopicError {
     BadName,
     /// `--max-topics` topics exist already.
     TooMany(usize),
+    /// Its Redis channel or stream could not be opened.
+    Unavailable(String),
 }
 
 /// Every topic of the hub.
@@ -46,20 +91,23 @@ pub enum TopicError {
 pub struct Topics {
     config: Config,
     metrics: Arc<Metrics>,
+    /// Where topics live when not in memory.
+    redis: Option<Redis>,
     topics: RwLock<HashMap<String, Topic>>,
 }
 
 impl Topics {
-    pub fn new(config: Config, metrics: Arc<Metrics>) -> Self {
+    pub fn new(config: Config, metrics: Arc<Metrics>, redis: Option<Redis>) -> Self {
         Topics {
             config,
             metrics,
+            redis,
             topics: RwLock::new(HashMap::new()),
         }
     }
 
     /// The topic called `name`, created if it is new.
-    pub fn get(&self, name: &str) -> Result<Topic, TopicError> {
+    pub async fn get(&self, name: &str) -> Result<Topic, TopicError> {
         let valid = (1..=128).contains(&name.len())
             && name
                 .bytes()
@@ -70,6 +118,12 @@ impl Topics {
         if let Some(topic) = self.topics.read().expect("topics lock").get(name) {
             return Ok(topic.clone());
         }
+        if self.topics.read().expect("topics lock").len() >= self.config.max_topics {
+            return Err(TopicError::TooMany(self.config.max_topics));
+        }
+        // Opened outside the lock: on Redis that takes round trips. Two requests may both
+        // open one; the loser's store is dropped (which closes it).
+        let kind = self.open(name).await?;
         let mut topics = self.topics.write().expect("topics lock");
         if let Some(topic) = topics.get(name) {
             return Ok(topic.clone());
@@ -77,14 +131,6 @@ impl Topics {
         if topics.len() >= self.config.max_topics {
             return Err(TopicError::TooMany(self.config.max_topics));
         }
-        let kind = if self.config.is_latest(name) {
-            Kind::Latest(DataStore::new())
-        } else {
-            Kind::Queue(QueueStore::with_overflow(
-                self.config.queue_capacity.max(1),
-                self.config.overflow.into(),
-            ))
-        };
         let topic = Topic {
             kind,
             metrics: Arc::clone(&self.metrics),
@@ -96,6 +142,36 @@ impl Topics {
             "topic created"
         );
         Ok(topic)
+    }
+
+    /// A new store for the topic `name`.
+    async fn open(&self, name: &str) -> Result<Kind, TopicError> {
+        let latest = self.config.is_latest(name);
+        let capacity = self.config.queue_capacity.max(1);
+        let Some(redis) = &self.redis else {
+            return Ok(if latest {
+                Kind::Latest(DataStore::new())
+            } else {
+                Kind::Queue(QueueStore::with_overflow(
+                    capacity,
+                    self.config.overflow.into(),
+                ))
+            });
+        };
+        let key = format!("{}{name}", self.config.redis_prefix);
+        let opened = if latest {
+            redis.data_store(&key).await.map(Kind::RedisLatest)
+        } else {
+            let options = QueueOptions::default()
+                .capacity(capacity)
+                .overflow(self.config.overflow.into())
+                .max_len(self.config.redis_stream_length);
+            redis.queue_store(&key, options).await.map(Kind::RedisQueue)
+        };
+        opened.map_err(|e| {
+            tracing::warn!(topic = name, error = %e, "cannot open the topic on Redis");
+            TopicError::Unavailable(e.to_string())
+        })
     }
 
     /// Each topic's name and subscriber count, sorted by name.
@@ -121,6 +197,8 @@ impl Topics {
 enum Kind {
     Latest(DataStore<HubMessage>),
     Queue(QueueStore<HubMessage>),
+    RedisLatest(RedisStore<HubMessage>),
+    RedisQueue(RedisQueueStore<HubMessage>),
 }
 
 /// One topic: a store that counts what it delivers into the hub's metrics.
@@ -138,6 +216,8 @@ impl Store for Topic {
         let submitted = match &self.kind {
             Kind::Latest(store) => store.submit(value),
             Kind::Queue(store) => store.submit(value).await,
+            Kind::RedisLatest(store) => store.submit(value),
+            Kind::RedisQueue(store) => store.submit(value).await,
         };
         if submitted.is_ok() {
             self.metrics.messages_in.fetch_add(1, Ordering::Relaxed);
@@ -149,6 +229,8 @@ impl Store for Topic {
         match &self.kind {
             Kind::Latest(store) => Store::try_submit(store, value),
             Kind::Queue(store) => store.try_submit(value),
+            Kind::RedisLatest(store) => Store::try_submit(store, value),
+            Kind::RedisQueue(store) => Store::try_submit(store, value),
         }
     }
 
@@ -158,6 +240,8 @@ impl Store for Topic {
             inner: match &self.kind {
                 Kind::Latest(store) => Inner::Latest(store.subscribe_from(start)),
                 Kind::Queue(store) => Inner::Queue(store.subscribe_from(start)),
+                Kind::RedisLatest(store) => Inner::RedisLatest(store.subscribe_from(start)),
+                Kind::RedisQueue(store) => Inner::RedisQueue(store.subscribe_from(start)),
             },
             metrics: Arc::clone(&self.metrics),
         }
@@ -167,6 +251,8 @@ impl Store for Topic {
         match &self.kind {
             Kind::Latest(store) => store.close(),
             Kind::Queue(store) => store.close(),
+            Kind::RedisLatest(store) => store.close(),
+            Kind::RedisQueue(store) => store.close(),
         }
     }
 
@@ -174,6 +260,8 @@ impl Store for Topic {
         match &self.kind {
             Kind::Latest(store) => store.is_closed(),
             Kind::Queue(store) => store.is_closed(),
+            Kind::RedisLatest(store) => store.is_closed(),
+            Kind::RedisQueue(store) => store.is_closed(),
         }
     }
 
@@ -181,6 +269,8 @@ impl Store for Topic {
         match &self.kind {
             Kind::Latest(store) => store.subscriber_count(),
             Kind::Queue(store) => store.subscriber_count(),
+            Kind::RedisLatest(store) => store.subscriber_count(),
+            Kind::RedisQueue(store) => store.subscriber_count(),
         }
     }
 }
@@ -188,6 +278,8 @@ impl Store for Topic {
 enum Inner {
     Latest(DataSubscriber<HubMessage>),
     Queue(QueueSubscriber<HubMessage>),
+    RedisLatest(RedisSubscriber<HubMessage>),
+    RedisQueue(RedisQueueSubscriber<HubMessage>),
 }
 
 /// A subscriber of a topic: one SSE or WebSocket connection, counted while it lives.
@@ -204,6 +296,8 @@ impl Stream for TopicSubscriber {
         let polled = match &mut this.inner {
             Inner::Latest(sub) => Pin::new(sub).poll_next(cx),
             Inner::Queue(sub) => Pin::new(sub).poll_next(cx),
+            Inner::RedisLatest(sub) => Pin::new(sub).poll_next(cx),
+            Inner::RedisQueue(sub) => Pin::new(sub).poll_next(cx),
         };
         if let Poll::Ready(Some(item)) = &polled {
             let counter = match item {

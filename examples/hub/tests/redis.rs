@@ -1,0 +1,146 @@
+//! Hubs on Redis (`--redis`): topics shared by several hub processes and by other programs
+//! that publish straight to Redis, against a real `redis-server`.
+
+#[path = "../../../adapters/redis/tests/support/mod.rs"]
+mod redis_server;
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use redis_server::RedisServer;
+use support::Hub;
+
+fn hub_on(server: &RedisServer) -> Hub {
+    Hub::start(&["--redis", &server.url(), "--latest", "prices.*"])
+}
+
+#[tokio::test]
+async fn a_message_published_to_one_hub_reaches_subscribers_of_both() {
+    let server = RedisServer::start();
+    let (a, b) = (hub_on(&server), hub_on(&server));
+    let mut on_a = a.events("/events/news", &[]).await;
+    let mut on_b = b.events("/events/news", &[]).await;
+
+    let id = a.published("news", "hello").await;
+    for events in [&mut on_a, &mut on_b] {
+        let event = events.next().await;
+        assert_eq!(
+            (event.data.as_str(), event.id.as_str()),
+            ("hello", id.as_str())
+        );
+    }
+
+    // A typed event keeps its type through Redis.
+    let response = support::client()
+        .post(b.url("/publish/news?event=alert"))
+        .body("careful")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    for events in [&mut on_a, &mut on_b] {
+        let event = events.next().await;
+        assert_eq!(
+            (event.event.as_str(), event.data.as_str()),
+            ("alert", "careful")
+        );
+    }
+}
+
+#[tokio::test]
+async fn programs_that_publish_straight_to_redis_reach_every_hub() {
+    let server = RedisServer::start();
+    let (a, b) = (hub_on(&server), hub_on(&server));
+    let mut queue_a = a.events("/events/news", &[]).await;
+    let mut queue_b = b.events("/events/news", &[]).await;
+    let mut latest_a = a.events("/events/prices.eur", &[]).await;
+    let mut latest_b = b.events("/events/prices.eur", &[]).await;
+
+    server.cli(&["XADD", "news", "*", "data", "from a script"]);
+    for events in [&mut queue_a, &mut queue_b] {
+        assert_eq!(events.next().await.data, "from a script");
+    }
+    assert_eq!(
+        server.cli(&["PUBLISH", "prices.eur", "1.08"]),
+        "2",
+        "one subscription per hub"
+    );
+    for events in [&mut latest_a, &mut latest_b] {
+        assert_eq!(events.next().await.data, "1.08");
+    }
+}
+
+#[tokio::test]
+async fn a_client_resumes_on_another_hub_with_last_event_id() {
+    let server = RedisServer::start();
+    let (a, b) = (hub_on(&server), hub_on(&server));
+    let first = a.published("orders", "one").await;
+    let second = a.published("orders", "two").await;
+    let third = a.published("orders", "three").await;
+
+    let mut resumed = b
+        .events("/events/orders", &[("Last-Event-ID", &first)])
+        .await;
+    for (data, id) in [("two", &second), ("three", &third)] {
+        let event = resumed.next().await;
+        assert_eq!(
+            (event.data.as_str(), event.id.as_str()),
+            (data, id.as_str())
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_queue_topic_loses_nothing_across_a_redis_restart_and_latest_topics_say_so() {
+    let mut server = RedisServer::start();
+    let hub = hub_on(&server);
+    let mut queue = hub.events("/events/jobs", &[]).await;
+    let mut latest = hub.events("/events/prices.usd", &[]).await;
+    hub.published("jobs", "job 1").await;
+    assert_eq!(queue.next().await.data, "job 1");
+
+    server.restart();
+
+    // While the hub reconnects a publish may be refused with 503 (and nothing is lost).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, text) = hub.publish("jobs", "job 2").await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503, "{text}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "publishing never recovered: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(queue.next().await.data, "job 2");
+    let told = latest
+        .try_next(Duration::from_secs(20))
+        .await
+        .expect("an event");
+    assert_eq!(told.event, "interrupted");
+}
+
+#[test]
+fn the_hub_refuses_to_start_without_its_redis() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let output = Command::new(env!("CARGO_BIN_EXE_storecast-hub"))
+        .args(["--listen", "127.0.0.1:0"])
+        .args(["--redis", &format!("redis://:secret@127.0.0.1:{port}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("the hub binary runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+    assert!(stderr.contains("Redis"), "{stderr}");
+    assert!(!stderr.contains("secret"), "{stderr}");
+}
