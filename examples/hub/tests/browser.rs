@@ -1,6 +1,7 @@
 //! A real browser: headless Chromium, driven through ChromeDriver's WebDriver API, opens
 //! the hub's page; its EventSource shows a message published with an HTTP client, and its
-//! publish form reaches an SSE client.
+//! publish form reaches an SSE client. With two hubs on one Redis, a message another
+//! program adds to Redis shows in the pages of both.
 //!
 //! Needs the Debian packages `chromium` and `chromium-driver` (`ci/test.sh` installs them).
 
@@ -93,11 +94,11 @@ async fn wait_for_text(session: &str, script: &str, wanted: &str) -> String {
     panic!("the page never showed {wanted:?}; it showed {last:?}");
 }
 
-#[tokio::test]
-async fn the_page_shows_published_messages_live_and_publishes_itself() {
-    let hub = Hub::start(&[]);
-    let driver = start_driver().await;
-    let profile = std::env::temp_dir().join(format!("storecast-chromium-{}", std::process::id()));
+/// A new headless browser session with a profile directory of its own; returns the
+/// session's URL and the profile to remove.
+async fn new_session(driver: &Driver, name: &str) -> (String, std::path::PathBuf) {
+    let profile =
+        std::env::temp_dir().join(format!("storecast-chromium-{}-{name}", std::process::id()));
     let session = call(
         reqwest::Method::POST,
         format!("{}/session", driver.url),
@@ -120,19 +121,32 @@ async fn the_page_shows_published_messages_live_and_publishes_itself() {
         driver.url,
         session["sessionId"].as_str().unwrap()
     );
+    (session, profile)
+}
 
+/// Opens `url` in the session and waits for the page's EventSource to connect.
+async fn open_page(session: &str, url: String) {
     call(
         reqwest::Method::POST,
         format!("{session}/url"),
-        Some(json!({ "url": hub.url("/?topic=browser") })),
+        Some(json!({ "url": url })),
     )
     .await;
     wait_for_text(
-        &session,
+        session,
         "return document.getElementById('status').textContent",
         "connected",
     )
     .await;
+}
+
+#[tokio::test]
+async fn the_page_shows_published_messages_live_and_publishes_itself() {
+    let hub = Hub::start(&[]);
+    let driver = start_driver().await;
+    let (session, profile) = new_session(&driver, "one").await;
+
+    open_page(&session, hub.url("/?topic=browser")).await;
 
     // curl's part: publish; the browser's EventSource shows it.
     hub.published("browser", "hello from an HTTP client").await;
@@ -159,4 +173,38 @@ async fn the_page_shows_published_messages_live_and_publishes_itself() {
 
     call(reqwest::Method::DELETE, session, None).await;
     let _ = std::fs::remove_dir_all(profile);
+}
+
+#[path = "../../../adapters/redis/tests/support/mod.rs"]
+mod redis_server;
+
+#[tokio::test]
+async fn browsers_on_two_hubs_see_what_another_program_publishes_to_redis() {
+    let server = redis_server::RedisServer::start();
+    let hubs = [
+        Hub::start(&["--redis", &server.url()]),
+        Hub::start(&["--redis", &server.url()]),
+    ];
+    let driver = start_driver().await;
+    let mut sessions = Vec::new();
+    for (n, hub) in hubs.iter().enumerate() {
+        let (session, profile) = new_session(&driver, &format!("hub{n}")).await;
+        open_page(&session, hub.url("/?topic=shared")).await;
+        sessions.push((session, profile));
+    }
+
+    server.cli(&["XADD", "shared", "*", "data", "hello from redis-cli"]);
+    for (session, _) in &sessions {
+        wait_for_text(
+            session,
+            "return document.getElementById('log').textContent",
+            "hello from redis-cli",
+        )
+        .await;
+    }
+
+    for (session, profile) in sessions {
+        call(reqwest::Method::DELETE, session, None).await;
+        let _ = std::fs::remove_dir_all(profile);
+    }
 }
