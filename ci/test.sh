@@ -6,12 +6,17 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n== %s\n' "$*"; }
 
-# The browser test drives Debian's Chromium through ChromeDriver.
-if ! { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; }; then
-    step "installing chromium and chromium-driver (browser test)"
+# The browser test drives Debian's Chromium through ChromeDriver; the Redis tests start
+# their own redis-server (and use redis-cli and redis-benchmark) from Debian's packages.
+packages=()
+{ [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; } || packages+=(chromium chromium-driver)
+{ command -v redis-server && command -v redis-cli && command -v redis-benchmark; } >/dev/null ||
+    packages+=(redis-server redis-tools)
+if [ ${#packages[@]} -gt 0 ]; then
+    step "installing ${packages[*]}"
     if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${packages[@]}" >/dev/null
 fi
 
 step "the core with no std: no-allocator and alloc-only binaries link and run"
@@ -20,8 +25,9 @@ bash ci/no-std.sh
 step "benchmark smoke run (checks losslessness and order; figures are not compared here)"
 cargo run -q --release -p storecast-bench -- --quick
 
-step "workspace tests: unit, conformance suite, stress, hub end to end (HTTP, WebSocket, browser), doctests"
-cargo test --workspace
+step "workspace tests: unit, conformance suite (in memory and on Redis), stress, Redis faults, hub end to end (HTTP, WebSocket, browser, two hubs on Redis), doctests"
+# storecast-redis/smol adds the Redis stores' smol and async-std runs to its Tokio ones.
+cargo test --workspace --features storecast-redis/smol
 
 step "loom models of the stores' synchronisation"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \

@@ -1,5 +1,5 @@
 //! Both Redis stores pass the conformance suite against a real `redis-server`, on Tokio
-//! and (with the `smol` feature) on smol.
+//! and (with the `smol` feature) on smol and on async-std.
 
 mod support;
 
@@ -94,5 +94,14 @@ fn redis_stores_pass_the_suites_on_smol() {
         Box::pin(async move {
             smol::Timer::after(d).await;
         })
+    }));
+}
+
+#[cfg(feature = "smol")]
+#[test]
+fn redis_stores_pass_the_suites_on_async_std() {
+    let server = RedisServer::start();
+    async_std::task::block_on(run_both_suites(server.url(), |d| {
+        Box::pin(async_std::task::sleep(d))
     }));
 }
