@@ -20,6 +20,9 @@ use crate::codec::Codec;
 use crate::connection::{ConnectError, Redis};
 use crate::runtime;
 
+/// Most messages the listener takes from the subscription before delivering the newest.
+const MAX_BATCH: usize = 1024;
+
 /// Tornadose's default channel, so that its publishers keep working.
 pub const DEFAULT_CHANNEL: &str = "tornadose";
 
@@ -116,6 +119,8 @@ struct Shared<T> {
     /// last saw to report `Interrupted`.
     interruptions: AtomicU64,
     connected: AtomicBool,
+    /// Messages delivered by the subscription (own echoes included).
+    received: AtomicU64,
     undecodable: AtomicU64,
     /// Set by `close` (or by dropping the last handle); the tasks end when they see it.
     stopped: AtomicBool,
@@ -168,6 +173,7 @@ impl<T: Codec> RedisStore<T> {
             last_foreign: AtomicU64::new(0),
             interruptions: AtomicU64::new(0),
             connected: AtomicBool::new(true),
+            received: AtomicU64::new(0),
             undecodable: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
             stop: Event::new(),
@@ -235,6 +241,11 @@ impl<T> RedisStore<T> {
     /// How many times the subscription was lost (and subscribers were told).
     pub fn interruptions(&self) -> u64 {
         self.handle.shared.interruptions.load(Ordering::Relaxed)
+    }
+
+    /// How many messages this process has heard on the channel (its own included).
+    pub fn received(&self) -> u64 {
+        self.handle.shared.received.load(Ordering::Relaxed)
     }
 
     /// How many messages heard on the channel were skipped because they did not decode.
@@ -397,29 +408,47 @@ impl<T: Codec> Shared<T> {
         Ok(())
     }
 
-    /// A message delivered by the subscription.
-    fn heard(&self, bytes: &[u8]) {
-        if self.in_flight_len.load(Ordering::Acquire) > 0 {
-            let mut in_flight = self.in_flight.lock().expect("in-flight lock");
-            if let Some(index) = in_flight.iter().position(|out| out.bytes == bytes) {
-                // Anything published before it whose echo never came was lost with a
-                // connection; it was delivered here already.
-                let own = in_flight.drain(..=index).next_back().expect("drained one");
-                self.in_flight_len.store(in_flight.len(), Ordering::Release);
-                drop(in_flight);
-                // A value from another publisher was shown after this one, but Redis put this
-                // one later: show it again, so that this process ends with Redis's last
-                // value (unless a newer value of ours is on its way anyway).
+    /// Messages delivered by the subscription, oldest first. A latest-value store shows
+    /// only the newest of a batch; the others are only matched with this process's own
+    /// (not decoded, not delivered).
+    fn heard<'a>(&self, batch: impl ExactSizeIterator<Item = &'a [u8]>) {
+        self.received
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let mut newest = None;
+        for bytes in batch {
+            if let Some(older) = newest.replace(bytes) {
+                self.own_echo(older);
+            }
+        }
+        let Some(newest) = newest else { return };
+        match self.own_echo(newest) {
+            // A value from another publisher was shown after this one, but Redis put this
+            // one later: show it again, so that this process ends with Redis's last value
+            // (unless a newer value of ours is on its way anyway).
+            Some(own) => {
                 let position = own.position.get();
                 if self.last_foreign.load(Ordering::Acquire) > position
                     && self.last_own.load(Ordering::Acquire) == position
                 {
                     let _ = self.local.submit_arc(own.value);
                 }
-                return;
             }
+            None => self.take_foreign(newest),
         }
-        self.take_foreign(bytes);
+    }
+
+    /// This process's own message, if `bytes` is the echo of one.
+    fn own_echo(&self, bytes: &[u8]) -> Option<Outgoing<T>> {
+        if self.in_flight_len.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let mut in_flight = self.in_flight.lock().expect("in-flight lock");
+        let index = in_flight.iter().position(|out| out.bytes == bytes)?;
+        // Anything published before it whose echo never came was lost with a connection;
+        // it was delivered here already.
+        let own = in_flight.drain(..=index).next_back();
+        self.in_flight_len.store(in_flight.len(), Ordering::Release);
+        own
     }
 
     /// A value from another publisher (or from the key).
@@ -495,8 +524,18 @@ async fn listen<T: Codec>(shared: Arc<Shared<T>>, first: PubSub) {
         };
         let (mut sink, mut messages) = subscription.split();
         let receive = async {
+            let mut batch = Vec::new();
             while let Some(message) = messages.next().await {
-                shared.heard(message.get_payload_bytes());
+                batch.push(message);
+                // Whatever else has arrived already: only the newest needs delivering.
+                while batch.len() < MAX_BATCH {
+                    match futures_lite::future::poll_once(messages.next()).await {
+                        Some(Some(message)) => batch.push(message),
+                        _ => break,
+                    }
+                }
+                shared.heard(batch.iter().map(|m| m.get_payload_bytes()));
+                batch.clear();
             }
         };
         let health = async {

@@ -210,9 +210,13 @@ async fn undecodable_messages_are_skipped_and_counted() {
         .output()
         .expect("redis-cli");
     assert!(output.status.success());
+    eventually("the bad message to be counted", PATIENCE, || {
+        store.undecodable() == 1
+    })
+    .await;
     server.cli(&["PUBLISH", "tornadose", "fine"]);
     assert_eq!(next_value(&mut subscriber).await.0, "fine");
-    assert_eq!(store.undecodable(), 1);
+    assert_eq!(store.received(), 2);
 }
 
 /// An argument that is not UTF-8.

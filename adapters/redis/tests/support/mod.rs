@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     port: u16,
     dir: PathBuf,
+    /// Whether it keeps an append-only file (synced on every write).
+    persistent: bool,
     child: Option<Child>,
 }
 
@@ -23,6 +25,15 @@ impl RedisServer {
     /// Starts a server with an append-only file synced on every write, so that a restart
     /// (even after `kill -9`) keeps every stream entry.
     pub fn start() -> RedisServer {
+        RedisServer::start_with(true)
+    }
+
+    /// Starts a server that keeps nothing on disk (for benchmarks).
+    pub fn start_in_memory() -> RedisServer {
+        RedisServer::start_with(false)
+    }
+
+    fn start_with(persistent: bool) -> RedisServer {
         static COUNT: AtomicU32 = AtomicU32::new(0);
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -37,6 +48,7 @@ impl RedisServer {
         let mut server = RedisServer {
             port,
             dir,
+            persistent,
             child: None,
         };
         server.launch();
@@ -50,7 +62,11 @@ impl RedisServer {
             .arg("--dir")
             .arg(&self.dir)
             .args(["--save", ""])
-            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .args(if self.persistent {
+                ["--appendonly", "yes", "--appendfsync", "always"]
+            } else {
+                ["--appendonly", "no", "--appendfsync", "no"]
+            })
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

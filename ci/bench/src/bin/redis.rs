@@ -1,0 +1,261 @@
+//! Redis fan-out benchmark: messages per second from Redis to N in-process subscribers
+//! through one `RedisStore`, against `redis-benchmark`'s PUBLISH rate on the same server in
+//! the same run.
+//!
+//! ```text
+//! cargo run --release -p storecast-bench --bin redis [-- --messages 200000 --subscribers 1,100,10000]
+//! ```
+//!
+//! For each N: a fresh store on a channel, N subscriber tasks (Tokio, 2 workers) that read
+//! until they see the final message, then `redis-benchmark` publishes M 64-byte messages
+//! (its defaults: 50 connections, no pipelining). The store's rate is the messages it took
+//! from Redis per second, first to last; every message must arrive (none lost to a slow
+//! subscription) and every subscriber must end with the final value. A latest-value
+//! subscriber may skip values, so how many each one saw is reported too.
+
+#[path = "../../../../adapters/redis/tests/support/mod.rs"]
+mod redis_server;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_lite::StreamExt;
+use redis_server::RedisServer;
+use storecast::Store;
+use storecast_redis::{Redis, RedisStore};
+
+const PAYLOAD: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+const END: &str = "end";
+
+struct Options {
+    messages: u64,
+    subscribers: Vec<usize>,
+    repeat: usize,
+}
+
+fn options() -> Options {
+    let mut o = Options {
+        messages: 200_000,
+        subscribers: vec![1, 100, 10_000],
+        repeat: 3,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--messages" => {
+                o.messages = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--messages N")
+            }
+            "--subscribers" => {
+                o.subscribers = args
+                    .next()
+                    .expect("--subscribers N,N,...")
+                    .split(',')
+                    .map(|n| n.parse().expect("a number of subscribers"))
+                    .collect();
+            }
+            "--repeat" => {
+                o.repeat = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--repeat N")
+            }
+            "--quick" => {
+                o.messages = 20_000;
+                o.subscribers = vec![1, 100];
+                o.repeat = 1;
+            }
+            other => panic!(
+                "unknown argument {other}; use --messages N, --subscribers N,N, --repeat N or --quick"
+            ),
+        }
+    }
+    o
+}
+
+/// Runs `redis-benchmark` publishing `messages` to `channel`; returns its requests per second.
+fn redis_benchmark(port: u16, channel: &str, messages: u64) -> f64 {
+    let output = Command::new("redis-benchmark")
+        .args(["-p", &port.to_string(), "-q", "-n", &messages.to_string()])
+        .args(["PUBLISH", channel, PAYLOAD])
+        .output()
+        .expect("redis-benchmark runs (apt-get install -y redis-tools)");
+    assert!(
+        output.status.success(),
+        "redis-benchmark failed: {output:?}"
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    // The last line: "PUBLISH ...: 123456.79 requests per second, p50=0.199 msec"
+    text.rsplit('\r')
+        .flat_map(|part| part.lines())
+        .filter_map(|line| {
+            let before = line.split(" requests per second").next()?;
+            before.rsplit(' ').next()?.parse::<f64>().ok()
+        })
+        .next_back()
+        .unwrap_or_else(|| panic!("no rate in redis-benchmark's output: {text}"))
+}
+
+struct Outcome {
+    /// CPU this process used while the store took the messages, in cores.
+    cores: f64,
+    store_rate: f64,
+    received: u64,
+    seen_per_subscriber: f64,
+    all_ended_with_last: bool,
+    interruptions: u64,
+}
+
+fn run(
+    server: &RedisServer,
+    runtime: &tokio::runtime::Runtime,
+    n: usize,
+    messages: u64,
+    round: usize,
+) -> Outcome {
+    let channel = format!("bench-{round}");
+    let (store, seen, done) = runtime.block_on(async {
+        let redis = Redis::connect(&server.url())
+            .await
+            .expect("the benchmark's server");
+        let store: RedisStore<String> = redis.data_store(&channel).await.expect("a store");
+        let seen = Arc::new(AtomicU64::new(0));
+        let done = Arc::new(AtomicU64::new(0));
+        for _ in 0..n {
+            let mut subscriber = store.subscribe();
+            let (seen, done) = (Arc::clone(&seen), Arc::clone(&done));
+            tokio::spawn(async move {
+                let mut count = 0;
+                while let Some(Ok(message)) = subscriber.next().await {
+                    if *message == END {
+                        done.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                    count += 1;
+                }
+                seen.fetch_add(count, Ordering::Relaxed);
+            });
+        }
+        (store, seen, done)
+    });
+
+    let cpu_before = cpu_seconds();
+    // Watches the store's count from a thread of its own: first and last arrival.
+    let watcher = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            let mut first = None;
+            let mut last = Instant::now();
+            let mut count = store.received();
+            let mut still_since = Instant::now();
+            loop {
+                std::thread::sleep(Duration::from_micros(200));
+                let now = store.received();
+                if now != count {
+                    first.get_or_insert_with(Instant::now);
+                    last = Instant::now();
+                    still_since = last;
+                    count = now;
+                }
+                if count >= messages
+                    || (first.is_some() && still_since.elapsed() > Duration::from_secs(2))
+                {
+                    return (first.unwrap_or(last), last, count);
+                }
+            }
+        })
+    };
+    redis_benchmark(server.port(), &channel, messages);
+    let (first, last, received) = watcher.join().expect("the watcher");
+    let cpu = cpu_seconds() - cpu_before;
+    server.cli(&["PUBLISH", &channel, END]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while done.load(Ordering::Relaxed) < n as u64 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let all_ended_with_last = done.load(Ordering::Relaxed) == n as u64;
+    std::thread::sleep(Duration::from_millis(50));
+    let outcome = Outcome {
+        cores: cpu / last.duration_since(first).as_secs_f64().max(1e-9),
+        store_rate: received as f64 / last.duration_since(first).as_secs_f64().max(1e-9),
+        received,
+        seen_per_subscriber: seen.load(Ordering::Relaxed) as f64 / n as f64,
+        all_ended_with_last,
+        interruptions: store.interruptions(),
+    };
+    store.close();
+    outcome
+}
+
+/// User and system CPU time of this process so far, from /proc.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses): utime is the 12th, stime the 13th.
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| {
+        f.iter().filter_map(|v| v.parse::<f64>().ok()).sum()
+    });
+    ticks / 100.0
+}
+
+fn main() {
+    let o = options();
+    let server = RedisServer::start_in_memory();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a Tokio runtime");
+    println!(
+        "# storecast-redis fan-out benchmark\n\n{} messages of 64 bytes published by redis-benchmark \
+         (50 connections, no pipelining) to one RedisStore in this process; Tokio, 2 workers; \
+         redis-server and redis-benchmark on the same 2 cores. Each run is paired with a raw \
+         PUBLISH run (no subscribers) just before it; medians of {} pairs.\n",
+        o.messages, o.repeat
+    );
+    println!(
+        "| subscribers | raw PUBLISH (msg/s) | store took from Redis (msg/s) | store vs raw | received | values seen per subscriber | all ended with the last | interruptions | this process's CPU |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let mut failed = false;
+    let mut round = 0;
+    for &n in &o.subscribers {
+        let mut pairs = Vec::new();
+        for _ in 0..o.repeat {
+            let raw = redis_benchmark(server.port(), "nobody-listens", o.messages);
+            let r = run(&server, &runtime, n, o.messages, round);
+            round += 1;
+            failed |= r.received != o.messages || !r.all_ended_with_last || r.interruptions != 0;
+            pairs.push((raw, r));
+        }
+        pairs.sort_by(|a, b| (a.1.store_rate / a.0).total_cmp(&(b.1.store_rate / b.0)));
+        let (raw, r) = &pairs[pairs.len() / 2];
+        println!(
+            "| {n} | {raw:.0} | {:.0} | {:.2}x | {} of {} | {:.0} ({:.1}%) | {} | {} | {:.2} cores |",
+            r.store_rate,
+            r.store_rate / raw,
+            r.received,
+            o.messages,
+            r.seen_per_subscriber,
+            100.0 * r.seen_per_subscriber / o.messages as f64,
+            if r.all_ended_with_last { "yes" } else { "NO" },
+            r.interruptions,
+            r.cores,
+        );
+    }
+    if failed {
+        eprintln!(
+            "FAILED: a message was lost, a subscriber did not end with the last value, or the subscription was interrupted"
+        );
+        std::process::exit(1);
+    }
+}
