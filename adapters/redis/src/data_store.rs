@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use event_listener::Event;
 use futures_lite::{Stream, StreamExt};
 use redis::aio::PubSub;
 use redis::{RedisError, Script, Value};
@@ -19,6 +18,7 @@ use storecast::{
 use crate::codec::Codec;
 use crate::connection::{ConnectError, Redis};
 use crate::runtime;
+use crate::shutdown::Shutdown;
 
 /// Most messages the listener takes from the subscription before delivering the newest.
 const MAX_BATCH: usize = 1024;
@@ -122,9 +122,7 @@ struct Shared<T> {
     /// Messages delivered by the subscription (own echoes included).
     received: AtomicU64,
     undecodable: AtomicU64,
-    /// Set by `close` (or by dropping the last handle); the tasks end when they see it.
-    stopped: AtomicBool,
-    stop: Event,
+    shutdown: Shutdown,
 }
 
 /// A value submitted here, on its way to Redis.
@@ -175,8 +173,7 @@ impl<T: Codec> RedisStore<T> {
             connected: AtomicBool::new(true),
             received: AtomicU64::new(0),
             undecodable: AtomicU64::new(0),
-            stopped: AtomicBool::new(false),
-            stop: Event::new(),
+            shutdown: Shutdown::default(),
         });
         shared
             .catch_up_from_key()
@@ -361,25 +358,9 @@ impl<T> fmt::Debug for RedisSubscriber<T> {
 
 impl<T> Shared<T> {
     fn stop(&self) {
-        if !self.stopped.swap(true, Ordering::SeqCst) {
-            self.stop.notify(usize::MAX);
-        }
+        self.shutdown.trigger();
         self.local.close();
         self.outbox.close();
-    }
-
-    /// Resolves once the store is stopped.
-    async fn stopped(&self) {
-        loop {
-            if self.stopped.load(Ordering::SeqCst) {
-                return;
-            }
-            let listener = self.stop.listen();
-            if self.stopped.load(Ordering::SeqCst) {
-                return;
-            }
-            listener.await;
-        }
     }
 
     /// Tells every subscriber that messages may have been missed.
@@ -495,14 +476,10 @@ async fn listen<T: Codec>(shared: Arc<Shared<T>>, first: PubSub) {
         let subscription = match pubsub.take() {
             Some(subscription) => subscription,
             None => {
-                let attempt = futures_lite::future::or(
-                    async { Some(shared.redis.subscribe(&shared.channel).await) },
-                    async {
-                        shared.stopped().await;
-                        None
-                    },
-                )
-                .await;
+                let attempt = shared
+                    .shutdown
+                    .unless(shared.redis.subscribe(&shared.channel))
+                    .await;
                 match attempt {
                     None => return,
                     Some(Ok(subscription)) => {
@@ -516,7 +493,7 @@ async fn listen<T: Codec>(shared: Arc<Shared<T>>, first: PubSub) {
                     }
                     Some(Err(e)) => {
                         tracing::warn!(channel = %shared.channel, error = %e, "resubscribing failed; retrying");
-                        futures_lite::future::or(backoff.wait(), shared.stopped()).await;
+                        shared.shutdown.unless(backoff.wait()).await;
                         continue;
                     }
                 }
@@ -548,8 +525,11 @@ async fn listen<T: Codec>(shared: Arc<Shared<T>>, first: PubSub) {
                 }
             }
         };
-        futures_lite::future::or(futures_lite::future::or(receive, health), shared.stopped()).await;
-        if shared.stopped.load(Ordering::SeqCst) {
+        shared
+            .shutdown
+            .unless(futures_lite::future::or(receive, health))
+            .await;
+        if shared.shutdown.is_triggered() {
             return;
         }
         shared.connected.store(false, Ordering::Relaxed);
@@ -592,12 +572,12 @@ async fn publish<T: Codec>(shared: Arc<Shared<T>>, mut outgoing: DataSubscriber<
             Ok(_) => backoff.reset(),
             Err(e) => {
                 shared.forget_echo(out.position);
-                if shared.stopped.load(Ordering::SeqCst) {
+                if shared.shutdown.is_triggered() {
                     return;
                 }
                 tracing::warn!(channel = %shared.channel, error = %e, "publishing failed; retrying");
                 retry = Some(message);
-                futures_lite::future::or(backoff.wait(), shared.stopped()).await;
+                shared.shutdown.unless(backoff.wait()).await;
             }
         }
     }

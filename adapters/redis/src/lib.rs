@@ -54,6 +54,7 @@ mod connection;
 mod data_store;
 mod queue_store;
 mod runtime;
+mod shutdown;
 
 pub use codec::{Codec, DecodeError};
 pub use connection::{ConnectError, Options, Redis};

@@ -21,6 +21,7 @@ use storecast::{
 use crate::codec::Codec;
 use crate::connection::{ConnectError, Redis};
 use crate::runtime;
+use crate::shutdown::Shutdown;
 
 /// Adds an entry and answers its ordinal: how many entries the stream has ever had.
 const ADD: &str = r"
@@ -207,8 +208,7 @@ struct Shared<T> {
     offset: AtomicU64,
     connected: AtomicBool,
     undecodable: AtomicU64,
-    stopped: AtomicBool,
-    stop: Event,
+    shutdown: Shutdown,
 }
 
 /// What the reading task puts into the ring.
@@ -247,8 +247,7 @@ impl<T: Codec> RedisQueueStore<T> {
             offset: AtomicU64::new(0),
             connected: AtomicBool::new(true),
             undecodable: AtomicU64::new(0),
-            stopped: AtomicBool::new(false),
-            stop: Event::new(),
+            shutdown: Shutdown::default(),
         });
         runtime::spawn(follow(Arc::clone(&shared), reader, state.after, block));
         Ok(RedisQueueStore {
@@ -261,7 +260,7 @@ impl<T: Codec> RedisQueueStore<T> {
     /// room. A closed store, or Redis away, hands the value back.
     pub async fn submit(&self, value: T) -> Result<Position, SubmitError<T>> {
         let shared = &*self.handle.shared;
-        if shared.stopped.load(Ordering::SeqCst) {
+        if shared.shutdown.is_triggered() {
             return Err(SubmitError::Closed(value));
         }
         if shared.options.overflow == Overflow::Wait && shared.ring.room().await.is_err() {
@@ -289,14 +288,12 @@ impl<T: Codec> RedisQueueStore<T> {
         // process's subscribers, so that a submit is followed by its delivery here.
         let arrived = async {
             loop {
-                if shared.read.load(Ordering::Acquire) >= position
-                    || shared.stopped.load(Ordering::SeqCst)
+                if shared.read.load(Ordering::Acquire) >= position || shared.shutdown.is_triggered()
                 {
                     return;
                 }
                 let listener = shared.advanced.listen();
-                if shared.read.load(Ordering::Acquire) >= position
-                    || shared.stopped.load(Ordering::SeqCst)
+                if shared.read.load(Ordering::Acquire) >= position || shared.shutdown.is_triggered()
                 {
                     return;
                 }
@@ -345,7 +342,7 @@ impl<T: Codec> Store for RedisQueueStore<T> {
     /// [`WouldBlock`](TrySubmitError::WouldBlock).
     fn try_submit(&self, value: T) -> Result<Position, TrySubmitError<T>> {
         let shared = &*self.handle.shared;
-        if shared.stopped.load(Ordering::SeqCst) {
+        if shared.shutdown.is_triggered() {
             Err(TrySubmitError::Closed(value))
         } else if shared.options.overflow == Overflow::Wait && !shared.ring.has_room() {
             Err(TrySubmitError::Full(value))
@@ -385,7 +382,7 @@ impl<T: Codec> Store for RedisQueueStore<T> {
     }
 
     fn is_closed(&self) -> bool {
-        self.handle.shared.stopped.load(Ordering::SeqCst)
+        self.handle.shared.shutdown.is_triggered()
     }
 
     fn subscriber_count(&self) -> usize {
@@ -419,24 +416,10 @@ impl<T> Drop for Handle<T> {
 
 impl<T> Shared<T> {
     fn stop(&self) {
-        if !self.stopped.swap(true, Ordering::SeqCst) {
-            self.stop.notify(usize::MAX);
+        if self.shutdown.trigger() {
             self.advanced.notify(usize::MAX);
         }
         self.ring.close();
-    }
-
-    async fn stopped(&self) {
-        loop {
-            if self.stopped.load(Ordering::SeqCst) {
-                return;
-            }
-            let listener = self.stop.listen();
-            if self.stopped.load(Ordering::SeqCst) {
-                return;
-            }
-            listener.await;
-        }
     }
 }
 
@@ -547,24 +530,15 @@ async fn follow<T: Codec>(
     let mut backoff = shared.redis.options().backoff();
     let mut failing = false;
     loop {
-        let attempt = futures_lite::future::or(
-            async {
-                Some(
-                    read::<T>(
-                        &mut connection,
-                        &shared.stream,
-                        Some(cursor),
-                        shared.options.batch,
-                    )
-                    .await,
-                )
-            },
-            async {
-                shared.stopped().await;
-                None
-            },
-        )
-        .await;
+        let attempt = shared
+            .shutdown
+            .unless(read::<T>(
+                &mut connection,
+                &shared.stream,
+                Some(cursor),
+                shared.options.batch,
+            ))
+            .await;
         let batch = match attempt {
             None => return,
             Some(Ok(batch)) => batch,
@@ -574,7 +548,7 @@ async fn follow<T: Codec>(
                     failing = true;
                     shared.connected.store(false, Ordering::Relaxed);
                 }
-                futures_lite::future::or(backoff.wait(), shared.stopped()).await;
+                shared.shutdown.unless(backoff.wait()).await;
                 continue;
             }
         };
@@ -634,7 +608,7 @@ async fn follow<T: Codec>(
                 .arg(&batch.last_id)
                 .query_async(&mut connection)
                 .await;
-            if shared.stopped.load(Ordering::SeqCst) {
+            if shared.shutdown.is_triggered() {
                 return;
             }
             if let Err(e) = woken {
