@@ -409,3 +409,19 @@ async fn resuming_from_a_trimmed_position_reports_exactly_how_many_were_lost() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_that_is_not_a_stream_is_a_clear_error() {
+    let server = RedisServer::start();
+    server.cli(&["SET", "not-a-stream", "x"]);
+    let redis = Redis::connect(&server.url()).await.unwrap();
+    let error = redis
+        .queue_store::<String>("not-a-stream", QueueOptions::default())
+        .await
+        .expect_err("a string key cannot host a queue");
+    assert!(
+        matches!(error, ConnectError::Unsupported { .. }),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("WRONGTYPE"), "{error}");
+}
