@@ -95,6 +95,11 @@ impl RedisServer {
                 .is_ok_and(|n| reply[..n].starts_with(b"+PONG"))
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }

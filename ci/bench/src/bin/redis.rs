@@ -77,9 +77,52 @@ fn options() -> Options {
     o
 }
 
+/// Where the processes run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    /// Anywhere: redis-server, redis-benchmark and this process share every core.
+    Shared,
+    /// redis-server and redis-benchmark on core 0, this process on core 1: the store keeps
+    /// up or not without taking CPU from the server it listens to.
+    Pinned,
+}
+
+impl Placement {
+    /// Moves redis-server (`server`) and this process (every thread) where they belong.
+    fn apply(self, server: &RedisServer) {
+        let (theirs, ours) = match self {
+            Placement::Shared => ("0-1", "0-1"),
+            Placement::Pinned => ("0", "1"),
+        };
+        let pin = |cpus: &str, pid: u32| {
+            let status = Command::new("taskset")
+                .args(["-a", "-p", "-c", cpus, &pid.to_string()])
+                .stdout(std::process::Stdio::null())
+                .status()
+                .expect("taskset runs (util-linux)");
+            assert!(status.success(), "taskset -p -c {cpus} {pid} failed");
+        };
+        pin(theirs, server.pid().expect("a running server"));
+        pin(ours, std::process::id());
+    }
+
+    /// How redis-benchmark is started.
+    fn command(self) -> Command {
+        match self {
+            Placement::Shared => Command::new("redis-benchmark"),
+            Placement::Pinned => {
+                let mut command = Command::new("taskset");
+                command.args(["-c", "0", "redis-benchmark"]);
+                command
+            }
+        }
+    }
+}
+
 /// Runs `redis-benchmark` publishing `messages` to `channel`; returns its requests per second.
-fn redis_benchmark(port: u16, channel: &str, messages: u64) -> f64 {
-    let output = Command::new("redis-benchmark")
+fn redis_benchmark(placement: Placement, port: u16, channel: &str, messages: u64) -> f64 {
+    let output = placement
+        .command()
         .args(["-p", &port.to_string(), "-q", "-n", &messages.to_string()])
         .args(["PUBLISH", channel, PAYLOAD])
         .output()
@@ -111,6 +154,7 @@ struct Outcome {
 }
 
 fn run(
+    placement: Placement,
     server: &RedisServer,
     runtime: &tokio::runtime::Runtime,
     n: usize,
@@ -169,7 +213,7 @@ fn run(
             }
         })
     };
-    redis_benchmark(server.port(), &channel, messages);
+    redis_benchmark(placement, server.port(), &channel, messages);
     let (first, last, received) = watcher.join().expect("the watcher");
     let cpu = cpu_seconds() - cpu_before;
     server.cli(&["PUBLISH", &channel, END]);
@@ -215,42 +259,62 @@ fn main() {
         .enable_all()
         .build()
         .expect("a Tokio runtime");
+    let pinnable = std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2)
+        && Command::new("taskset").arg("-V").output().is_ok();
     println!(
         "# storecast-redis fan-out benchmark\n\n{} messages of 64 bytes published by redis-benchmark \
-         (50 connections, no pipelining) to one RedisStore in this process; Tokio, 2 workers; \
-         redis-server and redis-benchmark on the same 2 cores. Each run is paired with a raw \
-         PUBLISH run (no subscribers) just before it; medians of {} pairs.\n",
+         (50 connections, no pipelining) to one RedisStore in this process (Tokio, 2 workers). \
+         Each run is paired with a raw PUBLISH run (no subscribers) just before it, in the same \
+         placement; medians of {} pairs.",
         o.messages, o.repeat
     );
-    println!(
-        "| subscribers | raw PUBLISH (msg/s) | store took from Redis (msg/s) | store vs raw | received | values seen per subscriber | all ended with the last | interruptions | this process's CPU |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|");
     let mut failed = false;
     let mut round = 0;
-    for &n in &o.subscribers {
-        let mut pairs = Vec::new();
-        for _ in 0..o.repeat {
-            let raw = redis_benchmark(server.port(), "nobody-listens", o.messages);
-            let r = run(&server, &runtime, n, o.messages, round);
-            round += 1;
-            failed |= r.received != o.messages || !r.all_ended_with_last || r.interruptions != 0;
-            pairs.push((raw, r));
-        }
-        pairs.sort_by(|a, b| (a.1.store_rate / a.0).total_cmp(&(b.1.store_rate / b.0)));
-        let (raw, r) = &pairs[pairs.len() / 2];
+    let placements: &[Placement] = if pinnable {
+        &[Placement::Shared, Placement::Pinned]
+    } else {
+        &[Placement::Shared]
+    };
+    for &placement in placements {
+        placement.apply(&server);
         println!(
-            "| {n} | {raw:.0} | {:.0} | {:.2}x | {} of {} | {:.0} ({:.1}%) | {} | {} | {:.2} cores |",
-            r.store_rate,
-            r.store_rate / raw,
-            r.received,
-            o.messages,
-            r.seen_per_subscriber,
-            100.0 * r.seen_per_subscriber / o.messages as f64,
-            if r.all_ended_with_last { "yes" } else { "NO" },
-            r.interruptions,
-            r.cores,
+            "\n## {}\n",
+            match placement {
+                Placement::Shared =>
+                    "Shared: redis-server, redis-benchmark and this process on the same cores",
+                Placement::Pinned =>
+                    "Pinned: redis-server and redis-benchmark on core 0, this process on core 1",
+            }
         );
+        println!(
+            "| subscribers | raw PUBLISH (msg/s) | store took from Redis (msg/s) | store vs raw | received | values seen per subscriber | all ended with the last | interruptions | this process's CPU |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|");
+        for &n in &o.subscribers {
+            let mut pairs = Vec::new();
+            for _ in 0..o.repeat {
+                let raw = redis_benchmark(placement, server.port(), "nobody-listens", o.messages);
+                let r = run(placement, &server, &runtime, n, o.messages, round);
+                round += 1;
+                failed |=
+                    r.received != o.messages || !r.all_ended_with_last || r.interruptions != 0;
+                pairs.push((raw, r));
+            }
+            pairs.sort_by(|a, b| (a.1.store_rate / a.0).total_cmp(&(b.1.store_rate / b.0)));
+            let (raw, r) = &pairs[pairs.len() / 2];
+            println!(
+                "| {n} | {raw:.0} | {:.0} | {:.2}x | {} of {} | {:.0} ({:.1}%) | {} | {} | {:.2} cores |",
+                r.store_rate,
+                r.store_rate / raw,
+                r.received,
+                o.messages,
+                r.seen_per_subscriber,
+                100.0 * r.seen_per_subscriber / o.messages as f64,
+                if r.all_ended_with_last { "yes" } else { "NO" },
+                r.interruptions,
+                r.cores,
+            );
+        }
     }
     if failed {
         eprintln!(
