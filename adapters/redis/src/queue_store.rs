@@ -142,8 +142,12 @@ impl QueueOptions {
 ///
 /// A message's position is its ordinal in the stream: 1 for the first entry ever added,
 /// and so on (Redis counts them as `entries-added`). Positions are the same in every
-/// process, so an SSE client can resume with `Last-Event-ID` on any hub. Deleting entries
-/// with `XDEL` breaks this numbering; trimming does not.
+/// process, so an SSE client can resume with `Last-Event-ID` on any hub.
+///
+/// Other programs may add entries, and trim, as long as they keep at least `max_len`
+/// entries (a `MAXLEN` no smaller than this store's) and delete none with `XDEL`. Otherwise
+/// this numbering can drift from Redis's; the reader notices within a second, logs a
+/// warning and numbers correctly from there.
 ///
 /// # Resuming
 ///
@@ -431,8 +435,8 @@ struct Batch<T> {
     after: u64,
     /// The stream's newest id, for `XREAD BLOCK`.
     last_id: String,
-    /// Each entry's value, or why it did not decode.
-    entries: Vec<Option<T>>,
+    /// Each entry's id, and its value (`None` if it did not decode).
+    entries: Vec<(String, Option<T>)>,
 }
 
 /// Reads up to `count` entries after the ordinal `after` (`None`: none, only the state).
@@ -476,8 +480,8 @@ fn parse_batch<T: Codec>(reply: Value) -> Option<Batch<T>> {
     };
     let entries = entries
         .into_iter()
-        .map(|entry| decode_entry(entry))
-        .collect();
+        .map(decode_entry)
+        .collect::<Option<_>>()?;
     Some(Batch {
         added,
         after,
@@ -493,14 +497,25 @@ fn integer(value: &Value) -> Option<u64> {
     }
 }
 
-/// An entry's `data` field, decoded; `None` if it has none or it does not decode.
-fn decode_entry<T: Codec>(entry: Value) -> Option<T> {
+/// An entry's id and its `data` field, decoded (`None` if it has none or it does not
+/// decode); `None` if it is not an entry at all.
+fn decode_entry<T: Codec>(entry: Value) -> Option<(String, Option<T>)> {
     let Value::Array(mut parts) = entry else {
         return None;
     };
     let Value::Array(fields) = parts.pop()? else {
         return None;
     };
+    let id = match parts.pop()? {
+        Value::BulkString(bytes) => String::from_utf8(bytes).ok()?,
+        Value::SimpleString(s) => s,
+        _ => return None,
+    };
+    Some((id, data_field(fields)))
+}
+
+/// The decoded `data` field among an entry's fields.
+fn data_field<T: Codec>(fields: Vec<Value>) -> Option<T> {
     let mut fields = fields.into_iter();
     while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
         if matches!(&name, Value::BulkString(n) if n == b"data") {
@@ -519,35 +534,64 @@ fn decode_entry<T: Codec>(entry: Value) -> Option<T> {
     None
 }
 
+/// How often a reader that is caught up checks its count of the stream with an exact read.
+const AUDIT_EVERY: Duration = Duration::from_secs(1);
+
+/// What one read of the reading task brought.
+enum Fetched<T> {
+    /// An exact read by ordinal (`READ`): the stream's counters and the entries after the
+    /// cursor, gaps accounted for.
+    Exact(Batch<T>),
+    /// A plain `XREAD BLOCK` after the last id read: the next entries, if any came.
+    Tail(Vec<(String, Option<T>)>),
+}
+
 /// The reading task: follows the stream from the ordinal `cursor`, filling the ring in
 /// order; retries with backoff while Redis is away.
+///
+/// Caught up, it waits with a plain `XREAD BLOCK` and numbers what arrives from its cursor.
+/// That is exact as long as no entry after the cursor was trimmed before it was read,
+/// which cannot happen when the answer is not a full batch: trimming keeps at least
+/// `max_len` entries, and a batch is at most that many. A full batch (the reader is
+/// behind), a reconnection, and a check every second go through the exact read instead.
 async fn follow<T: Codec>(
     shared: Arc<Shared<T>>,
     mut connection: ConnectionManager,
     mut cursor: u64,
     block: Duration,
 ) {
+    let batch_size = shared.options.batch.min(shared.options.max_len);
     let mut backoff = shared.redis.options().backoff();
     let mut failing = false;
+    let mut exact = true;
+    let mut audited = std::time::Instant::now();
+    let mut last_id = String::from("0-0");
     loop {
+        let audit = exact || audited.elapsed() >= AUDIT_EVERY;
         let attempt = shared
             .shutdown
-            .unless(read::<T>(
-                &mut connection,
-                &shared.stream,
-                Some(cursor),
-                shared.options.batch,
-            ))
+            .unless(async {
+                if audit {
+                    read::<T>(&mut connection, &shared.stream, Some(cursor), batch_size)
+                        .await
+                        .map(Fetched::Exact)
+                } else {
+                    tail::<T>(&mut connection, &shared.stream, &last_id, batch_size, block)
+                        .await
+                        .map(Fetched::Tail)
+                }
+            })
             .await;
-        let batch = match attempt {
+        let fetched = match attempt {
             None => return,
-            Some(Ok(batch)) => batch,
+            Some(Ok(fetched)) => fetched,
             Some(Err(e)) => {
                 if !failing {
                     tracing::warn!(stream = %shared.stream, error = %e, "lost the stream; retrying");
                     failing = true;
                     shared.connected.store(false, Ordering::Relaxed);
                 }
+                exact = true;
                 shared.shutdown.unless(backoff.wait()).await;
                 continue;
             }
@@ -558,32 +602,61 @@ async fn follow<T: Codec>(
             shared.connected.store(true, Ordering::Relaxed);
             backoff.reset();
         }
-        if batch.added < cursor {
-            // The stream was deleted (or Redis lost it) and counts from the start again.
-            tracing::warn!(stream = %shared.stream, "the stream started again; positions go on from here");
-            shared.offset.fetch_add(cursor, Ordering::AcqRel);
-            cursor = 0;
-            if shared.ring.submit(Entry::Restarted).await.is_err() {
-                return;
+        let entries = match fetched {
+            Fetched::Tail(entries) if entries.len() >= batch_size => {
+                // Perhaps behind, and perhaps past a trimmed gap: number them exactly.
+                exact = true;
+                continue;
             }
-            continue;
-        }
-        if batch.after > cursor {
-            tracing::warn!(stream = %shared.stream, missed = batch.after - cursor, "entries were trimmed before they were read");
-            if shared
-                .ring
-                .submit(Entry::Lost(batch.after - cursor))
-                .await
-                .is_err()
-            {
-                return;
+            Fetched::Tail(entries) => entries,
+            Fetched::Exact(batch) => {
+                audited = std::time::Instant::now();
+                if batch.added < cursor {
+                    // The stream was deleted (or Redis lost it) and counts from the start again.
+                    tracing::warn!(stream = %shared.stream, "the stream started again; positions go on from here");
+                    shared.offset.fetch_add(cursor, Ordering::AcqRel);
+                    cursor = 0;
+                    last_id = String::from("0-0");
+                    if shared.ring.submit(Entry::Restarted).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                if batch.after > cursor {
+                    tracing::warn!(stream = %shared.stream, missed = batch.after - cursor, "entries were trimmed before they were read");
+                    if shared
+                        .ring
+                        .submit(Entry::Lost(batch.after - cursor))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    cursor = batch.after;
+                }
+                exact = batch.entries.len() >= batch_size;
+                if batch.entries.is_empty() {
+                    last_id = batch.last_id;
+                }
+                let mut entries = batch.entries;
+                // Entries already read under other numbers (an entry deleted with XDEL, or
+                // a trim that kept fewer than `max_len`): skipped, and counted from here on.
+                let seen = entries
+                    .iter()
+                    .take_while(|(id, _)| !is_after(id, &last_id))
+                    .count();
+                if seen > 0 {
+                    tracing::warn!(stream = %shared.stream, seen, "the stream's count moved under this reader (XDEL, or a shorter MAXLEN); positions are corrected from here");
+                    cursor += seen as u64;
+                    entries.drain(..seen);
+                }
+                entries
             }
-            cursor = batch.after;
-        }
-        let caught_up = batch.entries.is_empty();
+        };
         let offset = shared.offset.load(Ordering::Acquire);
-        for value in batch.entries {
+        for (id, value) in entries {
             cursor += 1;
+            last_id = id;
             let position = offset + cursor;
             if let Some(value) = value {
                 let entry = Entry::Message(Message::new(Position::new(position), value));
@@ -596,26 +669,51 @@ async fn follow<T: Codec>(
             shared.read.store(position, Ordering::Release);
             shared.advanced.notify(usize::MAX);
         }
-        if caught_up {
-            // Wait for the next entry; the answer only wakes us, the next read fetches it.
-            let woken: Result<Value, RedisError> = redis::cmd("XREAD")
-                .arg("BLOCK")
-                .arg(block.as_millis().max(1) as u64)
-                .arg("COUNT")
-                .arg(1)
-                .arg("STREAMS")
-                .arg(&shared.stream)
-                .arg(&batch.last_id)
-                .query_async(&mut connection)
-                .await;
-            if shared.shutdown.is_triggered() {
-                return;
-            }
-            if let Err(e) = woken {
-                tracing::debug!(stream = %shared.stream, error = %e, "waiting for entries failed");
-            }
-        }
     }
+}
+
+/// Waits up to `block` for entries after `last_id`; at most `count`.
+async fn tail<T: Codec>(
+    connection: &mut ConnectionManager,
+    stream: &str,
+    last_id: &str,
+    count: usize,
+    block: Duration,
+) -> Result<Vec<(String, Option<T>)>, RedisError> {
+    let reply: Value = redis::cmd("XREAD")
+        .arg("BLOCK")
+        .arg(block.as_millis().max(1) as u64)
+        .arg("COUNT")
+        .arg(count)
+        .arg("STREAMS")
+        .arg(stream)
+        .arg(last_id)
+        .query_async(connection)
+        .await?;
+    let entries = match reply {
+        Value::Nil => return Ok(Vec::new()),
+        // RESP2: [[stream, entries]]; RESP3: {stream: entries}.
+        Value::Array(mut streams) => match streams.pop() {
+            Some(Value::Array(mut pair)) if pair.len() == 2 => pair.pop(),
+            _ => None,
+        },
+        Value::Map(mut streams) => streams.pop().map(|(_, entries)| entries),
+        _ => None,
+    };
+    let parsed = match entries {
+        Some(Value::Array(entries)) => entries.into_iter().map(decode_entry).collect(),
+        _ => None,
+    };
+    parsed.ok_or_else(|| RedisError::from((redis::ErrorKind::Parse, "unexpected answer to XREAD")))
+}
+
+/// Whether the stream id `id` comes after `other` (`ms-seq`, compared as numbers).
+fn is_after(id: &str, other: &str) -> bool {
+    fn parse(id: &str) -> (u64, u64) {
+        let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+        (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+    }
+    parse(id) > parse(other)
 }
 
 type Fetch<T> = Pin<Box<dyn Future<Output = Result<Batch<T>, RedisError>> + Send>>;
@@ -715,7 +813,7 @@ impl<T: Codec> RedisQueueSubscriber<T> {
         self.report_loss = true;
         let mut ordinal = batch.after;
         let more = !batch.entries.is_empty() && batch.added > batch.after;
-        for value in batch.entries {
+        for (_, value) in batch.entries {
             ordinal += 1;
             let position = offset + ordinal;
             self.after = self.after.max(position);

@@ -425,3 +425,54 @@ async fn a_key_that_is_not_a_stream_is_a_clear_error() {
     );
     assert!(error.to_string().contains("WRONGTYPE"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_trimmed_while_the_reader_waits_are_reported_exactly() {
+    let server = RedisServer::start();
+    let redis = Redis::connect(&server.url()).await.unwrap();
+    let options = QueueOptions::default()
+        .capacity(4)
+        .max_len(10)
+        .exact_trim(true);
+    let queue = redis
+        .queue_store::<String>("trimmed", options)
+        .await
+        .unwrap();
+    let mut subscriber = queue.subscribe();
+    // Another program adds 30 entries keeping 10, while the subscriber (and so the
+    // reader, under Overflow::Wait) is stuck after the first 4.
+    for n in 1..=30 {
+        let n = n.to_string();
+        server.cli(&[
+            "XADD",
+            "trimmed",
+            "MAXLEN",
+            "=",
+            "10",
+            "*",
+            "data",
+            &format!("m{n}"),
+        ]);
+    }
+    let mut expected = 1;
+    let mut lagged = false;
+    while expected <= 30 {
+        match next(&mut subscriber).await {
+            Ok(message) => {
+                assert_eq!(
+                    (message.as_str(), message.position()),
+                    (format!("m{expected}").as_str(), Position::new(expected))
+                );
+                expected += 1;
+            }
+            Err(RecvError::Lagged { missed }) => {
+                assert!(expected > 4, "the first four were in memory already");
+                lagged = true;
+                expected += missed;
+                assert_eq!(expected, 21, "after the gap comes the oldest entry kept");
+            }
+            Err(e) => panic!("unexpected `{e}`"),
+        }
+    }
+    assert!(lagged, "10 of 30 kept, yet nothing was reported lost");
+}

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use futures_lite::StreamExt;
 use redis_server::RedisServer;
 use storecast::Store;
-use storecast_redis::{Redis, RedisStore};
+use storecast_redis::{QueueOptions, Redis, RedisQueueStore, RedisStore};
 
 const PAYLOAD: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 const END: &str = "end";
@@ -32,6 +32,7 @@ const END: &str = "end";
 struct Options {
     messages: u64,
     subscribers: Vec<usize>,
+    queue_subscribers: Vec<usize>,
     repeat: usize,
 }
 
@@ -39,6 +40,7 @@ fn options() -> Options {
     let mut o = Options {
         messages: 200_000,
         subscribers: vec![1, 100, 10_000],
+        queue_subscribers: vec![1, 100],
         repeat: 3,
     };
     let mut args = std::env::args().skip(1);
@@ -67,6 +69,7 @@ fn options() -> Options {
             "--quick" => {
                 o.messages = 20_000;
                 o.subscribers = vec![1, 100];
+                o.queue_subscribers = vec![1];
                 o.repeat = 1;
             }
             other => panic!(
@@ -119,12 +122,12 @@ impl Placement {
     }
 }
 
-/// Runs `redis-benchmark` publishing `messages` to `channel`; returns its requests per second.
-fn redis_benchmark(placement: Placement, port: u16, channel: &str, messages: u64) -> f64 {
+/// Runs `redis-benchmark` sending `command` `messages` times; returns its requests per second.
+fn redis_benchmark(placement: Placement, port: u16, command: &[&str], messages: u64) -> f64 {
     let output = placement
         .command()
         .args(["-p", &port.to_string(), "-q", "-n", &messages.to_string()])
-        .args(["PUBLISH", channel, PAYLOAD])
+        .args(command)
         .output()
         .expect("redis-benchmark runs (apt-get install -y redis-tools)");
     assert!(
@@ -213,7 +216,12 @@ fn run(
             }
         })
     };
-    redis_benchmark(placement, server.port(), &channel, messages);
+    redis_benchmark(
+        placement,
+        server.port(),
+        &["PUBLISH", &channel, PAYLOAD],
+        messages,
+    );
     let (first, last, received) = watcher.join().expect("the watcher");
     let cpu = cpu_seconds() - cpu_before;
     server.cli(&["PUBLISH", &channel, END]);
@@ -232,6 +240,104 @@ fn run(
         interruptions: store.interruptions(),
     };
     store.close();
+    outcome
+}
+
+/// What a queue run measured.
+struct QueueOutcome {
+    /// Entries per second the store read from the stream, first to last.
+    store_rate: f64,
+    /// Whether every subscriber got every entry, in order, positions consecutive.
+    all_in_order: bool,
+    cores: f64,
+}
+
+/// `redis-benchmark` adds `messages` entries to a stream that a `RedisQueueStore` with `n`
+/// subscribers follows; each subscriber must get every one, in order.
+fn run_queue(
+    placement: Placement,
+    server: &RedisServer,
+    runtime: &tokio::runtime::Runtime,
+    n: usize,
+    messages: u64,
+    round: usize,
+) -> QueueOutcome {
+    let stream = format!("queue-bench-{round}");
+    let (store, in_order) = runtime.block_on(async {
+        let redis = Redis::connect(&server.url())
+            .await
+            .expect("the benchmark's server");
+        let store: RedisQueueStore<String> = redis
+            .queue_store(&stream, QueueOptions::default())
+            .await
+            .expect("a store");
+        let in_order = Arc::new(AtomicU64::new(0));
+        for _ in 0..n {
+            let mut subscriber = store.subscribe();
+            let in_order = Arc::clone(&in_order);
+            tokio::spawn(async move {
+                let mut previous = None;
+                for _ in 0..messages {
+                    let Some(Ok(message)) = subscriber.next().await else {
+                        return;
+                    };
+                    let position = message.position().get();
+                    if previous.is_some_and(|p| p + 1 != position) || *message != PAYLOAD {
+                        return;
+                    }
+                    previous = Some(position);
+                }
+                in_order.fetch_add(1, Ordering::Relaxed);
+            });
+        }
+        (store, in_order)
+    });
+    let start = store.last_position().get();
+    let cpu_before = cpu_seconds();
+    let watcher = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            let mut first = None;
+            let mut last = Instant::now();
+            let mut seen = start;
+            let mut still_since = Instant::now();
+            loop {
+                std::thread::sleep(Duration::from_micros(200));
+                let now = store.last_position().get();
+                if now != seen {
+                    first.get_or_insert_with(Instant::now);
+                    last = Instant::now();
+                    still_since = last;
+                    seen = now;
+                }
+                if seen - start >= messages
+                    || (first.is_some() && still_since.elapsed() > Duration::from_secs(5))
+                {
+                    return (first.unwrap_or(last), last, seen - start);
+                }
+            }
+        })
+    };
+    redis_benchmark(
+        placement,
+        server.port(),
+        &["XADD", &stream, "*", "data", PAYLOAD],
+        messages,
+    );
+    let (first, last, read) = watcher.join().expect("the watcher");
+    let cpu = cpu_seconds() - cpu_before;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while in_order.load(Ordering::Relaxed) < n as u64 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let elapsed = last.duration_since(first).as_secs_f64().max(1e-9);
+    let outcome = QueueOutcome {
+        store_rate: read as f64 / elapsed,
+        all_in_order: read == messages && in_order.load(Ordering::Relaxed) == n as u64,
+        cores: cpu / elapsed,
+    };
+    store.close();
+    server.cli(&["DEL", &stream]);
     outcome
 }
 
@@ -293,7 +399,12 @@ fn main() {
         for &n in &o.subscribers {
             let mut pairs = Vec::new();
             for _ in 0..o.repeat {
-                let raw = redis_benchmark(placement, server.port(), "nobody-listens", o.messages);
+                let raw = redis_benchmark(
+                    placement,
+                    server.port(),
+                    &["PUBLISH", "nobody-listens", PAYLOAD],
+                    o.messages,
+                );
                 let r = run(placement, &server, &runtime, n, o.messages, round);
                 round += 1;
                 failed |=
@@ -316,9 +427,53 @@ fn main() {
             );
         }
     }
+    println!(
+        "\n# RedisQueueStore: every entry to every subscriber\n\n{} entries of 64 bytes added by \
+         redis-benchmark (`XADD`, 50 connections, no pipelining) to a stream one \
+         RedisQueueStore follows (capacity 1024, Overflow::Wait); each subscriber must get \
+         every entry in order. Raw: the same XADDs with nobody reading.",
+        o.messages
+    );
+    for &placement in placements {
+        placement.apply(&server);
+        println!(
+            "\n| placement | subscribers | raw XADD (msg/s) | store read from Redis (msg/s) | store vs raw | every entry to every subscriber, in order | this process's CPU |"
+        );
+        println!("|---|---|---|---|---|---|---|");
+        for &n in &o.queue_subscribers {
+            let mut pairs = Vec::new();
+            for _ in 0..o.repeat {
+                let raw_stream = format!("raw-{round}");
+                let raw = redis_benchmark(
+                    placement,
+                    server.port(),
+                    &["XADD", &raw_stream, "*", "data", PAYLOAD],
+                    o.messages,
+                );
+                server.cli(&["DEL", &raw_stream]);
+                let r = run_queue(placement, &server, &runtime, n, o.messages, round);
+                round += 1;
+                failed |= !r.all_in_order;
+                pairs.push((raw, r));
+            }
+            pairs.sort_by(|a, b| (a.1.store_rate / a.0).total_cmp(&(b.1.store_rate / b.0)));
+            let (raw, r) = &pairs[pairs.len() / 2];
+            println!(
+                "| {} | {n} | {raw:.0} | {:.0} | {:.2}x | {} | {:.2} cores |",
+                match placement {
+                    Placement::Shared => "shared",
+                    Placement::Pinned => "pinned",
+                },
+                r.store_rate,
+                r.store_rate / raw,
+                if r.all_in_order { "yes" } else { "NO" },
+                r.cores,
+            );
+        }
+    }
     if failed {
         eprintln!(
-            "FAILED: a message was lost, a subscriber did not end with the last value, or the subscription was interrupted"
+            "FAILED: a message was lost, a subscriber did not end with the last value, the subscription was interrupted, or a queue subscriber missed an entry"
         );
         std::process::exit(1);
     }
