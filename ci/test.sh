@@ -27,8 +27,9 @@ cargo run -q --release -p storecast-bench -- --quick
 cargo run -q --release -p storecast-bench --bin redis -- --quick
 
 step "workspace tests: unit, conformance suite (in memory and on Redis), stress, Redis faults, hub end to end (HTTP, WebSocket, browser, two hubs on Redis), doctests"
-# storecast-redis/smol adds the Redis stores' smol and async-std runs to its Tokio ones.
-cargo test --workspace --features storecast-redis/smol
+# storecast-redis/smol adds the Redis stores' smol and async-std runs to its Tokio ones;
+# storecast-redis/tls its tests against a TLS-only redis-server.
+cargo test --workspace --features storecast-redis/smol,storecast-redis/tls
 
 step "loom models of the stores' synchronisation"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \

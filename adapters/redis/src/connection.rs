@@ -11,10 +11,15 @@ use crate::runtime;
 /// How the stores connect to Redis and how hard they try when it goes away.
 ///
 /// The URL is the `redis` crate's: `redis://[user:password@]host[:port][/db]`,
-/// `rediss://` for TLS (with the `redis` crate's TLS features), `unix:///path`.
-#[derive(Debug, Clone)]
+/// `rediss://` for TLS (feature `tls`; the system's trust store unless
+/// `root_certificate` says otherwise), `unix:///path`.
+#[derive(Clone)]
 pub struct Options {
     url: String,
+    /// PEM certificates to trust instead of the system's (TLS only).
+    root_certificate: Option<Vec<u8>>,
+    /// PEM certificate and key to present to the server (TLS only).
+    client_certificate: Option<(Vec<u8>, Vec<u8>)>,
     connect_timeout: Duration,
     response_timeout: Duration,
     health_check: Duration,
@@ -28,6 +33,8 @@ impl Options {
     pub fn new(url: impl Into<String>) -> Self {
         Options {
             url: url.into(),
+            root_certificate: None,
+            client_certificate: None,
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(5),
             health_check: Duration::from_secs(5),
@@ -63,6 +70,48 @@ impl Options {
         self
     }
 
+    /// Trusts the CA certificate(s) in `pem` for `rediss://` connections, instead of the
+    /// system's trust store (for a server with a private CA).
+    #[cfg(feature = "tls")]
+    pub fn root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.root_certificate = Some(pem.into());
+        self
+    }
+
+    /// Presents this certificate and key (PEM) to a server that asks for one (mutual TLS).
+    #[cfg(feature = "tls")]
+    pub fn client_certificate(
+        mut self,
+        certificate_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.client_certificate = Some((certificate_pem.into(), key_pem.into()));
+        self
+    }
+
+    /// The client for these options: the URL, and the certificates if any.
+    fn client(&self) -> Result<Client, RedisError> {
+        #[cfg(feature = "tls")]
+        {
+            // rustls needs a process-wide crypto provider; another may be installed already.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            if self.root_certificate.is_some() || self.client_certificate.is_some() {
+                let certificates = redis::TlsCertificates {
+                    client_tls: self
+                        .client_certificate
+                        .clone()
+                        .map(|(client_cert, client_key)| redis::ClientTlsConfig {
+                            client_cert,
+                            client_key,
+                        }),
+                    root_cert: self.root_certificate.clone(),
+                };
+                return Client::build_with_tls(self.url.as_str(), certificates);
+            }
+        }
+        Client::open(self.url.as_str())
+    }
+
     pub(crate) fn backoff(&self) -> runtime::Backoff {
         runtime::Backoff::new(self.reconnect_min, self.reconnect_max)
     }
@@ -73,6 +122,25 @@ impl Options {
 
     pub(crate) fn health_check_value(&self) -> Duration {
         self.health_check
+    }
+}
+
+/// Shows where, never the URL's password or the certificates.
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let address = Client::open(self.url.as_str())
+            .map(|c| c.get_connection_info().addr().to_string())
+            .unwrap_or_else(|_| "(invalid URL)".into());
+        f.debug_struct("Options")
+            .field("address", &address)
+            .field("custom_root_certificate", &self.root_certificate.is_some())
+            .field("client_certificate", &self.client_certificate.is_some())
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .field("health_check", &self.health_check)
+            .field("reconnect_min", &self.reconnect_min)
+            .field("reconnect_max", &self.reconnect_max)
+            .finish()
     }
 }
 
@@ -158,7 +226,7 @@ impl Redis {
 
     /// Connects with `options`, and checks the server answers a `PING`.
     pub async fn connect_with(options: Options) -> Result<Redis, ConnectError> {
-        let client = Client::open(options.url.as_str()).map_err(ConnectError::InvalidUrl)?;
+        let client = options.client().map_err(ConnectError::InvalidUrl)?;
         let address = client.get_connection_info().addr().to_string();
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(options.connect_timeout))

@@ -18,14 +18,16 @@
 //! commands. Connecting to an unreachable server is a [`ConnectError`]; losing it later is
 //! not fatal: the stores reconnect with backoff.
 //!
-//! # Runtimes
+//! # Features
 //!
-//! | feature | runs on |
+//! | feature | what it adds |
 //! |---|---|
-//! | `tokio` (default) | Tokio |
-//! | `smol` | smol and async-std (whose tasks run on smol's building blocks) |
+//! | `tokio` (default) | runs on Tokio |
+//! | `smol` | runs on smol and async-std (whose tasks run on smol's building blocks) |
+//! | `tls` | `rediss://` URLs, with rustls: the system's CAs or `Options::root_certificate`, and client certificates |
 //!
-//! With both enabled, a store opened inside a Tokio runtime uses Tokio, and otherwise smol.
+//! With both runtimes enabled, a store opened inside a Tokio runtime uses Tokio, and
+//! otherwise smol.
 //!
 //! # Example
 //!

@@ -476,3 +476,25 @@ async fn entries_trimmed_while_the_reader_waits_are_reported_exactly() {
     }
     assert!(lagged, "10 of 30 kept, yet nothing was reported lost");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_in_the_url_is_used_and_a_wrong_one_is_a_clear_error() {
+    let server = RedisServer::start_with_password("s3cret");
+    let store = RedisStore::<String>::connect(&server.url()).await.unwrap();
+    let mut subscriber = store.subscribe();
+    server.cli(&["PUBLISH", "tornadose", "authenticated"]);
+    assert_eq!(next_value(&mut subscriber).await.0, "authenticated");
+
+    let wrong = format!("redis://:wrong@127.0.0.1:{}", server.port());
+    let error = Redis::connect(&wrong).await.expect_err("a wrong password");
+    assert!(
+        matches!(error, ConnectError::Unreachable { .. }),
+        "{error:?}"
+    );
+    let message = error.to_string();
+    assert!(
+        message.to_lowercase().contains("authentication failed"),
+        "{message}"
+    );
+    assert!(!message.contains("wrong@"), "{message}");
+}

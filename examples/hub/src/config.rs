@@ -83,11 +83,17 @@ pub struct Config {
     #[arg(long, env = "STORECAST_RETRY_MS")]
     pub retry_ms: Option<u64>,
 
-    /// Put every topic on this Redis server (`redis://[:password@]host:port[/db]`), so that
+    /// Put every topic on this Redis server (`redis://[:password@]host:port[/db]`, or
+    /// `rediss://` for TLS), so that
     /// several hubs share topics and other programs can publish: latest-value topics on
     /// the channel `<prefix><topic>`, queue topics on the stream `<prefix><topic>`.
     #[arg(long, env = "STORECAST_REDIS", hide_env_values = true)]
     pub redis: Option<String>,
+
+    /// PEM file of the CA to trust for a `rediss://` (TLS) Redis, instead of the system's
+    /// trust store.
+    #[arg(long, env = "STORECAST_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<std::path::PathBuf>,
 
     /// Prefix of the Redis channel and stream names of topics.
     #[arg(long, env = "STORECAST_REDIS_PREFIX", default_value = "")]

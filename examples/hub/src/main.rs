@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use axum::serve::ListenerExt;
 use clap::Parser;
-use storecast_redis::Redis;
+use storecast_redis::{Options, Redis};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::Config;
@@ -44,7 +44,7 @@ async fn main() -> std::process::ExitCode {
     let address = listener.local_addr().expect("a bound address");
     let redis = match &config.redis {
         None => None,
-        Some(url) => match Redis::connect(url).await {
+        Some(url) => match connect_redis(url, config.redis_ca_file.as_deref()).await {
             Ok(redis) => {
                 tracing::info!(redis = redis.address(), "topics live on Redis");
                 Some(redis)
@@ -91,4 +91,17 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Connects to the hub's Redis, trusting `ca_file` for TLS if given.
+async fn connect_redis(url: &str, ca_file: Option<&std::path::Path>) -> Result<Redis, String> {
+    let mut options = Options::new(url);
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path)
+            .map_err(|e| format!("cannot read --redis-ca-file {}: {e}", path.display()))?;
+        options = options.root_certificate(pem);
+    }
+    Redis::connect_with(options)
+        .await
+        .map_err(|e| e.to_string())
 }

@@ -15,6 +15,8 @@ pub struct RedisServer {
     dir: PathBuf,
     /// Whether it keeps an append-only file (synced on every write).
     persistent: bool,
+    /// The password clients must give (`requirepass`), if any.
+    password: Option<String>,
     child: Option<Child>,
 }
 
@@ -25,15 +27,20 @@ impl RedisServer {
     /// Starts a server with an append-only file synced on every write, so that a restart
     /// (even after `kill -9`) keeps every stream entry.
     pub fn start() -> RedisServer {
-        RedisServer::start_with(true)
+        RedisServer::start_with(true, None)
     }
 
     /// Starts a server that keeps nothing on disk (for benchmarks).
     pub fn start_in_memory() -> RedisServer {
-        RedisServer::start_with(false)
+        RedisServer::start_with(false, None)
     }
 
-    fn start_with(persistent: bool) -> RedisServer {
+    /// Starts a server that wants `password` from every client.
+    pub fn start_with_password(password: &str) -> RedisServer {
+        RedisServer::start_with(true, Some(password.to_owned()))
+    }
+
+    fn start_with(persistent: bool, password: Option<String>) -> RedisServer {
         static COUNT: AtomicU32 = AtomicU32::new(0);
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -49,6 +56,7 @@ impl RedisServer {
             port,
             dir,
             persistent,
+            password,
             child: None,
         };
         server.launch();
@@ -67,6 +75,11 @@ impl RedisServer {
             } else {
                 ["--appendonly", "no", "--appendfsync", "no"]
             })
+            .args(
+                self.password
+                    .iter()
+                    .flat_map(|password| ["--requirepass", password.as_str()]),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -90,9 +103,9 @@ impl RedisServer {
         let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
         let mut reply = [0u8; 16];
         stream.write_all(b"PING\r\n").is_ok()
-            && stream
-                .read(&mut reply)
-                .is_ok_and(|n| reply[..n].starts_with(b"+PONG"))
+            && stream.read(&mut reply).is_ok_and(|n| {
+                reply[..n].starts_with(b"+PONG") || reply[..n].starts_with(b"-NOAUTH")
+            })
     }
 
     /// The server's process id.
@@ -105,7 +118,10 @@ impl RedisServer {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.password {
+            None => format!("redis://127.0.0.1:{}", self.port),
+            Some(password) => format!("redis://:{password}@127.0.0.1:{}", self.port),
+        }
     }
 
     /// Runs `redis-cli` against this server, as an external program would, and returns
@@ -113,6 +129,11 @@ impl RedisServer {
     pub fn cli(&self, args: &[&str]) -> String {
         let output = Command::new("redis-cli")
             .args(["-p", &self.port.to_string()])
+            .args(
+                self.password
+                    .iter()
+                    .flat_map(|password| ["--no-auth-warning", "-a", password.as_str()]),
+            )
             .args(args)
             .output()
             .unwrap_or_else(|e| {
