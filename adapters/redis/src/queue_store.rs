@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -70,6 +70,10 @@ else
 end
 return {added, after, last, out}
 ";
+
+/// The scripts, hashed once (they run with `EVALSHA`, falling back to `EVAL`).
+static ADD_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(ADD));
+static READ_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(READ));
 
 /// How a [`RedisQueueStore`] keeps and hands out its messages.
 #[derive(Debug, Clone)]
@@ -272,7 +276,7 @@ impl<T: Codec> RedisQueueStore<T> {
         }
         let trim = if shared.options.exact_trim { "=" } else { "~" };
         let mut commands = shared.redis.commands();
-        let added: Result<u64, RedisError> = Script::new(ADD)
+        let added: Result<u64, RedisError> = ADD_SCRIPT
             .key(&shared.stream)
             .arg(trim)
             .arg(shared.options.max_len)
@@ -446,7 +450,7 @@ async fn read<T: Codec>(
     after: Option<u64>,
     count: usize,
 ) -> Result<Batch<T>, RedisError> {
-    let reply: Value = Script::new(READ)
+    let reply: Value = READ_SCRIPT
         .key(stream)
         .arg(after.map_or(-1, |a| i64::try_from(a).unwrap_or(i64::MAX)))
         .arg(count.max(1))
