@@ -1,6 +1,7 @@
 //! One Redis server, its connection settings, and what goes wrong connecting to it.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub};
@@ -55,18 +56,19 @@ impl Options {
         self
     }
 
-    /// How often a subscription that has heard nothing pings the server, so that a
-    /// connection that died silently is noticed (and replaced) within about this long.
+    /// How often a subscription pings the server, so that a connection that died silently
+    /// is noticed (and replaced) within about this long; also how long a queue's reader
+    /// blocks in one `XREAD`. At least 10 ms.
     pub fn health_check(mut self, interval: Duration) -> Self {
-        self.health_check = interval;
+        self.health_check = interval.max(Duration::from_millis(10));
         self
     }
 
-    /// The shortest and longest delay between reconnection attempts; each failed attempt
-    /// doubles the delay.
+    /// The shortest (at least 1 ms) and longest delay between reconnection attempts; each
+    /// failed attempt doubles the delay.
     pub fn reconnect_delay(mut self, min: Duration, max: Duration) -> Self {
-        self.reconnect_min = min;
-        self.reconnect_max = max.max(min);
+        self.reconnect_min = min.max(Duration::from_millis(1));
+        self.reconnect_max = max.max(self.reconnect_min);
         self
     }
 
@@ -203,7 +205,10 @@ pub struct Redis {
 
 struct Inner {
     client: Client,
-    commands: ConnectionManager,
+    /// The shared command connection; replaced when it stops answering (see `failed`).
+    commands: Mutex<ConnectionManager>,
+    /// Set while a replacement for `commands` is being opened.
+    replacing: AtomicBool,
     options: Options,
     /// The server's address for messages: never the URL, which may hold a password.
     address: String,
@@ -217,6 +222,13 @@ impl std::fmt::Debug for Redis {
     }
 }
 
+/// Whether a command's error means its connection must be replaced: it stopped answering
+/// (a response timeout; the `redis` crate reconnects only when the socket reports it
+/// closed, which a half-open connection never does), or a failover left it on a replica.
+pub(crate) fn needs_new_connection(error: &RedisError) -> bool {
+    error.is_timeout() || error.code() == Some("READONLY")
+}
+
 impl Redis {
     /// Connects to the server at `url` with default [`Options`]; an unreachable server is
     /// an error here, not later.
@@ -228,27 +240,7 @@ impl Redis {
     pub async fn connect_with(options: Options) -> Result<Redis, ConnectError> {
         let client = options.client().map_err(ConnectError::InvalidUrl)?;
         let address = client.get_connection_info().addr().to_string();
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(options.connect_timeout))
-            .set_response_timeout(Some(options.response_timeout))
-            .set_min_delay(options.reconnect_min)
-            .set_max_delay(options.reconnect_max)
-            .set_number_of_retries(1);
-        let opened = runtime::timeout(
-            options.connect_timeout,
-            ConnectionManager::new_with_config(client.clone(), config),
-        )
-        .await;
-        let mut commands = match opened {
-            None => {
-                return Err(ConnectError::Timeout {
-                    address,
-                    timeout: options.connect_timeout,
-                });
-            }
-            Some(Err(source)) => return Err(ConnectError::Unreachable { address, source }),
-            Some(Ok(commands)) => commands,
-        };
+        let mut commands = open_manager(&client, &options, &address, Duration::ZERO).await?;
         let pong: Result<String, RedisError> = redis::cmd("PING").query_async(&mut commands).await;
         if let Err(source) = pong {
             return Err(ConnectError::Unreachable { address, source });
@@ -256,7 +248,8 @@ impl Redis {
         Ok(Redis {
             inner: Arc::new(Inner {
                 client,
-                commands,
+                commands: Mutex::new(commands),
+                replacing: AtomicBool::new(false),
                 options,
                 address,
             }),
@@ -275,7 +268,36 @@ impl Redis {
 
     /// The shared command connection; cloning it is cheap.
     pub(crate) fn commands(&self) -> ConnectionManager {
-        self.inner.commands.clone()
+        self.inner.commands.lock().expect("commands lock").clone()
+    }
+
+    /// Takes note of an error from the shared command connection: if the connection must
+    /// be replaced, a new one is opened in the background and used from then on.
+    pub(crate) fn failed(&self, error: &RedisError) {
+        if !needs_new_connection(error) || self.inner.replacing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let redis = self.clone();
+        runtime::spawn(async move {
+            let inner = &redis.inner;
+            match open_manager(
+                &inner.client,
+                &inner.options,
+                &inner.address,
+                Duration::ZERO,
+            )
+            .await
+            {
+                Ok(fresh) => {
+                    *inner.commands.lock().expect("commands lock") = fresh;
+                    tracing::info!(redis = %inner.address, "replaced a command connection that stopped answering");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not replace the command connection; will try again")
+                }
+            }
+            inner.replacing.store(false, Ordering::Release);
+        });
     }
 
     /// A connection of its own, for commands that block (`XREAD BLOCK`). It reconnects on
@@ -284,23 +306,8 @@ impl Redis {
         &self,
         block: Duration,
     ) -> Result<ConnectionManager, ConnectError> {
-        let options = &self.inner.options;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(options.connect_timeout))
-            .set_response_timeout(Some(options.response_timeout + block))
-            .set_min_delay(options.reconnect_min)
-            .set_max_delay(options.reconnect_max)
-            .set_number_of_retries(1);
-        let opened = runtime::timeout(
-            options.connect_timeout,
-            ConnectionManager::new_with_config(self.inner.client.clone(), config),
-        )
-        .await;
-        match opened {
-            None => Err(self.timeout_error()),
-            Some(Err(source)) => Err(self.unreachable(source)),
-            Some(Ok(connection)) => Ok(connection),
-        }
+        let inner = &self.inner;
+        open_manager(&inner.client, &inner.options, &inner.address, block).await
     }
 
     /// A new subscription connection, subscribed to `channel`, within the connect timeout.
@@ -311,7 +318,10 @@ impl Redis {
             Ok::<_, RedisError>(pubsub)
         };
         match runtime::timeout(self.inner.options.connect_timeout, attempt).await {
-            None => Err(self.timeout_error()),
+            None => Err(ConnectError::Timeout {
+                address: self.inner.address.clone(),
+                timeout: self.inner.options.connect_timeout,
+            }),
             Some(Err(source)) => Err(self.unreachable(source)),
             Some(Ok(pubsub)) => Ok(pubsub),
         }
@@ -330,11 +340,36 @@ impl Redis {
             source,
         }
     }
+}
 
-    fn timeout_error(&self) -> ConnectError {
-        ConnectError::Timeout {
-            address: self.inner.address.clone(),
-            timeout: self.inner.options.connect_timeout,
-        }
+/// Opens a command connection that reconnects on its own; its answers may take `extra`
+/// longer than the response timeout (for blocking commands).
+async fn open_manager(
+    client: &Client,
+    options: &Options,
+    address: &str,
+    extra: Duration,
+) -> Result<ConnectionManager, ConnectError> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(options.connect_timeout))
+        .set_response_timeout(Some(options.response_timeout + extra))
+        .set_min_delay(options.reconnect_min)
+        .set_max_delay(options.reconnect_max)
+        .set_number_of_retries(1);
+    let opened = runtime::timeout(
+        options.connect_timeout,
+        ConnectionManager::new_with_config(client.clone(), config),
+    )
+    .await;
+    match opened {
+        None => Err(ConnectError::Timeout {
+            address: address.to_owned(),
+            timeout: options.connect_timeout,
+        }),
+        Some(Err(source)) => Err(ConnectError::Unreachable {
+            address: address.to_owned(),
+            source,
+        }),
+        Some(Ok(connection)) => Ok(connection),
     }
 }

@@ -37,8 +37,9 @@ return redis.call('PUBLISH', ARGV[1], ARGV[2])
 /// program publishes to the channel reaches every subscriber, in every process.
 ///
 /// A subscriber first gets the current value, then newer ones; like
-/// [`storecast::DataStore`] it may skip values, never sees one twice and always ends up
-/// with the last. [`submit`](RedisStore::submit) never waits: the value reaches this
+/// [`storecast::DataStore`] it may skip values, never sees a position twice and always
+/// ends up with the last. (When two processes publish at once, a value can be shown again
+/// at a newer position, so that every process ends on the value Redis ordered last.) [`submit`](RedisStore::submit) never waits: the value reaches this
 /// process's subscribers at once and is published (with `SET` of the latest-value key and
 /// `PUBLISH`, as one script) in the background.
 ///
@@ -178,7 +179,10 @@ impl<T: Codec> RedisStore<T> {
         shared
             .catch_up_from_key()
             .await
-            .map_err(|e| redis.unreachable(e))?;
+            .map_err(|e| match e.kind() {
+                redis::ErrorKind::Io => redis.unreachable(e),
+                _ => redis.unsupported(e),
+            })?;
         let outgoing = shared.outbox.subscribe();
         runtime::spawn(listen(Arc::clone(&shared), pubsub));
         runtime::spawn(publish(Arc::clone(&shared), outgoing));
@@ -377,7 +381,8 @@ impl<T: Codec> Shared<T> {
         let stored: Option<Vec<u8>> = redis::cmd("GET")
             .arg(&self.key)
             .query_async(&mut commands)
-            .await?;
+            .await
+            .inspect_err(|e| self.redis.failed(e))?;
         let Some(bytes) = stored else {
             return Ok(());
         };
@@ -407,6 +412,8 @@ impl<T: Codec> Shared<T> {
             // one later: show it again, so that this process ends with Redis's last value
             // (unless a newer value of ours is on its way anyway).
             Some(own) => {
+                // Under the submit lock, so that a submit in progress counts as newer.
+                let _submitting = self.submitting.lock().expect("submit lock");
                 let position = own.position.get();
                 if self.last_foreign.load(Ordering::Acquire) > position
                     && self.last_own.load(Ordering::Acquire) == position
@@ -575,9 +582,12 @@ async fn publish<T: Codec>(shared: Arc<Shared<T>>, mut outgoing: DataSubscriber<
                 if shared.shutdown.is_triggered() {
                     return;
                 }
+                shared.redis.failed(&e);
                 tracing::warn!(channel = %shared.channel, error = %e, "publishing failed; retrying");
                 retry = Some(message);
                 shared.shutdown.unless(backoff.wait()).await;
+                // The connection may have been replaced meanwhile.
+                commands = shared.redis.commands();
             }
         }
     }

@@ -4,8 +4,8 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, LazyLock};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -19,12 +19,15 @@ use storecast::{
 };
 
 use crate::codec::Codec;
-use crate::connection::{ConnectError, Redis};
+use crate::connection::{ConnectError, Redis, needs_new_connection};
 use crate::runtime;
 use crate::shutdown::Shutdown;
 
 /// Adds an entry and answers its ordinal: how many entries the stream has ever had.
 const ADD: &str = r"
+if (redis.REDIS_VERSION_NUM or 0) < 0x070000 then
+  return redis.error_reply('storecast needs Redis 7.0 or later (XINFO STREAM entries-added)')
+end
 redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], ARGV[2], '*', 'data', ARGV[3])
 local info = redis.call('XINFO', 'STREAM', KEYS[1])
 for i = 1, #info, 2 do
@@ -41,6 +44,9 @@ return redis.error_reply('storecast needs Redis 7.0 or later (XINFO STREAM has n
 /// Ordinals count from the stream's `entries-added`: the retained entries are the last
 /// `length` ones added, so the first has ordinal `added - length + 1`.
 const READ: &str = r"
+if (redis.REDIS_VERSION_NUM or 0) < 0x070000 then
+  return redis.error_reply('storecast needs Redis 7.0 or later (XINFO STREAM entries-added)')
+end
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0, '0-0', {}} end
 local info = redis.call('XINFO', 'STREAM', KEYS[1])
 local added, length, last
@@ -164,15 +170,16 @@ impl QueueOptions {
 /// The policy applies to this process's subscribers. Under [`Overflow::Wait`],
 /// `submit().await` waits until they have room, then adds the entry (so a message handed
 /// back was never added); the stream keeps the rest whatever the policy. A submit returns
-/// once the message has reached this process's subscribers, so what you submit is what
-/// they see next.
+/// once the message has reached this process's subscribers (or after the response timeout
+/// if they are not reading), so what you submit is what they see next.
 ///
 /// # When Redis goes away
 ///
 /// The reading task retries with backoff and carries on from the last entry it read, so
 /// nothing is lost as long as the stream keeps the entries (`max_len`). A submit while
-/// Redis is away fails with [`SubmitError::Unavailable`], handing the message back. Needs
-/// Redis 7.0 or later.
+/// Redis is away fails with [`SubmitError::Unavailable`], handing the message back; if the
+/// answer timed out, the entry may have been added all the same. A connection that stops
+/// answering is replaced. Needs Redis 7.0 or later.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -207,6 +214,10 @@ struct Shared<T> {
     ring: QueueStore<Entry<T>>,
     /// Position of the newest entry the reading task has put into `ring`.
     read: AtomicU64,
+    /// Position of the newest entry the reading task has started to put into `ring`
+    /// (it may be waiting for room). A subscriber that joins the ring reads this
+    /// afterwards: whatever the ring had before it joined is at or below it.
+    taking: AtomicU64,
     /// Notified when `read` moves (submitters wait to see their message arrive).
     advanced: Event,
     /// Position of the newest entry submitted here: `Start::Now` begins after it.
@@ -250,6 +261,7 @@ impl<T: Codec> RedisQueueStore<T> {
             ring: QueueStore::with_overflow(options.capacity, options.overflow),
             options,
             read: AtomicU64::new(state.after),
+            taking: AtomicU64::new(state.after),
             advanced: Event::new(),
             submitted: AtomicU64::new(0),
             offset: AtomicU64::new(0),
@@ -287,6 +299,7 @@ impl<T: Codec> RedisQueueStore<T> {
             Ok(ordinal) => ordinal,
             Err(e) => {
                 tracing::warn!(stream = %shared.stream, error = %e, "could not add to the stream");
+                shared.redis.failed(&e);
                 return Err(SubmitError::Unavailable(value));
             }
         };
@@ -364,11 +377,18 @@ impl<T: Codec> Store for RedisQueueStore<T> {
         // Registered first, so that the catch-up below and the live messages overlap
         // rather than leave a gap.
         let live = shared.ring.subscribe();
-        let read = shared.read.load(Ordering::Acquire);
+        let taken = shared.taking.load(Ordering::SeqCst);
+        let now = shared
+            .read
+            .load(Ordering::Acquire)
+            .max(shared.submitted.load(Ordering::Acquire));
+        let known = taken.max(shared.submitted.load(Ordering::Acquire));
         let (after, catch_up_from) = match start {
-            Start::Now => (read.max(shared.submitted.load(Ordering::Acquire)), None),
+            Start::Now => (now, None),
             Start::Oldest => (0, Some(0)),
-            Start::After(position) if position.get() < read => {
+            // Behind what this process has read, or ahead of it (another process may have
+            // read further, or the position is not the stream's at all): Redis says.
+            Start::After(position) if position.get() < taken || position.get() > known => {
                 (position.get(), Some(position.get()))
             }
             Start::After(position) => (position.get(), None),
@@ -377,10 +397,12 @@ impl<T: Codec> Store for RedisQueueStore<T> {
         RedisQueueSubscriber {
             live,
             after,
-            target: read,
+            target: taken,
             fetching: catch_up_from.map(|from| fetch(shared, from.saturating_sub(offset))),
             backlog: VecDeque::new(),
             report_loss: start != Start::Oldest,
+            first_batch: true,
+            subscribed_at: now,
             shared: Arc::clone(shared),
         }
     }
@@ -597,6 +619,14 @@ async fn follow<T: Codec>(
                 }
                 exact = true;
                 shared.shutdown.unless(backoff.wait()).await;
+                if needs_new_connection(&e) {
+                    // This connection stopped answering: open another.
+                    if let Some(Ok(fresh)) =
+                        shared.shutdown.unless(shared.redis.dedicated(block)).await
+                    {
+                        connection = fresh;
+                    }
+                }
                 continue;
             }
         };
@@ -620,7 +650,7 @@ async fn follow<T: Codec>(
                     tracing::warn!(stream = %shared.stream, "the stream started again; positions go on from here");
                     shared.offset.fetch_add(cursor, Ordering::AcqRel);
                     cursor = 0;
-                    last_id = String::from("0-0");
+                    // Entries up to `last_id` that survived are skipped below, not replayed.
                     if shared.ring.submit(Entry::Restarted).await.is_err() {
                         return;
                     }
@@ -664,6 +694,7 @@ async fn follow<T: Codec>(
             let position = offset + cursor;
             if let Some(value) = value {
                 let entry = Entry::Message(Message::new(Position::new(position), value));
+                shared.taking.store(position, Ordering::SeqCst);
                 if shared.ring.submit(entry).await.is_err() {
                     return;
                 }
@@ -723,17 +754,36 @@ fn is_after(id: &str, other: &str) -> bool {
 type Fetch<T> = Pin<Box<dyn Future<Output = Result<Batch<T>, RedisError>> + Send>>;
 
 /// Reads the batch after the ordinal `after` for a subscriber catching up.
+/// Tries a few times, with backoff, before giving up (the subscriber is then told
+/// `Interrupted`).
 fn fetch<T: Codec>(shared: &Arc<Shared<T>>, after: u64) -> Fetch<T> {
+    const ATTEMPTS: usize = 5;
     let shared = Arc::clone(shared);
     Box::pin(async move {
-        let mut commands = shared.redis.commands();
-        read(
-            &mut commands,
-            &shared.stream,
-            Some(after),
-            shared.options.batch,
-        )
-        .await
+        let mut backoff = shared.redis.options().backoff();
+        let mut attempt = 1;
+        loop {
+            let mut commands = shared.redis.commands();
+            match read(
+                &mut commands,
+                &shared.stream,
+                Some(after),
+                shared.options.batch,
+            )
+            .await
+            {
+                Err(e) if attempt < ATTEMPTS && !shared.shutdown.is_triggered() => {
+                    shared.redis.failed(&e);
+                    attempt += 1;
+                    backoff.wait().await;
+                }
+                Err(e) => {
+                    shared.redis.failed(&e);
+                    return Err(e);
+                }
+                Ok(batch) => return Ok(batch),
+            }
+        }
     })
 }
 
@@ -753,6 +803,10 @@ pub struct RedisQueueSubscriber<T> {
     /// Whether entries trimmed before the next batch were lost to this subscriber (not
     /// when it asked for the oldest retained).
     report_loss: bool,
+    /// Whether no batch has been read yet (nothing delivered).
+    first_batch: bool,
+    /// What `Start::Now` meant when it subscribed.
+    subscribed_at: u64,
     shared: Arc<Shared<T>>,
 }
 
@@ -776,6 +830,15 @@ impl<T: Codec> Stream for RedisQueueSubscriber<T> {
             }
             let entry = match Pin::new(&mut this.live).poll_next(cx) {
                 Poll::Ready(Some(Ok(entry))) => entry,
+                Poll::Ready(Some(Err(RecvError::Lagged { .. }))) => {
+                    // The ring here moved on without this subscriber, but the stream
+                    // still has what it missed (or says exactly how much it lost).
+                    this.target = this.shared.taking.load(Ordering::SeqCst);
+                    this.report_loss = true;
+                    let offset = this.shared.offset.load(Ordering::Acquire);
+                    this.fetching = Some(fetch(&this.shared, this.after.saturating_sub(offset)));
+                    continue;
+                }
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
                 Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Pending => return Poll::Pending,
@@ -809,6 +872,12 @@ impl<T: Codec> RedisQueueSubscriber<T> {
         };
         let offset = self.shared.offset.load(Ordering::Acquire);
         let requested = self.after.saturating_sub(offset);
+        if std::mem::take(&mut self.first_batch) && batch.added < requested {
+            // A position the stream never reached: start from when it subscribed, as with
+            // `Start::Now`.
+            self.after = (offset + batch.added).min(self.subscribed_at);
+            return;
+        }
         if batch.after > requested && self.report_loss {
             self.backlog.push_back(Err(RecvError::Lagged {
                 missed: batch.after - requested,

@@ -498,3 +498,94 @@ async fn a_password_in_the_url_is_used_and_a_wrong_one_is_a_clear_error() {
     );
     assert!(!message.contains("wrong@"), "{message}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_keeps_reconnecting_with_its_last_position_misses_nothing() {
+    const COUNT: u64 = 3_000;
+    let server = RedisServer::start();
+    let redis = Redis::connect(&server.url()).await.unwrap();
+    let queue = redis
+        .queue_store::<String>("resumed", QueueOptions::default())
+        .await
+        .unwrap();
+    let url = server.url();
+    let producer = tokio::task::spawn_blocking(move || {
+        let client = redis::Client::open(url).unwrap();
+        let mut connection = client.get_connection().unwrap();
+        for n in 1..=COUNT {
+            let _: String = redis::cmd("XADD")
+                .arg("resumed")
+                .arg("*")
+                .arg("data")
+                .arg(format!("m{n}"))
+                .query(&mut connection)
+                .unwrap();
+        }
+    });
+    // Like an SSE client that drops its connection every few events and comes back with
+    // Last-Event-ID, racing the entries as they arrive.
+    let mut last = Position::ZERO;
+    let mut reconnections = 0;
+    while last.get() < COUNT {
+        let mut subscriber = queue.subscribe_from(Start::After(last));
+        for _ in 0..7 {
+            if last.get() == COUNT {
+                break;
+            }
+            let (value, position) = next_value(&mut subscriber).await;
+            assert_eq!(
+                position.get(),
+                last.get() + 1,
+                "after {last} came {position} ({value}) at reconnection {reconnections}"
+            );
+            assert_eq!(value, format!("m{}", position.get()));
+            last = position;
+        }
+        reconnections += 1;
+    }
+    producer.await.unwrap();
+    assert!(reconnections > 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_the_memory_ring_left_behind_gets_the_rest_from_the_stream() {
+    let server = RedisServer::start();
+    let redis = Redis::connect(&server.url()).await.unwrap();
+    let options = QueueOptions::default()
+        .capacity(4)
+        .overflow(storecast::Overflow::DropOldest);
+    let queue = redis
+        .queue_store::<String>("behind", options)
+        .await
+        .unwrap();
+    let mut slow = queue.subscribe();
+    for n in 1..=50 {
+        queue.submit(format!("m{n}")).await.unwrap();
+    }
+    // Only 4 are kept in memory, but the stream has all 50: nothing is reported lost.
+    for n in 1..=50 {
+        assert_eq!(
+            next_value(&mut slow).await,
+            (format!("m{n}"), Position::new(n))
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resuming_after_a_position_the_stream_never_reached_starts_now() {
+    let server = RedisServer::start();
+    let redis = Redis::connect(&server.url()).await.unwrap();
+    let queue = redis
+        .queue_store::<String>("short-lived", QueueOptions::default())
+        .await
+        .unwrap();
+    for n in 1..=3 {
+        queue.submit(format!("m{n}")).await.unwrap();
+    }
+    let mut from_elsewhere = queue.subscribe_from(Start::After(Position::new(10_000)));
+    let p4 = queue.submit("m4".to_string()).await.unwrap();
+    assert_eq!(
+        next_value(&mut from_elsewhere).await,
+        ("m4".to_string(), p4)
+    );
+}
