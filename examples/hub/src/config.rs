@@ -95,8 +95,9 @@ pub struct Config {
     #[arg(long, env = "STORECAST_REDIS_CA_FILE")]
     pub redis_ca_file: Option<std::path::PathBuf>,
 
-    /// Prefix of the Redis channel and stream names of topics.
-    #[arg(long, env = "STORECAST_REDIS_PREFIX", default_value = "")]
+    /// Prefix of the Redis channel and stream names of topics: the hub's clients reach no
+    /// other key (`""` for none).
+    #[arg(long, env = "STORECAST_REDIS_PREFIX", default_value = "storecast:")]
     pub redis_prefix: String,
 
     /// How many entries each queue topic's Redis stream keeps (about; `MAXLEN ~`): how far

@@ -177,7 +177,7 @@ async fn publish(
             .into_response(),
         Err(SubmitError::Unavailable(_)) => refuse(
             StatusCode::SERVICE_UNAVAILABLE,
-            "Redis is unavailable; the message was not published; try again later",
+            "Redis is unavailable or did not answer in time; the message was probably not published; try again later",
         ),
         Err(_) => refuse(StatusCode::SERVICE_UNAVAILABLE, "the hub is shutting down"),
     }

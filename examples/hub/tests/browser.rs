@@ -193,7 +193,13 @@ async fn browsers_on_two_hubs_see_what_another_program_publishes_to_redis() {
         sessions.push((session, profile));
     }
 
-    server.cli(&["XADD", "shared", "*", "data", "hello from redis-cli"]);
+    server.cli(&[
+        "XADD",
+        "storecast:shared",
+        "*",
+        "data",
+        "hello from redis-cli",
+    ]);
     for (session, _) in &sessions {
         wait_for_text(
             session,

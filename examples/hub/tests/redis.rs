@@ -57,12 +57,12 @@ async fn programs_that_publish_straight_to_redis_reach_every_hub() {
     let mut latest_a = a.events("/events/prices.eur", &[]).await;
     let mut latest_b = b.events("/events/prices.eur", &[]).await;
 
-    server.cli(&["XADD", "news", "*", "data", "from a script"]);
+    server.cli(&["XADD", "storecast:news", "*", "data", "from a script"]);
     for events in [&mut queue_a, &mut queue_b] {
         assert_eq!(events.next().await.data, "from a script");
     }
     assert_eq!(
-        server.cli(&["PUBLISH", "prices.eur", "1.08"]),
+        server.cli(&["PUBLISH", "storecast:prices.eur", "1.08"]),
         "2",
         "one subscription per hub"
     );
