@@ -128,9 +128,9 @@ async fn topic(hub: &Hub, name: &str) -> Result<Topic, Refusal> {
             StatusCode::SERVICE_UNAVAILABLE,
             format!("the hub already has its maximum of {max} topics"),
         ),
-        TopicError::Unavailable(reason) => Refusal::new(
+        TopicError::Unavailable => Refusal::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("topic {name:?} is unavailable: {reason}; try again later"),
+            format!("topic {name:?} is unavailable: its Redis cannot be reached; try again later"),
         ),
     })
 }

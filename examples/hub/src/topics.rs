@@ -82,8 +82,9 @@ pub enum TopicError {
     BadName,
     /// `--max-topics` topics exist already.
     TooMany(usize),
-    /// Its Redis channel or stream could not be opened.
-    Unavailable(String),
+    /// Its Redis channel or stream could not be opened (the reason is logged, not sent to
+    /// clients: it names the Redis server).
+    Unavailable,
 }
 
 /// Every topic of the hub.
@@ -170,7 +171,7 @@ impl Topics {
         };
         opened.map_err(|e| {
             tracing::warn!(topic = name, error = %e, "cannot open the topic on Redis");
-            TopicError::Unavailable(e.to_string())
+            TopicError::Unavailable
         })
     }
 
