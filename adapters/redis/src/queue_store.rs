@@ -398,7 +398,7 @@ impl<T: Codec> Store for RedisQueueStore<T> {
             live,
             after,
             target: taken,
-            fetching: catch_up_from.map(|from| fetch(shared, from.saturating_sub(offset))),
+            fetching: catch_up_from.map(|from| fetch(shared, from.saturating_sub(offset), None)),
             backlog: VecDeque::new(),
             report_loss: start != Start::Oldest,
             first_batch: true,
@@ -483,6 +483,93 @@ async fn read<T: Codec>(
             redis::ErrorKind::Parse,
             "unexpected answer to the stream read script",
         ))
+    })
+}
+
+/// Reads up to `count` entries after the entry `last_id`, whose ordinal is `cursor`,
+/// together with the stream's counters in one `MULTI` (no script, and no work for Redis
+/// beyond the entries themselves). Exact when entries are only ever trimmed: a gap shows
+/// as the first retained ordinal being past the cursor.
+async fn read_after_id<T: Codec>(
+    connection: &mut ConnectionManager,
+    stream: &str,
+    cursor: u64,
+    last_id: &str,
+    count: usize,
+) -> Result<Batch<T>, RedisError> {
+    let answer: Result<(Value, Value), RedisError> = redis::pipe()
+        .atomic()
+        .cmd("XINFO")
+        .arg("STREAM")
+        .arg(stream)
+        .cmd("XRANGE")
+        .arg(stream)
+        .arg(format!("({last_id}"))
+        .arg("+")
+        .arg("COUNT")
+        .arg(count.max(1))
+        .query_async(connection)
+        .await;
+    let (info, entries) = match answer {
+        Ok(answer) => answer,
+        // The stream is gone: the caller sees its count back at zero.
+        Err(e) if e.to_string().contains("no such key") => {
+            return Ok(Batch {
+                added: 0,
+                after: 0,
+                last_id: String::from("0-0"),
+                entries: Vec::new(),
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    let unexpected = || {
+        RedisError::from((
+            redis::ErrorKind::Parse,
+            "unexpected answer to XINFO STREAM and XRANGE",
+        ))
+    };
+    let fields: Vec<(Value, Value)> = match info {
+        Value::Array(flat) => {
+            let mut flat = flat.into_iter();
+            std::iter::from_fn(|| Some((flat.next()?, flat.next()?))).collect()
+        }
+        Value::Map(pairs) => pairs,
+        _ => return Err(unexpected()),
+    };
+    let field = |name: &[u8]| {
+        fields
+            .iter()
+            .find(|(key, _)| {
+                matches!(key, Value::BulkString(k) if k == name)
+                    || matches!(key, Value::SimpleString(k) if k.as_bytes() == name)
+            })
+            .map(|(_, value)| value)
+    };
+    let added = field(b"entries-added")
+        .and_then(integer)
+        .ok_or_else(unexpected)?;
+    let length = field(b"length").and_then(integer).ok_or_else(unexpected)?;
+    let last = match field(b"last-generated-id") {
+        Some(Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
+        Some(Value::SimpleString(id)) => id.clone(),
+        _ => return Err(unexpected()),
+    };
+    let Value::Array(entries) = entries else {
+        return Err(unexpected());
+    };
+    let entries = entries
+        .into_iter()
+        .map(decode_entry)
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(unexpected)?;
+    // Entries before the first retained one were trimmed.
+    let first_retained = added + 1 - length.min(added);
+    Ok(Batch {
+        added,
+        after: cursor.max(first_retained - 1),
+        last_id: last,
+        entries,
     })
 }
 
@@ -593,14 +680,25 @@ async fn follow<T: Codec>(
     let mut audited = std::time::Instant::now();
     let mut last_id = String::from("0-0");
     loop {
-        let audit = exact || audited.elapsed() >= AUDIT_EVERY;
+        let audit = audited.elapsed() >= AUDIT_EVERY || (exact && last_id == "0-0");
         let attempt = shared
             .shutdown
             .unless(async {
                 if audit {
+                    // By ordinal, with a script: also notices a count that moved.
                     read::<T>(&mut connection, &shared.stream, Some(cursor), batch_size)
                         .await
                         .map(Fetched::Exact)
+                } else if exact {
+                    read_after_id::<T>(
+                        &mut connection,
+                        &shared.stream,
+                        cursor,
+                        &last_id,
+                        batch_size,
+                    )
+                    .await
+                    .map(Fetched::Exact)
                 } else {
                     tail::<T>(&mut connection, &shared.stream, &last_id, batch_size, block)
                         .await
@@ -644,7 +742,9 @@ async fn follow<T: Codec>(
             }
             Fetched::Tail(entries) => entries,
             Fetched::Exact(batch) => {
-                audited = std::time::Instant::now();
+                if audit {
+                    audited = std::time::Instant::now();
+                }
                 if batch.added < cursor {
                     // The stream was deleted (or Redis lost it) and counts from the start again.
                     tracing::warn!(stream = %shared.stream, "the stream started again; positions go on from here");
@@ -754,9 +854,10 @@ fn is_after(id: &str, other: &str) -> bool {
 type Fetch<T> = Pin<Box<dyn Future<Output = Result<Batch<T>, RedisError>> + Send>>;
 
 /// Reads the batch after the ordinal `after` for a subscriber catching up.
-/// Tries a few times, with backoff, before giving up (the subscriber is then told
+/// By ordinal for the first batch, then after the id of the last entry read (cheaper for
+/// Redis). Tries a few times, with backoff, before giving up (the subscriber is then told
 /// `Interrupted`).
-fn fetch<T: Codec>(shared: &Arc<Shared<T>>, after: u64) -> Fetch<T> {
+fn fetch<T: Codec>(shared: &Arc<Shared<T>>, after: u64, after_id: Option<String>) -> Fetch<T> {
     const ATTEMPTS: usize = 5;
     let shared = Arc::clone(shared);
     Box::pin(async move {
@@ -764,14 +865,28 @@ fn fetch<T: Codec>(shared: &Arc<Shared<T>>, after: u64) -> Fetch<T> {
         let mut attempt = 1;
         loop {
             let mut commands = shared.redis.commands();
-            match read(
-                &mut commands,
-                &shared.stream,
-                Some(after),
-                shared.options.batch,
-            )
-            .await
-            {
+            let batch = match &after_id {
+                Some(id) => {
+                    read_after_id(
+                        &mut commands,
+                        &shared.stream,
+                        after,
+                        id,
+                        shared.options.batch,
+                    )
+                    .await
+                }
+                None => {
+                    read(
+                        &mut commands,
+                        &shared.stream,
+                        Some(after),
+                        shared.options.batch,
+                    )
+                    .await
+                }
+            };
+            match batch {
                 Err(e) if attempt < ATTEMPTS && !shared.shutdown.is_triggered() => {
                     shared.redis.failed(&e);
                     attempt += 1;
@@ -836,7 +951,8 @@ impl<T: Codec> Stream for RedisQueueSubscriber<T> {
                     this.target = this.shared.taking.load(Ordering::SeqCst);
                     this.report_loss = true;
                     let offset = this.shared.offset.load(Ordering::Acquire);
-                    this.fetching = Some(fetch(&this.shared, this.after.saturating_sub(offset)));
+                    this.fetching =
+                        Some(fetch(&this.shared, this.after.saturating_sub(offset), None));
                     continue;
                 }
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
@@ -886,8 +1002,10 @@ impl<T: Codec> RedisQueueSubscriber<T> {
         self.report_loss = true;
         let mut ordinal = batch.after;
         let more = !batch.entries.is_empty() && batch.added > batch.after;
-        for (_, value) in batch.entries {
+        let mut last_id = None;
+        for (id, value) in batch.entries {
             ordinal += 1;
+            last_id = Some(id);
             let position = offset + ordinal;
             self.after = self.after.max(position);
             match value {
@@ -900,7 +1018,7 @@ impl<T: Codec> RedisQueueSubscriber<T> {
             }
         }
         if more && self.after < self.target {
-            self.fetching = Some(fetch(&self.shared, self.after - offset));
+            self.fetching = Some(fetch(&self.shared, self.after - offset, last_id));
         }
     }
 }

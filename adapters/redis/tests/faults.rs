@@ -589,3 +589,31 @@ async fn resuming_after_a_position_the_stream_never_reached_starts_now() {
         ("m4".to_string(), p4)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_that_spans_many_reads_delivers_everything_once_in_order() {
+    let server = RedisServer::start();
+    let redis = Redis::connect(&server.url()).await.unwrap();
+    let options = QueueOptions::default().batch(10);
+    let queue = redis.queue_store::<String>("long", options).await.unwrap();
+    for n in 1..=95 {
+        queue.submit(format!("m{n}")).await.unwrap();
+    }
+    let mut resumed = queue.subscribe_from(Start::After(Position::new(3)));
+    let mut oldest = queue.subscribe_from(Start::Oldest);
+    for n in 1..=95 {
+        assert_eq!(
+            next_value(&mut oldest).await,
+            (format!("m{n}"), Position::new(n))
+        );
+        if n > 3 {
+            assert_eq!(
+                next_value(&mut resumed).await,
+                (format!("m{n}"), Position::new(n))
+            );
+        }
+    }
+    let p96 = queue.submit("m96".to_string()).await.unwrap();
+    assert_eq!(next_value(&mut resumed).await, ("m96".to_string(), p96));
+    assert_eq!(next_value(&mut oldest).await, ("m96".to_string(), p96));
+}
