@@ -3,6 +3,8 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+use crate::topics::TopicStats;
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     /// Open SSE and WebSocket subscribers.
@@ -20,8 +22,8 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// The Prometheus text exposition of these counters and each topic's subscribers.
-    pub fn render(&self, subscribers: &[(String, usize)]) -> String {
+    /// The Prometheus text exposition of these counters and each topic's figures.
+    pub fn render(&self, topics: &[TopicStats]) -> String {
         let mut out = String::new();
         let mut gauge = |name: &str, kind: &str, help: &str, value: u64| {
             let _ = writeln!(
@@ -69,12 +71,40 @@ impl Metrics {
             out,
             "# HELP storecast_topic_subscribers Subscribers per topic.\n# TYPE storecast_topic_subscribers gauge"
         );
-        for (topic, count) in subscribers {
-            // Topic names are limited to [A-Za-z0-9._-], safe inside a label.
+        // Topic names are limited to [A-Za-z0-9._-], safe inside a label.
+        for topic in topics {
             let _ = writeln!(
                 out,
-                "storecast_topic_subscribers{{topic=\"{topic}\"}} {count}"
+                "storecast_topic_subscribers{{topic=\"{}\"}} {}",
+                topic.name, topic.subscribers
             );
+        }
+        let on_redis: Vec<_> = topics
+            .iter()
+            .filter_map(|t| Some((&t.name, t.redis?)))
+            .collect();
+        if !on_redis.is_empty() {
+            let _ = writeln!(
+                out,
+                "# HELP storecast_topic_redis_connected Whether the topic's Redis connection is up (1) or reconnecting (0).\n# TYPE storecast_topic_redis_connected gauge"
+            );
+            for (name, (connected, _)) in &on_redis {
+                let _ = writeln!(
+                    out,
+                    "storecast_topic_redis_connected{{topic=\"{name}\"}} {}",
+                    u8::from(*connected)
+                );
+            }
+            let _ = writeln!(
+                out,
+                "# HELP storecast_topic_redis_interruptions_total Times a latest-value topic's Redis subscription was lost (its subscribers were told).\n# TYPE storecast_topic_redis_interruptions_total counter"
+            );
+            for (name, (_, interruptions)) in &on_redis {
+                let _ = writeln!(
+                    out,
+                    "storecast_topic_redis_interruptions_total{{topic=\"{name}\"}} {interruptions}"
+                );
+            }
         }
         out
     }

@@ -252,7 +252,7 @@ async fn page() -> Html<&'static str> {
 async fn metrics(State(hub): Shared) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        hub.metrics.render(&hub.topics.subscriber_counts()),
+        hub.metrics.render(&hub.topics.stats()),
     )
         .into_response()
 }

@@ -75,6 +75,15 @@ impl Codec for HubMessage {
 
 const EVENT_LINE: &str = "event: ";
 
+/// A topic's figures for `/metrics`.
+#[derive(Debug)]
+pub struct TopicStats {
+    pub name: String,
+    pub subscribers: usize,
+    /// On Redis: whether its connection is up, and how often its subscription was lost.
+    pub redis: Option<(bool, u64)>,
+}
+
 /// Why a topic could not be had.
 #[derive(Debug)]
 pub enum TopicError {
@@ -175,15 +184,19 @@ impl Topics {
         })
     }
 
-    /// Each topic's name and subscriber count, sorted by name.
-    pub fn subscriber_counts(&self) -> Vec<(String, usize)> {
+    /// Each topic's figures, sorted by name.
+    pub fn stats(&self) -> Vec<TopicStats> {
         let topics = self.topics.read().expect("topics lock");
-        let mut counts: Vec<_> = topics
+        let mut stats: Vec<_> = topics
             .iter()
-            .map(|(name, topic)| (name.clone(), topic.subscriber_count()))
+            .map(|(name, topic)| TopicStats {
+                name: name.clone(),
+                subscribers: topic.subscriber_count(),
+                redis: topic.redis_status(),
+            })
             .collect();
-        counts.sort();
-        counts
+        stats.sort_by(|a, b| a.name.cmp(&b.name));
+        stats
     }
 
     /// Closes every topic: subscribers receive what is left, then their streams end.
@@ -200,6 +213,18 @@ enum Kind {
     Queue(QueueStore<HubMessage>),
     RedisLatest(RedisStore<HubMessage>),
     RedisQueue(RedisQueueStore<HubMessage>),
+}
+
+impl Topic {
+    /// On Redis: whether the topic's connection is up, and how often a latest topic's
+    /// subscription was lost.
+    fn redis_status(&self) -> Option<(bool, u64)> {
+        match &self.kind {
+            Kind::Latest(_) | Kind::Queue(_) => None,
+            Kind::RedisLatest(store) => Some((store.is_connected(), store.interruptions())),
+            Kind::RedisQueue(store) => Some((store.is_connected(), 0)),
+        }
+    }
 }
 
 /// One topic: a store that counts what it delivers into the hub's metrics.

@@ -144,3 +144,51 @@ fn the_hub_refuses_to_start_without_its_redis() {
     assert!(stderr.contains("Redis"), "{stderr}");
     assert!(!stderr.contains("secret"), "{stderr}");
 }
+
+#[tokio::test]
+async fn metrics_show_each_redis_topics_connection_and_its_interruptions() {
+    let server = RedisServer::start();
+    let hub = hub_on(&server);
+    let mut latest = hub.events("/events/prices.gbp", &[]).await;
+    let metrics = || async {
+        support::client()
+            .get(hub.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let text = metrics().await;
+    for line in [
+        "storecast_topic_redis_connected{topic=\"prices.gbp\"} 1",
+        "storecast_topic_redis_interruptions_total{topic=\"prices.gbp\"} 0",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in:\n{text}"
+        );
+    }
+
+    assert_eq!(server.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]), "1");
+    assert_eq!(latest.next().await.event, "interrupted");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = metrics().await;
+        if text
+            .lines()
+            .any(|l| l == "storecast_topic_redis_interruptions_total{topic=\"prices.gbp\"} 1")
+            && text
+                .lines()
+                .any(|l| l == "storecast_topic_redis_connected{topic=\"prices.gbp\"} 1")
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "metrics never showed the reconnection:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
