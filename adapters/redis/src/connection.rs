@@ -1,13 +1,14 @@
 //! One Redis server, its connection settings, and what goes wrong connecting to it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, RedisError};
 
 use crate::runtime;
+use crate::subscription::{Listener, Subscription};
 
 /// How the stores connect to Redis and how hard they try when it goes away.
 ///
@@ -118,6 +119,14 @@ impl Options {
         runtime::Backoff::new(self.reconnect_min, self.reconnect_max)
     }
 
+    pub(crate) fn connect_timeout_value(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    pub(crate) fn reconnect_delays(&self) -> (Duration, Duration) {
+        (self.reconnect_min, self.reconnect_max)
+    }
+
     pub(crate) fn response_timeout_value(&self) -> Duration {
         self.response_timeout
     }
@@ -183,11 +192,11 @@ pub enum ConnectError {
     },
 }
 
-/// A Redis server: the connection its stores share for commands, and what they need to
-/// open subscriptions of their own.
+/// A Redis server, and the connections the stores made from this handle share.
 ///
-/// One command connection (which reconnects on its own) serves every store made from the
-/// same handle; each store adds the one connection it listens on.
+/// One command connection serves every store made from the same handle, and one
+/// subscription connection every latest-value store, whatever their channels; each queue
+/// store adds the one connection its reader blocks on. Connections reconnect on their own.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), storecast_redis::ConnectError> {
@@ -212,6 +221,14 @@ struct Inner {
     options: Options,
     /// The server's address for messages: never the URL, which may hold a password.
     address: String,
+    /// The one subscription connection the latest-value stores share.
+    subscription: Arc<Subscription>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.subscription.shutdown.trigger();
+    }
 }
 
 impl std::fmt::Debug for Redis {
@@ -247,6 +264,7 @@ impl Redis {
         }
         Ok(Redis {
             inner: Arc::new(Inner {
+                subscription: Arc::new(Subscription::new(client.clone(), &options)),
                 client,
                 commands: Mutex::new(commands),
                 replacing: AtomicBool::new(false),
@@ -310,21 +328,23 @@ impl Redis {
         open_manager(&inner.client, &inner.options, &inner.address, block).await
     }
 
-    /// A new subscription connection, subscribed to `channel`, within the connect timeout.
-    pub(crate) async fn subscribe(&self, channel: &str) -> Result<PubSub, ConnectError> {
-        let attempt = async {
-            let mut pubsub = self.inner.client.get_async_pubsub().await?;
-            pubsub.subscribe(channel).await?;
-            Ok::<_, RedisError>(pubsub)
-        };
-        match runtime::timeout(self.inner.options.connect_timeout, attempt).await {
-            None => Err(ConnectError::Timeout {
-                address: self.inner.address.clone(),
-                timeout: self.inner.options.connect_timeout,
-            }),
-            Some(Err(source)) => Err(self.unreachable(source)),
-            Some(Ok(pubsub)) => Ok(pubsub),
-        }
+    /// Delivers `channel`'s messages to `listener` over the shared subscription; returns
+    /// once Redis has confirmed it.
+    pub(crate) async fn listen(
+        &self,
+        channel: &str,
+        listener: Weak<dyn Listener>,
+    ) -> Result<(), ConnectError> {
+        self.inner
+            .subscription
+            .add(channel, listener)
+            .await
+            .map_err(|e| self.unreachable(e))
+    }
+
+    /// Stops delivering `channel`'s messages to `listener`.
+    pub(crate) fn stop_listening(&self, channel: &str, listener: &Weak<dyn Listener>) {
+        self.inner.subscription.remove(channel, listener);
     }
 
     pub(crate) fn unreachable(&self, source: RedisError) -> ConnectError {

@@ -4,12 +4,11 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 
 use futures_lite::{Stream, StreamExt};
-use redis::aio::PubSub;
-use redis::{RedisError, Script, Value};
+use redis::{RedisError, Script};
 use storecast::{
     DataStore, DataSubscriber, Item, Message, Position, RecvError, Start, Store, SubmitError,
     TrySubmitError,
@@ -19,9 +18,7 @@ use crate::codec::Codec;
 use crate::connection::{ConnectError, Redis};
 use crate::runtime;
 use crate::shutdown::Shutdown;
-
-/// Most messages the listener takes from the subscription before delivering the newest.
-const MAX_BATCH: usize = 1024;
+use crate::subscription::Listener;
 
 /// Tornadose's default channel, so that its publishers keep working.
 pub const DEFAULT_CHANNEL: &str = "tornadose";
@@ -45,8 +42,9 @@ return redis.call('PUBLISH', ARGV[1], ARGV[2])
 ///
 /// # One subscription per process
 ///
-/// The store holds one Redis subscription and fans it out in memory, so a thousand
-/// subscribers cost one Redis connection. Values published by other programs
+/// The store listens on one Redis subscription and fans it out in memory, so a thousand
+/// subscribers cost one Redis connection; the latest-value stores made from one
+/// [`Redis`] handle share that connection, whatever their channels. Values published by other programs
 /// (`redis-cli PUBLISH tornadose hello`) arrive through it; this process's own values are
 /// recognised when they come back and not delivered twice.
 ///
@@ -97,6 +95,8 @@ struct Handle<T> {
 }
 
 struct Shared<T> {
+    /// Itself, as the shared subscription knows it.
+    me: Weak<dyn Listener>,
     redis: Redis,
     channel: String,
     key: String,
@@ -158,8 +158,8 @@ impl<T: Codec> RedisStore<T> {
         channel: &str,
         key: &str,
     ) -> Result<Self, ConnectError> {
-        let pubsub = redis.subscribe(channel).await?;
-        let shared = Arc::new(Shared {
+        let shared = Arc::new_cyclic(|me: &Weak<Shared<T>>| Shared {
+            me: me.clone() as Weak<dyn Listener>,
             redis: redis.clone(),
             channel: channel.to_owned(),
             key: key.to_owned(),
@@ -176,15 +176,15 @@ impl<T: Codec> RedisStore<T> {
             undecodable: AtomicU64::new(0),
             shutdown: Shutdown::default(),
         });
-        shared
-            .catch_up_from_key()
-            .await
-            .map_err(|e| match e.kind() {
+        redis.listen(channel, shared.me.clone()).await?;
+        shared.catch_up_from_key().await.map_err(|e| {
+            shared.stop();
+            match e.kind() {
                 redis::ErrorKind::Io => redis.unreachable(e),
                 _ => redis.unsupported(e),
-            })?;
+            }
+        })?;
         let outgoing = shared.outbox.subscribe();
-        runtime::spawn(listen(Arc::clone(&shared), pubsub));
         runtime::spawn(publish(Arc::clone(&shared), outgoing));
         Ok(RedisStore {
             handle: Arc::new(Handle { shared }),
@@ -362,7 +362,9 @@ impl<T> fmt::Debug for RedisSubscriber<T> {
 
 impl<T> Shared<T> {
     fn stop(&self) {
-        self.shutdown.trigger();
+        if self.shutdown.trigger() {
+            self.redis.stop_listening(&self.channel, &self.me);
+        }
         self.local.close();
         self.outbox.close();
     }
@@ -397,11 +399,11 @@ impl<T: Codec> Shared<T> {
     /// Messages delivered by the subscription, oldest first. A latest-value store shows
     /// only the newest of a batch; the others are only matched with this process's own
     /// (not decoded, not delivered).
-    fn heard<'a>(&self, batch: impl ExactSizeIterator<Item = &'a [u8]>) {
+    fn take_batch(&self, batch: &[&[u8]]) {
         self.received
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         let mut newest = None;
-        for bytes in batch {
+        for &bytes in batch {
             if let Some(older) = newest.replace(bytes) {
                 self.own_echo(older);
             }
@@ -473,76 +475,27 @@ impl<T: Codec> Shared<T> {
     }
 }
 
-/// The listening task: one subscription, fanned out to every subscriber; resubscribes with
-/// backoff when the connection is lost.
-async fn listen<T: Codec>(shared: Arc<Shared<T>>, first: PubSub) {
-    let options = shared.redis.options().clone();
-    let mut backoff = options.backoff();
-    let mut pubsub = Some(first);
-    loop {
-        let subscription = match pubsub.take() {
-            Some(subscription) => subscription,
-            None => {
-                let attempt = shared
-                    .shutdown
-                    .unless(shared.redis.subscribe(&shared.channel))
-                    .await;
-                match attempt {
-                    None => return,
-                    Some(Ok(subscription)) => {
-                        backoff.reset();
-                        shared.connected.store(true, Ordering::Relaxed);
-                        tracing::info!(channel = %shared.channel, "resubscribed to Redis");
-                        if let Err(e) = shared.catch_up_from_key().await {
-                            tracing::warn!(channel = %shared.channel, error = %e, "could not read the latest-value key");
-                        }
-                        subscription
-                    }
-                    Some(Err(e)) => {
-                        tracing::warn!(channel = %shared.channel, error = %e, "resubscribing failed; retrying");
-                        shared.shutdown.unless(backoff.wait()).await;
-                        continue;
-                    }
-                }
+/// The shared subscription's side of the store.
+impl<T: Codec> Listener for Shared<T> {
+    fn heard(&self, batch: &[&[u8]]) {
+        self.take_batch(batch);
+    }
+
+    fn lost(&self) {
+        self.connected.store(false, Ordering::Relaxed);
+        // Echoes of what was published meanwhile will not come.
+        self.forget_all_echoes();
+        self.interrupt();
+    }
+
+    fn resubscribed(self: Arc<Self>) {
+        self.connected.store(true, Ordering::Relaxed);
+        runtime::spawn(async move {
+            // What a storecast process published meanwhile is in the key.
+            if let Err(e) = self.catch_up_from_key().await {
+                tracing::warn!(channel = %self.channel, error = %e, "could not read the latest-value key");
             }
-        };
-        let (mut sink, mut messages) = subscription.split();
-        let receive = async {
-            let mut batch = Vec::new();
-            while let Some(message) = messages.next().await {
-                batch.push(message);
-                // Whatever else has arrived already: only the newest needs delivering.
-                while batch.len() < MAX_BATCH {
-                    match futures_lite::future::poll_once(messages.next()).await {
-                        Some(Some(message)) => batch.push(message),
-                        _ => break,
-                    }
-                }
-                shared.heard(batch.iter().map(|m| m.get_payload_bytes()));
-                batch.clear();
-            }
-        };
-        let health = async {
-            loop {
-                runtime::sleep(options.health_check_value()).await;
-                let pong =
-                    runtime::timeout(options.response_timeout_value(), sink.ping::<Value>()).await;
-                if !matches!(pong, Some(Ok(_))) {
-                    return;
-                }
-            }
-        };
-        shared
-            .shutdown
-            .unless(futures_lite::future::or(receive, health))
-            .await;
-        if shared.shutdown.is_triggered() {
-            return;
-        }
-        shared.connected.store(false, Ordering::Relaxed);
-        shared.forget_all_echoes();
-        shared.interrupt();
-        tracing::warn!(channel = %shared.channel, "lost the Redis subscription; reconnecting");
+        });
     }
 }
 

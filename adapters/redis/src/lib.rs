@@ -13,9 +13,10 @@
 //!   in the stream, the same in every process, so an SSE client resumes with
 //!   `Last-Event-ID` on any server.
 //!
-//! Each store holds one Redis connection per process for listening and fans out in memory
-//! through the core's stores; the stores made from one [`Redis`] handle share one more for
-//! commands. Connecting to an unreachable server is a [`ConnectError`]; losing it later is
+//! Each store listens once per process and fans out in memory through the core's stores.
+//! The stores made from one [`Redis`] handle share one connection for commands, and the
+//! latest-value stores one subscription connection, whatever their channels; each queue
+//! store adds one connection for its stream's reader. Connecting to an unreachable server is a [`ConnectError`]; losing it later is
 //! not fatal: the stores reconnect with backoff.
 //!
 //! # Features
@@ -57,6 +58,7 @@ mod data_store;
 mod queue_store;
 mod runtime;
 mod shutdown;
+mod subscription;
 
 pub use codec::{Codec, DecodeError};
 pub use connection::{ConnectError, Options, Redis};

@@ -617,3 +617,52 @@ async fn a_resume_that_spans_many_reads_delivers_everything_once_in_order() {
     assert_eq!(next_value(&mut resumed).await, ("m96".to_string(), p96));
     assert_eq!(next_value(&mut oldest).await, ("m96".to_string(), p96));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latest_stores_of_one_handle_share_one_subscription_connection() {
+    let server = RedisServer::start();
+    let redis = Redis::connect_with(quick(&server.url())).await.unwrap();
+    let mut stores: Vec<RedisStore<String>> = Vec::new();
+    for channel in ["one", "two", "three"] {
+        stores.push(redis.data_store(channel).await.unwrap());
+    }
+    let pubsub_clients = || {
+        server
+            .cli(&["CLIENT", "LIST", "TYPE", "pubsub"])
+            .lines()
+            .filter(|l| l.starts_with("id="))
+            .count()
+    };
+    assert_eq!(pubsub_clients(), 1);
+    let mut subscribers: Vec<_> = stores.iter().map(|s| s.subscribe()).collect();
+    for (store, subscriber) in stores.iter().zip(&mut subscribers) {
+        server.cli(&[
+            "PUBLISH",
+            store.channel(),
+            &format!("to {}", store.channel()),
+        ]);
+        assert_eq!(
+            next_value(subscriber).await.0,
+            format!("to {}", store.channel())
+        );
+    }
+
+    // One connection lost: every store is told, and all of them receive again.
+    assert_eq!(server.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]), "1");
+    for subscriber in &mut subscribers {
+        assert_eq!(next(subscriber).await.unwrap_err(), RecvError::Interrupted);
+    }
+    for store in &stores {
+        publish_until_heard(&server, store, "again").await;
+    }
+    assert_eq!(pubsub_clients(), 1);
+
+    // A store that goes stops listening, even when it goes outside any runtime.
+    drop(subscribers);
+    let gone = stores.into_iter().next().unwrap();
+    std::thread::spawn(move || drop(gone)).join().unwrap();
+    eventually("`one` to be unsubscribed", PATIENCE, || {
+        server.cli(&["PUBSUB", "NUMSUB", "one"]).lines().nth(1) == Some("0")
+    })
+    .await;
+}
