@@ -194,27 +194,7 @@ fn run(
     // Watches the store's count from a thread of its own: first and last arrival.
     let watcher = {
         let store = store.clone();
-        std::thread::spawn(move || {
-            let mut first = None;
-            let mut last = Instant::now();
-            let mut count = store.received();
-            let mut still_since = Instant::now();
-            loop {
-                std::thread::sleep(Duration::from_micros(200));
-                let now = store.received();
-                if now != count {
-                    first.get_or_insert_with(Instant::now);
-                    last = Instant::now();
-                    still_since = last;
-                    count = now;
-                }
-                if count >= messages
-                    || (first.is_some() && still_since.elapsed() > Duration::from_secs(2))
-                {
-                    return (first.unwrap_or(last), last, count);
-                }
-            }
-        })
+        watch(move || store.received(), messages)
     };
     redis_benchmark(
         placement,
@@ -296,27 +276,7 @@ fn run_queue(
     let cpu_before = cpu_seconds();
     let watcher = {
         let store = store.clone();
-        std::thread::spawn(move || {
-            let mut first = None;
-            let mut last = Instant::now();
-            let mut seen = start;
-            let mut still_since = Instant::now();
-            loop {
-                std::thread::sleep(Duration::from_micros(200));
-                let now = store.last_position().get();
-                if now != seen {
-                    first.get_or_insert_with(Instant::now);
-                    last = Instant::now();
-                    still_since = last;
-                    seen = now;
-                }
-                if seen - start >= messages
-                    || (first.is_some() && still_since.elapsed() > Duration::from_secs(5))
-                {
-                    return (first.unwrap_or(last), last, seen - start);
-                }
-            }
-        })
+        watch(move || store.last_position().get() - start, messages)
     };
     redis_benchmark(
         placement,
@@ -339,6 +299,31 @@ fn run_queue(
     store.close();
     server.cli(&["DEL", &stream]);
     outcome
+}
+
+/// Watches a count from a thread of its own until it reaches `target` (or stops moving
+/// for 5 s): returns when it first moved, when it last moved, and where it ended.
+fn watch(
+    count: impl Fn() -> u64 + Send + 'static,
+    target: u64,
+) -> std::thread::JoinHandle<(Instant, Instant, u64)> {
+    std::thread::spawn(move || {
+        let mut first = None;
+        let mut last = Instant::now();
+        let mut seen = count();
+        loop {
+            std::thread::sleep(Duration::from_micros(200));
+            let now = count();
+            if now != seen {
+                first.get_or_insert_with(Instant::now);
+                last = Instant::now();
+                seen = now;
+            }
+            if seen >= target || (first.is_some() && last.elapsed() > Duration::from_secs(5)) {
+                return (first.unwrap_or(last), last, seen);
+            }
+        }
+    })
 }
 
 /// User and system CPU time of this process so far, from /proc.
