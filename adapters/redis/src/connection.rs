@@ -123,10 +123,6 @@ impl Options {
         self.connect_timeout
     }
 
-    pub(crate) fn reconnect_delays(&self) -> (Duration, Duration) {
-        (self.reconnect_min, self.reconnect_max)
-    }
-
     pub(crate) fn response_timeout_value(&self) -> Duration {
         self.response_timeout
     }

@@ -396,37 +396,6 @@ impl<T: Codec> Shared<T> {
         Ok(())
     }
 
-    /// Messages delivered by the subscription, oldest first. A latest-value store shows
-    /// only the newest of a batch; the others are only matched with this process's own
-    /// (not decoded, not delivered).
-    fn take_batch(&self, batch: &[&[u8]]) {
-        self.received
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        let mut newest = None;
-        for &bytes in batch {
-            if let Some(older) = newest.replace(bytes) {
-                self.own_echo(older);
-            }
-        }
-        let Some(newest) = newest else { return };
-        match self.own_echo(newest) {
-            // A value from another publisher was shown after this one, but Redis put this
-            // one later: show it again, so that this process ends with Redis's last value
-            // (unless a newer value of ours is on its way anyway).
-            Some(own) => {
-                // Under the submit lock, so that a submit in progress counts as newer.
-                let _submitting = self.submitting.lock().expect("submit lock");
-                let position = own.position.get();
-                if self.last_foreign.load(Ordering::Acquire) > position
-                    && self.last_own.load(Ordering::Acquire) == position
-                {
-                    let _ = self.local.submit_arc(own.value);
-                }
-            }
-            None => self.take_foreign(newest),
-        }
-    }
-
     /// This process's own message, if `bytes` is the echo of one.
     fn own_echo(&self, bytes: &[u8]) -> Option<Outgoing<T>> {
         if self.in_flight_len.load(Ordering::Acquire) == 0 {
@@ -477,8 +446,35 @@ impl<T: Codec> Shared<T> {
 
 /// The shared subscription's side of the store.
 impl<T: Codec> Listener for Shared<T> {
+    /// Messages delivered by the subscription, oldest first. A latest-value store shows
+    /// only the newest of a batch; the others are only matched with this process's own
+    /// (not decoded, not delivered).
     fn heard(&self, batch: &[&[u8]]) {
-        self.take_batch(batch);
+        self.received
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let mut newest = None;
+        for &bytes in batch {
+            if let Some(older) = newest.replace(bytes) {
+                self.own_echo(older);
+            }
+        }
+        let Some(newest) = newest else { return };
+        match self.own_echo(newest) {
+            // A value from another publisher was shown after this one, but Redis put this
+            // one later: show it again, so that this process ends with Redis's last value
+            // (unless a newer value of ours is on its way anyway).
+            Some(own) => {
+                // Under the submit lock, so that a submit in progress counts as newer.
+                let _submitting = self.submitting.lock().expect("submit lock");
+                let position = own.position.get();
+                if self.last_foreign.load(Ordering::Acquire) > position
+                    && self.last_own.load(Ordering::Acquire) == position
+                {
+                    let _ = self.local.submit_arc(own.value);
+                }
+            }
+            None => self.take_foreign(newest),
+        }
     }
 
     fn lost(&self) {

@@ -6,13 +6,13 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
 
 use event_listener::Event;
 use futures_lite::StreamExt;
 use redis::aio::{PubSubSink, PubSubStream};
 use redis::{Client, ErrorKind, Msg, RedisError, Value};
 
+use crate::Options;
 use crate::runtime;
 use crate::shutdown::Shutdown;
 
@@ -32,10 +32,7 @@ pub(crate) trait Listener: Send + Sync + 'static {
 /// The shared subscription of one `Redis` handle.
 pub(crate) struct Subscription {
     client: Client,
-    connect_timeout: Duration,
-    response_timeout: Duration,
-    health_check: Duration,
-    reconnect: (Duration, Duration),
+    options: Options,
     /// Who listens on which channel.
     listeners: Mutex<HashMap<String, Vec<Weak<dyn Listener>>>>,
     /// For subscribing and pinging; `None` before the first connection and while
@@ -54,13 +51,10 @@ pub(crate) struct Subscription {
 }
 
 impl Subscription {
-    pub(crate) fn new(client: Client, options: &crate::Options) -> Self {
+    pub(crate) fn new(client: Client, options: &Options) -> Self {
         Subscription {
             client,
-            connect_timeout: options.connect_timeout_value(),
-            response_timeout: options.response_timeout_value(),
-            health_check: options.health_check_value(),
-            reconnect: options.reconnect_delays(),
+            options: options.clone(),
             listeners: Mutex::new(HashMap::new()),
             sink: Mutex::new(None),
             opening: async_lock::Mutex::new(()),
@@ -85,7 +79,11 @@ impl Subscription {
             .entry(channel.to_owned())
             .or_default()
             .push(listener.clone());
-        let subscribed = runtime::timeout(self.response_timeout, sink.subscribe(channel)).await;
+        let subscribed = runtime::timeout(
+            self.options.response_timeout_value(),
+            sink.subscribe(channel),
+        )
+        .await;
         let failure = match subscribed {
             Some(Ok(())) => return Ok(()),
             Some(Err(e)) => e,
@@ -154,7 +152,7 @@ impl Subscription {
             }
             Ok((sink, stream))
         };
-        runtime::timeout(self.connect_timeout, attempt)
+        runtime::timeout(self.options.connect_timeout_value(), attempt)
             .await
             .unwrap_or_else(|| Err(RedisError::from((ErrorKind::Io, "connecting timed out"))))
     }
@@ -199,8 +197,7 @@ impl Subscription {
 /// is lost, tells every listener, reconnects with backoff and subscribes every channel
 /// again.
 async fn dispatch(subscription: Arc<Subscription>, mut stream: PubSubStream) {
-    let (min, max) = subscription.reconnect;
-    let mut backoff = runtime::Backoff::new(min, max);
+    let mut backoff = subscription.options.backoff();
     loop {
         let receive = async {
             let mut batch = Vec::new();
@@ -220,12 +217,15 @@ async fn dispatch(subscription: Arc<Subscription>, mut stream: PubSubStream) {
         };
         let health = async {
             loop {
-                runtime::sleep(subscription.health_check).await;
+                runtime::sleep(subscription.options.health_check_value()).await;
                 let Some(mut sink) = subscription.current_sink() else {
                     return;
                 };
-                let pong =
-                    runtime::timeout(subscription.response_timeout, sink.ping::<Value>()).await;
+                let pong = runtime::timeout(
+                    subscription.options.response_timeout_value(),
+                    sink.ping::<Value>(),
+                )
+                .await;
                 if !matches!(pong, Some(Ok(_))) {
                     return;
                 }
