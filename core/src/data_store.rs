@@ -7,13 +7,15 @@ use core::future::Future;
 use core::pin::Pin;
 use core::task::{Context, Poll};
 
+use event_listener::Event;
 use futures_core::Stream;
 
 use crate::notify::{Parking, Published, Wakers};
 use crate::slot::{Miss, Slot};
 use crate::store::{Item, Message, Store};
 use crate::sync::{AtomicBool, AtomicUsize, CachePadded, Mutex, Ordering};
-use crate::{Position, Start, SubmitError, TrySubmitError};
+use crate::wait::poll_until;
+use crate::{Epoch, Position, RecvError, Start, SubmitError, TrySubmitError};
 
 /// A latest-value store (Tornadose's `DataStore`): it holds one current value, and its
 /// subscribers see the newest one.
@@ -23,7 +25,11 @@ use crate::{Position, Start, SubmitError, TrySubmitError};
 /// A new subscriber first gets the current value (if there is one), then every *newer*
 /// value. Values submitted faster than a subscriber reads may be skipped, but a subscriber
 /// never sees a value twice, never sees an older value after a newer one, and always ends
-/// up with the last value submitted. Each value comes with its [`Position`].
+/// up with the last value submitted. Each value comes with its [`Position`], which
+/// carries the store's [`Epoch`] (random, unless given with
+/// [`with_epoch`](DataStore::with_epoch)): a subscriber resuming after a position of
+/// another epoch, or ahead of the store, first gets [`RecvError::Reset`], then the
+/// current value.
 ///
 /// # Submitting
 ///
@@ -33,7 +39,8 @@ use crate::{Position, Start, SubmitError, TrySubmitError};
 /// # Closing
 ///
 /// After [`close`](DataStore::close), a subscriber that has not yet seen the last value
-/// receives it, then its stream ends.
+/// receives it, then its stream ends. Dropping the last handle to the store (not
+/// counting subscribers) closes it.
 ///
 /// # Example
 ///
@@ -61,6 +68,12 @@ pub struct DataStore<T> {
 }
 
 struct Shared<T> {
+    /// The identity every position of this store carries.
+    epoch: Epoch,
+    /// Handles to the store (not subscribers): the last one to go closes it.
+    handles: AtomicUsize,
+    /// Notified once, when the store closes (for `closed()`).
+    closing: Event,
     /// The current value and its position (0 until the first submit). Readers clone it
     /// without a lock (see `slot.rs`). On a cache line of its own: every read updates its
     /// reader count, and the fields next to it would otherwise miss in every subscriber's
@@ -80,21 +93,39 @@ struct Shared<T> {
 }
 
 impl<T> DataStore<T> {
-    /// An empty store: subscribers wait for the first value.
+    /// An empty store with a random epoch: subscribers wait for the first value.
+    #[cfg(feature = "std")]
     pub fn new() -> Self {
-        DataStore::build(None)
+        DataStore::with_epoch(Epoch::random())
     }
 
-    /// A store whose current value is `value`, at position 1.
+    /// A store with a random epoch whose current value is `value`, at offset 1.
+    #[cfg(feature = "std")]
     pub fn with_value(value: T) -> Self {
-        DataStore::build(Some(Message::new(Position::new(1), value)))
+        DataStore::build(Epoch::random(), Some(Arc::new(value)))
     }
 
-    fn build(current: Option<Message<T>>) -> Self {
-        let position = current.as_ref().map_or(0, |m| m.position().get());
+    /// An empty store whose positions carry `epoch`. Without `std` this is how a store is
+    /// made: give each life of the store an epoch of its own.
+    ///
+    /// ```
+    /// use storecast::{DataStore, Epoch};
+    ///
+    /// let store = DataStore::with_epoch(Epoch::new(7));
+    /// assert_eq!(store.submit("x").unwrap().epoch(), Epoch::new(7));
+    /// ```
+    pub fn with_epoch(epoch: Epoch) -> Self {
+        DataStore::build(epoch, None)
+    }
+
+    fn build(epoch: Epoch, current: Option<Arc<T>>) -> Self {
+        let position = u64::from(current.is_some());
         DataStore {
             shared: Arc::new(Shared {
-                current: CachePadded(Slot::new(position, current.map(Message::into_arc))),
+                epoch,
+                handles: AtomicUsize::new(1),
+                closing: Event::new(),
+                current: CachePadded(Slot::new(position, current)),
                 position: Published::new(position),
                 submitting: Mutex::new(()),
                 closed: AtomicBool::new(false),
@@ -121,11 +152,11 @@ impl<T> DataStore<T> {
             if shared.closed.load(Ordering::Relaxed) {
                 return Err(value);
             }
-            let position = Position::new(shared.position.load() + 1);
-            let replaced = shared.current.write_guarded(position.get(), value);
+            let position = Position::new(shared.epoch, shared.position.load() + 1);
+            let replaced = shared.current.write_guarded(position.offset(), value);
             // Published after the value is in place: a subscriber that sees the new
             // position finds a value at least this new.
-            let parked = shared.position.publish(position.get());
+            let parked = shared.position.publish(position.offset());
             (position, replaced, parked)
         };
         // The old value's destructor runs outside the lock.
@@ -134,6 +165,11 @@ impl<T> DataStore<T> {
             shared.wakers.wake_all();
         }
         Ok(position)
+    }
+
+    /// The identity every position of this store carries.
+    pub fn epoch(&self) -> Epoch {
+        self.shared.epoch
     }
 
     /// The current value and its position, without subscribing.
@@ -147,14 +183,17 @@ impl<T> DataStore<T> {
     }
 
     /// Subscribes from `start`. [`Start::After`] a position yields only values newer than
-    /// it; [`Start::Now`] and [`Start::Oldest`] begin with the current value.
+    /// it; [`Start::Now`] and [`Start::Oldest`] begin with the current value. A position
+    /// the store cannot place (another epoch, or ahead) yields [`RecvError::Reset`] first,
+    /// then the current value.
     pub fn subscribe_from(&self, start: Start) -> DataSubscriber<T> {
         let now = self.shared.position.load();
-        let seen = start.latest_seen(now);
+        let placed = start.place_in_latest(self.shared.epoch, now);
         self.shared.subscribers.fetch_add(1, Ordering::Relaxed);
         DataSubscriber {
             shared: Arc::clone(&self.shared),
-            seen,
+            seen: placed.next,
+            news: placed.news,
             parking: self.shared.wakers.parking(),
         }
     }
@@ -175,12 +214,25 @@ impl<T> DataStore<T> {
         let _submitting = shared.submitting.lock();
         if !shared.closed.swap(true, Ordering::Release) {
             shared.wakers.wake_all();
+            shared.closing.notify(usize::MAX);
         }
     }
 
     /// Whether the store is closed.
     pub fn is_closed(&self) -> bool {
         self.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// Waits until the store is closed (by [`close`](DataStore::close), or by its last
+    /// handle going).
+    pub async fn closed(&self) {
+        let mut listener = None;
+        core::future::poll_fn(|cx| {
+            poll_until(&self.shared.closing, &mut listener, cx, || {
+                self.is_closed().then_some(())
+            })
+        })
+        .await
     }
 
     /// How many subscribers are registered now.
@@ -196,6 +248,7 @@ fn unwrap_unshared<T>(value: Arc<T>) -> T {
         .expect("a value refused by a closed store was never shared")
 }
 
+#[cfg(feature = "std")]
 impl<T> Default for DataStore<T> {
     fn default() -> Self {
         DataStore::new()
@@ -205,8 +258,20 @@ impl<T> Default for DataStore<T> {
 /// Another handle to the same store.
 impl<T> Clone for DataStore<T> {
     fn clone(&self) -> Self {
+        self.shared.handles.fetch_add(1, Ordering::Relaxed);
         DataStore {
             shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+/// The last handle to go closes the store: nobody can submit any more, so subscribers
+/// get the last value if they have not seen it and end, as every channel's receivers do
+/// when its senders are gone.
+impl<T> Drop for DataStore<T> {
+    fn drop(&mut self) {
+        if self.shared.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.close();
         }
     }
 }
@@ -214,7 +279,10 @@ impl<T> Clone for DataStore<T> {
 impl<T> fmt::Debug for DataStore<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DataStore")
-            .field("position", &Position::new(self.shared.position.load()))
+            .field(
+                "position",
+                &Position::new(self.shared.epoch, self.shared.position.load()),
+            )
             .field("subscribers", &self.subscriber_count())
             .field("closed", &self.is_closed())
             .finish()
@@ -245,6 +313,10 @@ impl<T: Send + Sync + 'static> Store for DataStore<T> {
         DataStore::is_closed(self)
     }
 
+    fn closed(&self) -> impl Future<Output = ()> + Send {
+        DataStore::closed(self)
+    }
+
     fn subscriber_count(&self) -> usize {
         DataStore::subscriber_count(self)
     }
@@ -253,25 +325,32 @@ impl<T: Send + Sync + 'static> Store for DataStore<T> {
 /// A subscription to a [`DataStore`]: a [`Stream`] of the newest values. Dropping it
 /// deregisters it.
 ///
-/// It yields only `Ok` items: skipping intermediate values is the latest-value contract,
-/// not an error.
+/// Skipping intermediate values is the latest-value contract, not an error: the only
+/// `Err` item is a [`RecvError::Reset`] first, when it resumed from a position the store
+/// could not place.
 pub struct DataSubscriber<T> {
     shared: Arc<Shared<T>>,
     /// The position of the last value yielded (0: none yet).
     seen: u64,
+    /// What it has to be told before its first value (a reset).
+    news: Option<RecvError>,
     /// Where this subscriber's waker goes while it waits for a change.
     parking: Parking,
 }
 
 impl<T> DataSubscriber<T> {
-    /// The newest value not yet seen, without waiting; `None` if there is none.
-    pub fn try_next(&mut self) -> Option<Message<T>> {
-        self.shared.newer_than(&mut self.seen)
+    /// The newest value not yet seen (or news to tell first), without waiting; `None` if
+    /// there is none.
+    pub fn try_next(&mut self) -> Option<Item<T>> {
+        if let Some(news) = self.news.take() {
+            return Some(Err(news));
+        }
+        self.shared.newer_than(&mut self.seen).map(Ok)
     }
 
     /// The position of the last value this subscriber received.
     pub fn position(&self) -> Position {
-        Position::new(self.seen)
+        Position::new(self.shared.epoch, self.seen)
     }
 }
 
@@ -281,7 +360,10 @@ impl<T> Shared<T> {
         loop {
             match self.current.read_guarded(None) {
                 Ok((position, value)) => {
-                    return Some(Message::from_arc(Position::new(position), value));
+                    return Some(Message::from_arc(
+                        Position::new(self.epoch, position),
+                        value,
+                    ));
                 }
                 Err(Miss::Writing) => self.current.wait_written(),
                 Err(Miss::Holds(_)) => return None,
@@ -295,7 +377,7 @@ impl<T> Shared<T> {
             return None;
         }
         let message = self.load()?;
-        *seen = message.position().get();
+        *seen = message.position().offset();
         Some(message)
     }
 
@@ -312,8 +394,12 @@ impl<T> Stream for DataSubscriber<T> {
         let DataSubscriber {
             shared,
             seen,
+            news,
             parking,
         } = self.get_mut();
+        if let Some(news) = news.take() {
+            return Poll::Ready(Some(Err(news)));
+        }
         let mut parked = false;
         loop {
             if let Some(message) = shared.newer_than(seen) {

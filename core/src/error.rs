@@ -30,6 +30,58 @@ pub enum RecvError {
     /// messages submitted meanwhile may have been missed, and how many is unknown. The
     /// stream goes on.
     Interrupted,
+    /// The positions this subscriber knew mean nothing in the store now: it asked to
+    /// resume from a position the store cannot place, or the store lost messages it had
+    /// already handed out and began a new [`Epoch`](crate::Epoch). The stream goes on
+    /// with what the store holds, numbered in its epoch: after a resume, a queue's oldest
+    /// retained message or a latest-value store's current value; after a loss, the
+    /// messages that follow what the store still has.
+    Reset {
+        /// Why the store could not place the subscriber's position.
+        reason: ResetReason,
+    },
+}
+
+/// Why a subscriber's position could not be placed in its store (see
+/// [`RecvError::Reset`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ResetReason {
+    /// The position is of another epoch: another store, or an earlier life of this one
+    /// (a server that restarted).
+    OtherEpoch,
+    /// The position is of this store's epoch but ahead of everything it has.
+    Ahead,
+    /// The client's id could not be read as a position at all.
+    Unreadable,
+    /// The store lost messages it had already handed out (Redis lost writes in a crash
+    /// or a failover) and began a new epoch.
+    Lost,
+}
+
+impl ResetReason {
+    /// A short, stable name for the wire: `other-epoch`, `ahead`, `unreadable`, `lost`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ResetReason::OtherEpoch => "other-epoch",
+            ResetReason::Ahead => "ahead",
+            ResetReason::Unreadable => "unreadable",
+            ResetReason::Lost => "lost",
+        }
+    }
+}
+
+impl fmt::Display for ResetReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ResetReason::OtherEpoch => {
+                "the position is from another store, or from an earlier life of this one"
+            }
+            ResetReason::Ahead => "the position is ahead of everything the store has",
+            ResetReason::Unreadable => "the id is not a position",
+            ResetReason::Lost => "the store lost messages it had handed out and began anew",
+        })
+    }
 }
 
 impl fmt::Display for RecvError {
@@ -48,6 +100,11 @@ impl fmt::Display for RecvError {
             RecvError::Interrupted => f.write_str(
                 "the store's connection was interrupted; messages submitted meanwhile may have \
                  been missed",
+            ),
+            RecvError::Reset { reason } => write!(
+                f,
+                "the subscriber's position could not be placed ({reason}); going on with \
+                 what the store holds"
             ),
         }
     }

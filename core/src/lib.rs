@@ -30,7 +30,7 @@
 //! block_on(async {
 //!     store.submit("hello").await.unwrap();
 //!     let message = subscriber.next().await.unwrap().unwrap();
-//!     assert_eq!((*message, message.position().get()), ("hello", 1));
+//!     assert_eq!((*message, message.position().offset()), ("hello", 1));
 //! });
 //! ```
 //!
@@ -61,9 +61,9 @@ mod error;
 mod overflow;
 mod position;
 
-pub use error::{RecvError, SubmitError, TrySubmitError};
+pub use error::{RecvError, ResetReason, SubmitError, TrySubmitError};
 pub use overflow::Overflow;
-pub use position::{Position, Start};
+pub use position::{Epoch, ParsePositionError, Position, Start};
 
 pub mod fixed;
 

@@ -19,7 +19,7 @@ use crate::slot::{Miss, Slot};
 use crate::store::{Item, Message, Store};
 use crate::sync::{AtomicBool, AtomicUsize, CachePadded, Mutex, Ordering};
 use crate::wait::poll_until;
-use crate::{Overflow, Position, RecvError, Start, SubmitError, TrySubmitError};
+use crate::{Epoch, Overflow, Position, RecvError, Start, SubmitError, TrySubmitError};
 
 /// A queue store (Tornadose's `QueueStore`, with bounded memory): every subscriber gets
 /// every message submitted after it subscribed, in order, none twice.
@@ -43,16 +43,28 @@ use crate::{Overflow, Position, RecvError, Start, SubmitError, TrySubmitError};
 ///
 /// A dropped subscriber is deregistered at once: it never holds up a waiting submitter.
 ///
-/// # Resuming
+/// Under `Wait`, "`capacity` behind" is exact for capacities up to 15. Larger rings track
+/// readers in blocks of `capacity / 8` messages (one shared write per block rather than
+/// per message), and have `capacity / 8 - 1` slots more: a submitter never waits while the
+/// slowest subscriber has fewer than `capacity` messages unread, and always waits once it
+/// has `capacity + capacity / 8 - 1` (1,151 at 1,024), depending on where that subscriber
+/// is within its block.
 ///
-/// [`subscribe_from`](QueueStore::subscribe_from) starts at a retained position, or at the
-/// oldest retained message; asking for a position that is gone yields
-/// [`RecvError::Lagged`] with the number lost first, then the oldest retained message.
+/// # Positions and resuming
+///
+/// Every store draws a random [`Epoch`] when it is made ([`QueueStore::with_epoch`]
+/// takes one instead); its messages' [`Position`]s carry it, and their offsets are
+/// consecutive from 1. [`subscribe_from`](QueueStore::subscribe_from) starts at a retained
+/// position, or at the oldest retained message; asking for a position that is gone yields
+/// [`RecvError::Lagged`] with the number lost first, then the oldest retained message. A
+/// position of another epoch (a client of an earlier run of the server), or ahead of the
+/// store, yields [`RecvError::Reset`] first, then the oldest retained message.
 ///
 /// # Closing
 ///
 /// After [`close`](QueueStore::close), submits are refused (waiting ones too, with their
-/// message handed back); subscribers read what is left, then their streams end.
+/// message handed back); subscribers read what is left, then their streams end. Dropping
+/// the last handle to the store (not counting subscribers) closes it.
 ///
 /// # Example
 ///
@@ -81,6 +93,10 @@ pub struct QueueStore<T> {
 }
 
 struct Shared<T> {
+    /// The identity every position of this store carries.
+    epoch: Epoch,
+    /// Handles to the store (not subscribers): the last one to go closes it.
+    handles: AtomicUsize,
     /// The ring: message at position `p` lives in slot `p % slots.len()`. Under `Wait`,
     /// subscribers read slots unguarded: `backpressure` keeps submitters from overwriting
     /// a message someone has yet to read. Under the lossy policies they read guarded
@@ -120,21 +136,44 @@ struct State {
 }
 
 impl<T> QueueStore<T> {
-    /// A lossless queue ([`Overflow::Wait`]) retaining the last `capacity` messages.
+    /// A lossless queue ([`Overflow::Wait`]) retaining the last `capacity` messages, with
+    /// a random epoch.
     ///
     /// # Panics
     ///
     /// If `capacity` is zero.
+    #[cfg(feature = "std")]
     pub fn new(capacity: usize) -> Self {
         QueueStore::with_overflow(capacity, Overflow::Wait)
     }
 
-    /// A queue retaining the last `capacity` messages, with the given overflow policy.
+    /// A queue retaining the last `capacity` messages, with the given overflow policy and
+    /// a random epoch.
     ///
     /// # Panics
     ///
     /// If `capacity` is zero.
+    #[cfg(feature = "std")]
     pub fn with_overflow(capacity: usize, overflow: Overflow) -> Self {
+        QueueStore::with_epoch(capacity, overflow, Epoch::random())
+    }
+
+    /// A queue retaining the last `capacity` messages, with the given overflow policy,
+    /// whose positions carry `epoch`. Without `std` this is how a queue is made: give each
+    /// life of the store an epoch of its own (from a hardware random generator, or a boot
+    /// counter kept in flash), so that a client of an earlier life is told to start over.
+    ///
+    /// ```
+    /// use storecast::{Epoch, Overflow, QueueStore};
+    ///
+    /// let store = QueueStore::<u8>::with_epoch(8, Overflow::Wait, Epoch::new(7));
+    /// assert_eq!(store.epoch(), Epoch::new(7));
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If `capacity` is zero.
+    pub fn with_epoch(capacity: usize, overflow: Overflow, epoch: Epoch) -> Self {
         assert!(capacity > 0, "a QueueStore needs a capacity of at least 1");
         let backpressure = (overflow == Overflow::Wait).then(|| Backpressure::new(capacity));
         let ring = backpressure
@@ -143,6 +182,8 @@ impl<T> QueueStore<T> {
         let slots: Vec<_> = (0..ring).map(|_| Slot::new(0, None)).collect();
         QueueStore {
             shared: Arc::new(Shared {
+                epoch,
+                handles: AtomicUsize::new(1),
                 slots: slots.into_boxed_slice(),
                 capacity,
                 backpressure,
@@ -161,6 +202,11 @@ impl<T> QueueStore<T> {
         }
     }
 
+    /// The identity every position of this store carries.
+    pub fn epoch(&self) -> Epoch {
+        self.shared.epoch
+    }
+
     /// How many messages the ring retains.
     pub fn capacity(&self) -> usize {
         self.shared.capacity
@@ -173,7 +219,7 @@ impl<T> QueueStore<T> {
 
     /// The position of the newest message ([`Position::ZERO`] if none yet).
     pub fn last_position(&self) -> Position {
-        Position::new(self.shared.last.load())
+        Position::new(self.shared.epoch, self.shared.last.load())
     }
 
     /// Submits a message, waiting for room under [`Overflow::Wait`]; never waits under the
@@ -261,12 +307,14 @@ impl<T> QueueStore<T> {
     }
 
     /// Subscribes from `start`: now, the oldest retained message, or right after a
-    /// position. A position no longer retained yields [`RecvError::Lagged`] first.
+    /// position. A position no longer retained yields [`RecvError::Lagged`] first; one
+    /// the store cannot place (another epoch, or ahead) [`RecvError::Reset`].
     pub fn subscribe_from(&self, start: Start) -> QueueSubscriber<T> {
         let shared = &*self.shared;
         let mut state = shared.state.lock();
         let last = shared.last.load();
-        let (next, missed) = start.queue_cursor(last, shared.capacity as u64);
+        let placed = start.place_in_queue(shared.epoch, last, shared.capacity as u64);
+        let next = placed.next;
         if let Some(backpressure) = &shared.backpressure {
             // The backlog this subscriber will read must wait for it too.
             backpressure.join(next, last, &mut state.oldest_open);
@@ -278,7 +326,7 @@ impl<T> QueueStore<T> {
             shared: Arc::clone(&self.shared),
             cursor: Cursor {
                 next,
-                missed,
+                news: placed.news,
                 ended: false,
                 registered: true,
             },
@@ -304,6 +352,18 @@ impl<T> QueueStore<T> {
     /// Whether the store is closed.
     pub fn is_closed(&self) -> bool {
         self.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// Waits until the store is closed (by [`close`](QueueStore::close), or by its last
+    /// handle going).
+    pub async fn closed(&self) {
+        let mut listener = None;
+        core::future::poll_fn(|cx| {
+            poll_until(&self.shared.freed, &mut listener, cx, || {
+                self.is_closed().then_some(())
+            })
+        })
+        .await
     }
 
     /// How many subscribers are registered now.
@@ -346,7 +406,7 @@ impl<T> Shared<T> {
         if parked {
             self.wakers.wake_all();
         }
-        Ok(Position::new(position))
+        Ok(Position::new(self.epoch, position))
     }
 }
 
@@ -360,8 +420,19 @@ fn unwrap_unshared<T>(value: Arc<T>) -> T {
 /// Another handle to the same store.
 impl<T> Clone for QueueStore<T> {
     fn clone(&self) -> Self {
+        self.shared.handles.fetch_add(1, Ordering::Relaxed);
         QueueStore {
             shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+/// The last handle to go closes the store: nobody can submit any more, so subscribers
+/// read what is left and end, as every channel's receivers do when its senders are gone.
+impl<T> Drop for QueueStore<T> {
+    fn drop(&mut self) {
+        if self.shared.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.close();
         }
     }
 }
@@ -369,6 +440,7 @@ impl<T> Clone for QueueStore<T> {
 impl<T> fmt::Debug for QueueStore<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("QueueStore")
+            .field("epoch", &self.epoch())
             .field("capacity", &self.capacity())
             .field("overflow", &self.overflow())
             .field("last", &self.last_position())
@@ -402,6 +474,10 @@ impl<T: Send + Sync + 'static> Store for QueueStore<T> {
         QueueStore::is_closed(self)
     }
 
+    fn closed(&self) -> impl Future<Output = ()> + Send {
+        QueueStore::closed(self)
+    }
+
     fn subscriber_count(&self) -> usize {
         QueueStore::subscriber_count(self)
     }
@@ -421,8 +497,8 @@ pub struct QueueSubscriber<T> {
 struct Cursor {
     /// The position this subscriber reads next.
     next: u64,
-    /// Messages lost before `next` that have not been reported yet.
-    missed: u64,
+    /// What it has to be told before reading `next` (lost messages, or a reset).
+    news: Option<RecvError>,
     /// The stream has ended (drained a closed store, or fell behind).
     ended: bool,
     /// Still counted by the store (false once it fell behind and was cut off).
@@ -448,7 +524,7 @@ impl<T> QueueSubscriber<T> {
 
     /// The position of the next message this subscriber will read.
     pub fn next_position(&self) -> Position {
-        Position::new(self.cursor.next)
+        Position::new(self.shared.epoch, self.cursor.next)
     }
 }
 
@@ -457,9 +533,8 @@ impl<T> Shared<T> {
         if cursor.ended {
             return Read::Ended;
         }
-        if cursor.missed > 0 {
-            let missed = core::mem::take(&mut cursor.missed);
-            return Read::Item(Err(RecvError::Lagged { missed }));
+        if let Some(news) = cursor.news.take() {
+            return Read::Item(Err(news));
         }
         if cursor.next > self.last.load() {
             // Closed is checked before `last` is read again: `close` happens after every
@@ -481,30 +556,34 @@ impl<T> Shared<T> {
             }
             value
         } else {
-            match slot.read_guarded(Some(cursor.next)) {
-                Ok((_, value)) => value,
-                Err(held) => {
-                    // Being overwritten, or overwritten: always by a newer message, since
-                    // `cursor.next <= last` was written here already.
-                    debug_assert!(match held {
-                        Miss::Writing => true,
-                        Miss::Holds(position) => position > cursor.next,
-                    });
-                    return self.lagged(cursor);
+            loop {
+                match slot.read_guarded(Some(cursor.next)) {
+                    Ok((_, value)) => break value,
+                    // Being overwritten, by a newer message (`cursor.next <= last` was
+                    // written here already): wait for the new one to learn how far the
+                    // ring moved on.
+                    Err(Miss::Writing) => slot.wait_written(),
+                    Err(Miss::Holds(held)) => {
+                        debug_assert!(held > cursor.next);
+                        return self.lagged(cursor, held);
+                    }
                 }
             }
         };
-        let message = Message::from_arc(Position::new(cursor.next), value);
+        let message = Message::from_arc(Position::new(self.epoch, cursor.next), value);
         cursor.next += 1;
         Read::Item(Ok(message))
     }
 
-    /// The slot `cursor` wants was overwritten: under a lossy policy the ring moved on
-    /// without this subscriber.
-    fn lagged(&self, cursor: &mut Cursor) -> Read<T> {
+    /// The slot `cursor` wants now holds the newer message `held`: under a lossy policy
+    /// the ring moved on without this subscriber.
+    fn lagged(&self, cursor: &mut Cursor, held: u64) -> Read<T> {
         match self.overflow {
             Overflow::DropOldest => {
-                let oldest = oldest_retained(self.last.load(), self.capacity as u64);
+                // `held` may not be published in `last` yet, but it is written: the ring
+                // retains nothing older than `capacity` before it.
+                let newest = self.last.load().max(held);
+                let oldest = oldest_retained(newest, self.capacity as u64);
                 let missed = oldest - cursor.next;
                 cursor.next = oldest;
                 Read::Item(Err(RecvError::Lagged { missed }))

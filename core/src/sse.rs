@@ -325,6 +325,15 @@ pub mod event_types {
     /// The store's transport was interrupted; messages may have been missed (`data`:
     /// `{}`).
     pub const INTERRUPTED: &str = "interrupted";
+    /// The position the client resumed from could not be placed, or the store lost
+    /// messages it had handed out (`data`: `{"reason":R}`, R one of `other-epoch`,
+    /// `ahead`, `unreadable`, `lost`); the stream goes on with what the store holds, and
+    /// the ids the client kept from before mean nothing now.
+    pub const RESET: &str = "reset";
+
+    /// Every type the stores' news is sent as: a publisher must not be able to forge
+    /// them.
+    pub const ALL: [&str; 4] = [LAGGED, FELL_BEHIND, INTERRUPTED, RESET];
 }
 
 /// Encodes what a subscriber received as one event: a message with its position as the
@@ -342,11 +351,11 @@ pub fn encode_item_into<T: Payload>(
     out: &mut String,
 ) -> Result<(), EncodeError> {
     use crate::RecvError;
-    let mut number = [0u8; 20];
     match item {
         Ok(message) => {
-            let id = format_u64(&mut number, message.position().get());
-            let mut event = Event::new(message.data()).id(id)?;
+            let mut id = heapless::String::<34>::new();
+            write!(id, "{}", message.position()).expect("a position fits in 34 bytes");
+            let mut event = Event::new(message.data()).id(&id)?;
             if let Some(event_type) = message.event_type() {
                 event = event.event(event_type)?;
             }
@@ -369,31 +378,107 @@ pub fn encode_item_into<T: Payload>(
                 .event(event_types::INTERRUPTED)?
                 .encode_into(out);
         }
+        Err(RecvError::Reset { reason }) => {
+            let data = alloc::format!("{{\"reason\":\"{}\"}}", reason.as_str());
+            Event::new(&data)
+                .event(event_types::RESET)?
+                .encode_into(out);
+        }
     }
     Ok(())
 }
 
-/// Formats `n` in decimal into `buffer` without allocating.
-fn format_u64(buffer: &mut [u8; 20], mut n: u64) -> &str {
-    let mut at = buffer.len();
-    loop {
-        at -= 1;
-        buffer[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    core::str::from_utf8(&buffer[at..]).expect("ASCII digits")
-}
-
 /// Where a reconnecting client resumes: after its `Last-Event-ID` (header, or a query
 /// parameter for clients that cannot set headers), or as a new subscriber without one.
-/// An id that is not a position this crate wrote is an error to report to the client.
-pub fn resume_from(last_event_id: Option<&str>) -> Result<crate::Start, core::num::ParseIntError> {
+///
+/// An id that is not a position ([`Position`](crate::Position) text, `OFFSET-EPOCH`) is
+/// not refused (a browser's `EventSource` gives up for good on any answer but 200): the
+/// client is told [`ResetReason::Unreadable`](crate::ResetReason) and gets what the store
+/// holds, as for a position the store cannot place.
+///
+/// ```
+/// use storecast::sse::resume_from;
+/// use storecast::{Epoch, Position, RecvError, ResetReason, Start};
+///
+/// assert_eq!(resume_from(None), (Start::Now, None));
+/// assert_eq!(
+///     resume_from(Some("42-k7fm2q9d")),
+///     (Start::After(Position::new("k7fm2q9d".parse().unwrap(), 42)), None),
+/// );
+/// let unreadable = RecvError::Reset { reason: ResetReason::Unreadable };
+/// assert_eq!(resume_from(Some("42")), (Start::Oldest, Some(unreadable)));
+/// ```
+pub fn resume_from(last_event_id: Option<&str>) -> (crate::Start, Option<crate::RecvError>) {
     match last_event_id.map(str::trim) {
-        None | Some("") => Ok(crate::Start::Now),
-        Some(id) => Ok(crate::Start::After(id.parse()?)),
+        None | Some("") => (crate::Start::Now, None),
+        Some(id) => match id.parse() {
+            Ok(position) => (crate::Start::After(position), None),
+            Err(_) => (
+                crate::Start::Oldest,
+                Some(crate::RecvError::Reset {
+                    reason: crate::ResetReason::Unreadable,
+                }),
+            ),
+        },
+    }
+}
+
+/// Subscribes to `store` for a client that sent `last_event_id` (see [`resume_from`]):
+/// the subscription, led by the news the client must hear first if its id was unreadable.
+///
+/// ```
+/// use futures_lite::{future::block_on, StreamExt};
+/// use storecast::{sse, DataStore, RecvError, ResetReason};
+///
+/// let store = DataStore::new();
+/// store.submit("current").unwrap();
+/// let mut client = sse::subscribe(&store, Some("garbage"));
+/// block_on(async {
+///     let reset = RecvError::Reset { reason: ResetReason::Unreadable };
+///     assert_eq!(client.next().await.unwrap().unwrap_err(), reset);
+///     assert_eq!(*client.next().await.unwrap().unwrap(), "current");
+/// });
+/// ```
+pub fn subscribe<S: crate::Store>(
+    store: &S,
+    last_event_id: Option<&str>,
+) -> Resumed<S::Subscriber> {
+    let (start, news) = resume_from(last_event_id);
+    Resumed {
+        news,
+        subscriber: store.subscribe_from(start),
+    }
+}
+
+/// A subscriber led by one item of news (see [`subscribe`]).
+#[derive(Debug)]
+pub struct Resumed<S> {
+    news: Option<crate::RecvError>,
+    subscriber: S,
+}
+
+impl<S: Unpin> Resumed<S> {
+    /// The subscription itself.
+    pub fn get_ref(&self) -> &S {
+        &self.subscriber
+    }
+}
+
+impl<S, T> futures_core::Stream for Resumed<S>
+where
+    S: futures_core::Stream<Item = crate::Item<T>> + Unpin,
+{
+    type Item = crate::Item<T>;
+
+    fn poll_next(
+        self: core::pin::Pin<&mut Self>,
+        cx: &mut core::task::Context<'_>,
+    ) -> core::task::Poll<Option<crate::Item<T>>> {
+        let this = self.get_mut();
+        if let Some(news) = this.news.take() {
+            return core::task::Poll::Ready(Some(Err(news)));
+        }
+        core::pin::Pin::new(&mut this.subscriber).poll_next(cx)
     }
 }
 
@@ -438,8 +523,12 @@ fn push_item<T: Payload>(chunk: &mut String, item: &crate::Item<T>) {
     match encode_item_into(item, chunk) {
         Ok(()) => {}
         Err(e) => {
-            let id = item.as_ref().map(|m| m.position().get()).unwrap_or(0);
-            chunk.push_str(&comment(&alloc::format!("message {id} not sent: {e}")));
+            let id = item.as_ref().map(|m| m.position());
+            let text = match id {
+                Ok(id) => alloc::format!("message {id} not sent: {e}"),
+                Err(_) => alloc::format!("news not sent: {e}"),
+            };
+            chunk.push_str(&comment(&text));
         }
     }
 }

@@ -13,11 +13,12 @@ use crate::{Position, RecvError, Start, SubmitError, TrySubmitError};
 /// (never cloned), and its [`Position`].
 ///
 /// ```
-/// use storecast::{Message, Position};
+/// use storecast::{Epoch, Message, Position};
 ///
-/// let m = Message::new(Position::new(7), "hello");
+/// let position = Position::new(Epoch::new(1), 7);
+/// let m = Message::new(position, "hello");
 /// assert_eq!(*m, "hello");
-/// assert_eq!(m.position(), Position::new(7));
+/// assert_eq!(m.position(), position);
 /// ```
 pub struct Message<T> {
     position: Position,
@@ -97,6 +98,9 @@ pub type Item<T> = Result<Message<T>, RecvError>;
 ///
 /// Subscribers are [`Stream`]s of [`Item`]s; dropping one deregisters it. After
 /// [`close`](Store::close), subscribers receive what is left and then their streams end.
+/// Every message's [`Position`] carries the store's [`Epoch`](crate::Epoch), so a position
+/// of another store, or of an earlier life of this one, is told apart
+/// ([`RecvError::Reset`]).
 pub trait Store: Send + Sync {
     /// The type of the values submitted. Shared with subscribers, so it needs no `Clone`.
     type Value: Send + Sync + 'static;
@@ -126,8 +130,12 @@ pub trait Store: Send + Sync {
     /// then their streams end. Closing twice does nothing.
     fn close(&self);
 
-    /// Whether [`close`](Store::close) has been called.
+    /// Whether the store is closed: [`close`](Store::close) was called, or the last
+    /// handle to it went.
     fn is_closed(&self) -> bool;
+
+    /// Resolves once the store is closed (at once if it is already).
+    fn closed(&self) -> impl Future<Output = ()> + Send;
 
     /// How many subscribers are registered now.
     fn subscriber_count(&self) -> usize;

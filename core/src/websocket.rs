@@ -7,14 +7,15 @@
 //! ```
 //! use storecast::{websocket, Message, Position};
 //!
-//! let item = Ok(Message::new(Position::new(7), String::from("say \"hi\"\n")));
-//! assert_eq!(websocket::encode_item(&item), r#"{"data":"say \"hi\"\n","id":"7"}"#);
+//! let position: Position = "7-k7fm2q9d".parse().unwrap();
+//! let item = Ok(Message::new(position, String::from("say \"hi\"\n")));
+//! assert_eq!(websocket::encode_item(&item), r#"{"data":"say \"hi\"\n","id":"7-k7fm2q9d"}"#);
 //! ```
 //!
 //! News of missed messages is a frame with an `"event"` of the same names as the SSE
 //! [`crate::sse::event_types`]: `{"event":"lagged","missed":N}`,
-//! `{"event":"fell-behind","capacity":N}` (after which the server closes the socket) and
-//! `{"event":"interrupted"}`.
+//! `{"event":"fell-behind","capacity":N}` (after which the server closes the socket),
+//! `{"event":"interrupted"}` and `{"event":"reset","reason":R}`.
 
 use alloc::string::String;
 use core::fmt::Write as _;
@@ -52,6 +53,14 @@ pub fn encode_item<T: Payload>(item: &Item<T>) -> String {
         }
         Err(RecvError::Interrupted) => {
             let _ = write!(out, "{{\"event\":\"{}\"}}", event_types::INTERRUPTED);
+        }
+        Err(RecvError::Reset { reason }) => {
+            let _ = write!(
+                out,
+                "{{\"event\":\"{}\",\"reason\":\"{}\"}}",
+                event_types::RESET,
+                reason.as_str()
+            );
         }
     }
     out

@@ -175,11 +175,14 @@ mod items {
     use futures_lite::StreamExt;
     use futures_lite::future::block_on;
     use storecast::sse::{self, EventStream, Parser};
-    use storecast::{Overflow, QueueStore, Start};
+    use storecast::{Epoch, Overflow, Position, QueueStore, RecvError, ResetReason, Start};
+
+    /// An epoch whose text the tests spell out.
+    const EPOCH: Epoch = Epoch::new(0x8_7654_3210);
 
     #[test]
     fn messages_carry_their_position_as_id_and_lag_is_an_explicit_event() {
-        let store = QueueStore::with_overflow(2, Overflow::DropOldest);
+        let store = QueueStore::with_epoch(2, Overflow::DropOldest, EPOCH);
         let mut sub = store.subscribe();
         for n in 1..=5 {
             store.try_submit(format!("m{n}")).unwrap();
@@ -194,25 +197,54 @@ mod items {
         assert_eq!(events[0].data, r#"{"missed":3}"#);
         assert_eq!(
             (events[1].data.as_str(), events[1].id.as_str()),
-            ("m4", "4")
+            ("m4", "4-11v58cgg")
         );
         assert_eq!(
             (events[2].data.as_str(), events[2].id.as_str()),
-            ("m5", "5")
+            ("m5", "5-11v58cgg")
         );
     }
 
     #[test]
-    fn last_event_id_resumes_and_garbage_is_refused() {
-        assert_eq!(sse::resume_from(None), Ok(Start::Now));
-        assert_eq!(sse::resume_from(Some(" 42 ")), Ok(Start::After(42.into())));
-        assert!(sse::resume_from(Some("42\u{0}")).is_err());
-        assert!(sse::resume_from(Some("-1")).is_err());
+    fn last_event_id_resumes_and_garbage_resets_to_the_oldest() {
+        assert_eq!(sse::resume_from(None), (Start::Now, None));
+        assert_eq!(
+            sse::resume_from(Some(" 42-11v58cgg ")),
+            (Start::After(Position::new(EPOCH, 42)), None)
+        );
+        let unreadable = Some(RecvError::Reset {
+            reason: ResetReason::Unreadable,
+        });
+        for garbage in [
+            "42",
+            "42\u{0}",
+            "-1",
+            "42-",
+            "-11v58cgg",
+            "42-11V58CGG",
+            "4 2-x",
+            "x-y",
+        ] {
+            assert_eq!(
+                sse::resume_from(Some(garbage)),
+                (Start::Oldest, unreadable),
+                "{garbage:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_reset_is_a_named_event_saying_why() {
+        let item: storecast::Item<String> = Err(RecvError::Reset {
+            reason: ResetReason::OtherEpoch,
+        });
+        let wire = sse::encode_item(&item).unwrap();
+        assert_eq!(wire, "event: reset\ndata: {\"reason\":\"other-epoch\"}\n\n");
     }
 
     #[test]
     fn event_stream_sends_retry_first_keep_alives_when_idle_and_ends_with_the_store() {
-        let store = QueueStore::new(8);
+        let store = QueueStore::with_epoch(8, Overflow::Wait, EPOCH);
         let sub = store.subscribe();
         // Two ticks with nothing to send: two keep-alives; then a message, and a tick
         // right after it sends nothing extra.
@@ -223,7 +255,10 @@ mod items {
             assert_eq!(body.next().await.unwrap(), ":\n\n");
             assert_eq!(body.next().await.unwrap(), ":\n\n");
             store.submit(String::from("hello")).await.unwrap();
-            assert_eq!(body.next().await.unwrap(), "id: 1\ndata: hello\n\n");
+            assert_eq!(
+                body.next().await.unwrap(),
+                "id: 1-11v58cgg\ndata: hello\n\n"
+            );
             store.close();
             assert_eq!(body.next().await, None);
         });
@@ -231,7 +266,7 @@ mod items {
 
     #[test]
     fn events_already_waiting_go_out_in_one_chunk() {
-        let store = QueueStore::new(8);
+        let store = QueueStore::with_epoch(8, Overflow::Wait, EPOCH);
         let sub = store.subscribe();
         for n in 1..=3 {
             store.try_submit(format!("m{n}")).unwrap();
@@ -241,7 +276,7 @@ mod items {
             let chunk = body.next().await.unwrap();
             assert_eq!(
                 chunk,
-                "id: 1\ndata: m1\n\nid: 2\ndata: m2\n\nid: 3\ndata: m3\n\n"
+                "id: 1-11v58cgg\ndata: m1\n\nid: 2-11v58cgg\ndata: m2\n\nid: 3-11v58cgg\ndata: m3\n\n"
             );
         });
     }
@@ -262,16 +297,26 @@ mod items {
 }
 
 mod websocket_frames {
-    use storecast::{Message, Position, RecvError, websocket};
+    use storecast::{Epoch, Message, Position, RecvError, ResetReason, websocket};
 
     #[test]
     fn frames_are_valid_json_with_data_and_id_whatever_the_text() {
         let text = "quote \" backslash \\ newline \n tab \t nul \u{0} bell \u{7} é 🦀";
-        let frame =
-            websocket::encode_item(&Ok(Message::new(Position::new(12), String::from(text))));
+        let frame = websocket::encode_item(&Ok(Message::new(
+            Position::new(Epoch::new(31), 12),
+            String::from(text),
+        )));
         let json: serde_json::Value = serde_json::from_str(&frame).unwrap();
         assert_eq!(json["data"], text);
-        assert_eq!(json["id"], "12");
+        assert_eq!(json["id"], "12-z");
+        let reset = websocket::encode_item::<String>(&Err(RecvError::Reset {
+            reason: ResetReason::Ahead,
+        }));
+        let json: serde_json::Value = serde_json::from_str(&reset).unwrap();
+        assert_eq!(
+            (json["event"].as_str(), json["reason"].as_str()),
+            (Some("reset"), Some("ahead"))
+        );
         let lag = websocket::encode_item::<String>(&Err(RecvError::Lagged { missed: 3 }));
         let json: serde_json::Value = serde_json::from_str(&lag).unwrap();
         assert_eq!(

@@ -44,7 +44,7 @@ fn lossless_queue_delivers_every_message_in_order_to_every_thread() {
                 thread::spawn(move || {
                     for expected in 1..=COUNT {
                         let m = block_on(sub.next()).unwrap().unwrap();
-                        assert_eq!((*m, m.position().get()), (expected, expected));
+                        assert_eq!((*m, m.position().offset()), (expected, expected));
                     }
                     assert!(block_on(sub.next()).is_none());
                 })
@@ -84,13 +84,14 @@ fn subscribers_joining_and_leaving_mid_stream_never_stall_or_skip() {
                         rng
                     };
                     while !stop.load(Ordering::Relaxed) {
-                        let last = store.last_position().get();
+                        let last = store.last_position().offset();
                         let start = match next_random() % 3 {
                             0 => Start::Now,
                             1 => Start::Oldest,
-                            _ => {
-                                Start::After(Position::new(last.saturating_sub(next_random() % 80)))
-                            }
+                            _ => Start::After(Position::new(
+                                store.epoch(),
+                                last.saturating_sub(next_random() % 80),
+                            )),
                         };
                         let mut sub = store.subscribe_from(start);
                         let mut previous: Option<u64> = None;
@@ -101,7 +102,7 @@ fn subscribers_joining_and_leaving_mid_stream_never_stall_or_skip() {
                             };
                             match item {
                                 Ok(m) => {
-                                    assert_eq!(*m, m.position().get());
+                                    assert_eq!(*m, m.position().offset());
                                     if let Some(p) = previous {
                                         assert_eq!(*m, p + 1, "skipped or repeated");
                                     }
@@ -146,7 +147,7 @@ fn drop_oldest_accounts_for_every_message_across_threads() {
             while let Some(item) = block_on(sub.next()) {
                 match item {
                     Ok(m) => {
-                        assert_eq!(*m, m.position().get(), "torn or misplaced value");
+                        assert_eq!(*m, m.position().offset(), "torn or misplaced value");
                         assert_eq!(*m, previous + 1, "a gap that was not reported");
                         received += 1;
                         previous = *m;
@@ -209,7 +210,7 @@ fn latest_value_threads_never_go_back_and_all_end_with_the_last() {
                     while let Some(item) = block_on(sub.next()) {
                         let m = item.unwrap();
                         assert!(*m > last, "saw {} after {last}", *m);
-                        assert_eq!(*m, m.position().get());
+                        assert_eq!(*m, m.position().offset());
                         last = *m;
                     }
                     last
@@ -276,4 +277,66 @@ fn fixed_lossless_queue_delivers_every_message_in_order_across_threads() {
             r.join().unwrap();
         }
     });
+}
+
+#[test]
+fn drop_oldest_lag_reports_are_never_empty_and_count_exactly_what_was_lost() {
+    // A reader racing a writer over a tiny ring meets slots as they are overwritten: every
+    // report must count at least one message, and the reports and messages together must
+    // account for every position exactly.
+    within(120, || {
+        const COUNT: u64 = 300_000;
+        for capacity in 1..=4 {
+            let store = QueueStore::<u64>::with_overflow(capacity, Overflow::DropOldest);
+            let mut sub = store.subscribe();
+            let reader = thread::spawn(move || {
+                let (mut previous, mut unreported, mut reports) = (0, 0, 0u64);
+                while let Some(item) = block_on(sub.next()) {
+                    match item {
+                        Ok(m) => {
+                            let offset = m.position().offset();
+                            assert_eq!(
+                                offset,
+                                previous + unreported + 1,
+                                "capacity {capacity}: message at {offset} after {previous} with \
+                                 {unreported} reported lost"
+                            );
+                            assert_eq!(*m, offset);
+                            (previous, unreported) = (offset, 0);
+                        }
+                        Err(RecvError::Lagged { missed }) => {
+                            assert!(missed > 0, "capacity {capacity}: Lagged {{ missed: 0 }}");
+                            unreported += missed;
+                            reports += 1;
+                        }
+                        Err(e) => panic!("unexpected {e}"),
+                    }
+                }
+                assert_eq!(previous + unreported, COUNT, "capacity {capacity}");
+                reports
+            });
+            for n in 1..=COUNT {
+                store.try_submit(n).unwrap();
+            }
+            store.close();
+            let reports = reader.join().unwrap();
+            assert!(reports > 0, "capacity {capacity}: the reader never lagged");
+        }
+    });
+}
+
+#[test]
+fn lossless_queue_is_full_exactly_where_documented() {
+    // Up to 15 the bound is exact; above it, reads are tracked in blocks of capacity / 8
+    // and the ring has capacity / 8 - 1 slots more (see `QueueStore`'s documentation).
+    for (capacity, full_at) in [(1, 1), (8, 8), (15, 15), (64, 71), (1024, 1151)] {
+        let store = QueueStore::<u64>::new(capacity);
+        let _idle = store.subscribe();
+        let mut accepted = 0;
+        while store.try_submit(accepted + 1).is_ok() {
+            accepted += 1;
+        }
+        assert_eq!(accepted, full_at, "capacity {capacity}");
+        assert!(!store.has_room());
+    }
 }

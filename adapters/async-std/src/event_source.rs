@@ -2,16 +2,17 @@
 
 use std::time::{Duration, Instant};
 
-use hyper::{Request, Response, StatusCode};
+use hyper::{Request, Response};
 use storecast::sse::{self, EventStream, Payload};
 use storecast::{Start, Store};
 
-use crate::http::{Body, streamed, text};
+use crate::http::{Body, streamed};
 
 /// Tornadose's `EventSource` handler on async-std: serves a store's subscribers as
 /// Server-Sent Events, exactly as `storecast_tokio::EventSource` does (same framing from
 /// the core crate): positions as ids, `Last-Event-ID` (or `?lastEventId=`) resumes,
-/// `lagged` / `fell-behind` events, keep-alive comments (every 15 s by default).
+/// `lagged` / `fell-behind` / `reset` events, keep-alive comments (every 15 s by
+/// default).
 #[derive(Debug, Clone)]
 pub struct EventSource<S> {
     store: S,
@@ -46,21 +47,24 @@ where
         self
     }
 
-    /// The response to `request`: the event stream from its `Last-Event-ID`, or
-    /// `400 Bad Request` if that id is not one this server sent.
+    /// The response to `request`: the event stream from its `Last-Event-ID`, led by a
+    /// `reset` event if the id cannot be placed (see [`sse::subscribe`]).
     pub fn respond<B>(&self, request: &Request<B>) -> Response<Body> {
-        match sse::resume_from(last_event_id(request).as_deref()) {
-            Ok(start) => self.stream_from(start),
-            Err(_) => text(
-                StatusCode::BAD_REQUEST,
-                "Last-Event-ID is not a position this server sent (expected a decimal number)",
-            ),
-        }
+        self.stream(sse::subscribe(
+            &self.store,
+            last_event_id(request).as_deref(),
+        ))
     }
 
     /// The event stream for a subscriber starting at `start`.
     pub fn stream_from(&self, start: Start) -> Response<Body> {
-        let subscriber = self.store.subscribe_from(start);
+        self.stream(self.store.subscribe_from(start))
+    }
+
+    fn stream<Sub>(&self, subscriber: Sub) -> Response<Body>
+    where
+        Sub: futures_lite::Stream<Item = storecast::Item<S::Value>> + Send + Sync + Unpin + 'static,
+    {
         let ticks = async_io::Timer::interval_at(Instant::now() + self.keep_alive, self.keep_alive);
         let retry = self.retry.map(|r| r.as_millis() as u64);
         let mut response = Response::new(streamed(EventStream::new(subscriber, ticks, retry)));

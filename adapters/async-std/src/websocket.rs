@@ -15,8 +15,8 @@ use http_body_util::{BodyExt, Empty};
 use hyper::header::{CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE};
 use hyper::rt::ReadBuf;
 use hyper::{Request, Response, StatusCode};
-use storecast::sse::Payload;
-use storecast::{RecvError, Start, Store, websocket};
+use storecast::sse::{self, Payload};
+use storecast::{RecvError, Store, websocket};
 
 use crate::http::{Body, text};
 
@@ -55,10 +55,16 @@ where
         self
     }
 
-    /// Answers an upgrade request (`101 Switching Protocols`), then streams the store from
-    /// `start` on the upgraded connection; a request that is not a WebSocket handshake
-    /// gets `400 Bad Request`.
-    pub fn upgrade<B>(self, mut request: Request<B>, start: Start) -> Response<Body> {
+    /// Answers an upgrade request (`101 Switching Protocols`), then streams the store on
+    /// the upgraded connection, resuming after `last_event_id` (the client's last `"id"`,
+    /// if it has one; an id the store cannot place gets a `reset` frame first, see
+    /// [`sse::subscribe`]); a request that is not a WebSocket handshake gets `400 Bad
+    /// Request`.
+    pub fn upgrade<B>(
+        self,
+        mut request: Request<B>,
+        last_event_id: Option<&str>,
+    ) -> Response<Body> {
         let headers = request.headers();
         let wants_upgrade = headers
             .get(UPGRADE)
@@ -68,6 +74,7 @@ where
             return text(StatusCode::BAD_REQUEST, "expected a WebSocket handshake");
         };
         let accept = derive_accept_key(key.as_bytes());
+        let subscriber = sse::subscribe(&self.store, last_event_id);
         let upgrading = hyper::upgrade::on(&mut request);
         async_std::task::spawn(async move {
             match upgrading.await {
@@ -75,7 +82,7 @@ where
                     let socket =
                         WebSocketStream::from_raw_socket(HyperIo(upgraded), Role::Server, None)
                             .await;
-                    self.serve(socket, start).await;
+                    self.serve(socket, subscriber).await;
                 }
                 Err(e) => tracing::debug!("WebSocket upgrade failed: {e}"),
             }
@@ -89,11 +96,13 @@ where
         response
     }
 
-    async fn serve<Io>(self, mut socket: WebSocketStream<Io>, start: Start)
-    where
+    async fn serve<Io>(
+        self,
+        mut socket: WebSocketStream<Io>,
+        mut subscriber: sse::Resumed<S::Subscriber>,
+    ) where
         Io: AsyncRead + AsyncWrite + Unpin,
     {
-        let mut subscriber = self.store.subscribe_from(start);
         let mut ping = async_io::Timer::interval_at(Instant::now() + self.ping, self.ping);
         let mut heard = Instant::now();
         loop {

@@ -8,8 +8,8 @@ use async_std::net::{TcpListener, TcpStream};
 use async_tungstenite::tungstenite::Message;
 use futures_lite::StreamExt;
 use hyper::StatusCode;
+use storecast::QueueStore;
 use storecast::sse::{Parser, Received};
-use storecast::{QueueStore, Start};
 use storecast_async_std::{EventSource, WebSocketSubscriber, serve};
 
 /// Starts a server for `store`: `/events` (SSE) and `/ws` (WebSocket); returns its address.
@@ -21,7 +21,7 @@ async fn start(store: QueueStore<String>) -> String {
         async move {
             match request.uri().path() {
                 "/events" => EventSource::new(store).respond(&request),
-                "/ws" => WebSocketSubscriber::new(store).upgrade(request, Start::Now),
+                "/ws" => WebSocketSubscriber::new(store).upgrade(request, None),
                 _ => {
                     let mut response = hyper::Response::new(Default::default());
                     *response.status_mut() = StatusCode::NOT_FOUND;

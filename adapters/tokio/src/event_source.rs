@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::Query;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
+use axum::response::Response;
 use axum::routing::{MethodRouter, get};
 use futures_lite::StreamExt;
 use storecast::sse::{self, EventStream, Payload};
@@ -16,12 +16,15 @@ use crate::timer::Ticks;
 
 /// Tornadose's `EventSource` handler: serves a store's subscribers as Server-Sent Events.
 ///
-/// Each message is one event whose `id` is its position; a client that reconnects with
-/// `Last-Event-ID` (or `?lastEventId=` for clients that cannot set headers) resumes right
-/// after it. A subscriber that missed messages gets an explicit `lagged` event, one cut
-/// off by a [`Disconnect`](storecast::Overflow::Disconnect) queue a `fell-behind` event
-/// before the stream ends; a resume from a position no longer retained gets `lagged` and
-/// continues from the oldest message. Idle streams get a keep-alive comment (every 15 s
+/// Each message is one event whose `id` is its position (`OFFSET-EPOCH`); a client that
+/// reconnects with `Last-Event-ID` (or `?lastEventId=` for clients that cannot set headers)
+/// resumes right after it. A subscriber that missed messages gets an explicit `lagged`
+/// event, one cut off by a [`Disconnect`](storecast::Overflow::Disconnect) queue a
+/// `fell-behind` event before the stream ends; a resume from a position no longer retained
+/// gets `lagged` and continues from the oldest message. An id the store cannot place (of
+/// another epoch: a server that restarted; ahead; or not an id at all) gets a `reset`
+/// event, then what the store holds: never a refusal, which would stop a browser's
+/// `EventSource` for good. Idle streams get a keep-alive comment (every 15 s
 /// by default), which is also how a dead connection is noticed and its subscriber
 /// dropped.
 #[derive(Debug, Clone)]
@@ -58,21 +61,21 @@ where
     }
 
     /// The response to a client whose `Last-Event-ID` is `last_event_id`: the event
-    /// stream, or `400 Bad Request` if the id is not one this server sent.
+    /// stream, led by a `reset` event if the id cannot be placed (see
+    /// [`sse::subscribe`]).
     pub fn respond(&self, last_event_id: Option<&str>) -> Response {
-        match sse::resume_from(last_event_id) {
-            Ok(start) => self.stream_from(start),
-            Err(_) => (
-                StatusCode::BAD_REQUEST,
-                "Last-Event-ID is not a position this server sent (expected a decimal number)\n",
-            )
-                .into_response(),
-        }
+        self.stream(sse::subscribe(&self.store, last_event_id))
     }
 
     /// The event stream for a subscriber starting at `start`.
     pub fn stream_from(&self, start: Start) -> Response {
-        let subscriber = self.store.subscribe_from(start);
+        self.stream(self.store.subscribe_from(start))
+    }
+
+    fn stream<Sub>(&self, subscriber: Sub) -> Response
+    where
+        Sub: futures_lite::Stream<Item = storecast::Item<S::Value>> + Send + Unpin + 'static,
+    {
         let retry = self.retry.map(|r| r.as_millis() as u64);
         let body = EventStream::new(subscriber, Ticks::new(self.keep_alive), retry)
             .map(|chunk| Ok::<_, Infallible>(Bytes::from(chunk)));

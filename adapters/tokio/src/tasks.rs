@@ -10,8 +10,10 @@ use tokio::task::JoinHandle;
 use crate::timer::Ticks;
 
 /// Submits every item of `source` to `store`, in order (waiting for room if the store's
-/// policy is to wait), until the source ends or the store closes. The task's result is
-/// how many items were submitted.
+/// policy is to wait), until the source ends or the store closes (noticed while the source
+/// is idle too). A value the store's transport could not take (Redis away) is submitted
+/// again after a pause, never dropped. The task's result is how many items were
+/// submitted.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -30,11 +32,12 @@ where
     S: Store + 'static,
     St: Stream<Item = S::Value> + Send + 'static,
 {
-    tokio::spawn(async move { drive::forward(&store, source).await })
+    tokio::spawn(async move { drive::forward(&store, source, tokio::time::sleep).await })
 }
 
 /// Submits `make()` to `store` every `period` (the first after one period), until the
-/// store closes. A tick that comes late (a busy runtime) is not made up with a burst.
+/// store closes. A tick that comes late (a busy runtime) is not made up with a burst; a
+/// value the store's transport could not take is submitted again on the next tick.
 /// The task's result is how many values were submitted.
 pub fn every<S, F>(store: S, period: Duration, make: F) -> JoinHandle<u64>
 where

@@ -6,7 +6,7 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use futures_lite::StreamExt;
 use storecast::sse::Payload;
-use storecast::{RecvError, Start, Store, websocket};
+use storecast::{RecvError, Store, sse, websocket};
 use tokio::time::{Instant, MissedTickBehavior};
 
 /// Tornadose's `WebSocketSubscriber`: serves a store's subscribers over WebSocket, one
@@ -43,13 +43,16 @@ where
         self
     }
 
-    /// Accepts the upgrade and streams the store from `start` to the socket.
-    pub fn upgrade(self, upgrade: WebSocketUpgrade, start: Start) -> Response {
-        upgrade.on_upgrade(move |socket| self.serve(socket, start))
+    /// Accepts the upgrade and streams the store to the socket, resuming after
+    /// `last_event_id` (the client's last `"id"`, if it has one). An id the store cannot
+    /// place gets a `reset` frame first, then what the store holds (see
+    /// [`sse::subscribe`]).
+    pub fn upgrade(self, upgrade: WebSocketUpgrade, last_event_id: Option<&str>) -> Response {
+        let subscriber = sse::subscribe(&self.store, last_event_id);
+        upgrade.on_upgrade(move |socket| self.serve(socket, subscriber))
     }
 
-    async fn serve(self, mut socket: WebSocket, start: Start) {
-        let mut subscriber = self.store.subscribe_from(start);
+    async fn serve(self, mut socket: WebSocket, mut subscriber: sse::Resumed<S::Subscriber>) {
         let mut ping = tokio::time::interval_at(Instant::now() + self.ping, self.ping);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut heard = Instant::now();

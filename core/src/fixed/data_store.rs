@@ -9,7 +9,7 @@ use futures_core::Stream;
 use super::wakers::WakerList;
 use super::{Item, Message};
 use crate::sync::Mutex;
-use crate::{Position, Start, SubmitError};
+use crate::{Epoch, Position, RecvError, Start, SubmitError};
 
 /// A latest-value store with no allocator: the same contract as
 /// [`crate::DataStore`] (current value first, then newer ones,
@@ -38,6 +38,8 @@ use crate::{Position, Start, SubmitError};
 /// ```
 pub struct DataStore<T, const WAKERS: usize = 8> {
     state: Mutex<State<T, WAKERS>>,
+    /// The identity every position of this store carries.
+    epoch: Epoch,
 }
 
 struct State<T, const WAKERS: usize> {
@@ -64,19 +66,30 @@ impl<T, const WAKERS: usize> State<T, WAKERS> {
 }
 
 impl<T, const WAKERS: usize> DataStore<T, WAKERS> {
-    /// An empty store: subscribers wait for the first value.
+    /// An empty store of epoch 0 (for a store whose positions never leave the device;
+    /// see [`with_epoch`](DataStore::with_epoch)): subscribers wait for the first value.
     #[cfg(not(loom))]
     pub const fn new() -> Self {
+        DataStore::with_epoch(Epoch::new(0))
+    }
+
+    /// An empty store whose positions carry `epoch`: a store without an allocator draws
+    /// no randomness, so give each life of it an epoch of its own (from a hardware random
+    /// generator, or a boot counter kept in flash).
+    #[cfg(not(loom))]
+    pub const fn with_epoch(epoch: Epoch) -> Self {
         DataStore {
             state: Mutex::new(State::new(None)),
+            epoch,
         }
     }
 
-    /// A store whose current value is `value`, at position 1.
+    /// A store of epoch 0 whose current value is `value`, at offset 1.
     #[cfg(not(loom))]
     pub const fn with_value(value: T) -> Self {
         DataStore {
             state: Mutex::new(State::new(Some(value))),
+            epoch: Epoch::new(0),
         }
     }
 
@@ -85,7 +98,13 @@ impl<T, const WAKERS: usize> DataStore<T, WAKERS> {
     pub fn new() -> Self {
         DataStore {
             state: Mutex::new(State::new(None)),
+            epoch: Epoch::new(0),
         }
+    }
+
+    /// The identity every position of this store carries.
+    pub const fn epoch(&self) -> Epoch {
+        self.epoch
     }
 
     /// Makes `value` the current value and wakes subscribers. Never waits; fails only on
@@ -102,7 +121,7 @@ impl<T, const WAKERS: usize> DataStore<T, WAKERS> {
         };
         drop(replaced);
         to_wake.wake();
-        Ok(Position::new(position))
+        Ok(Position::new(self.epoch, position))
     }
 
     /// Subscribes as a new subscriber: the current value first, then newer ones.
@@ -113,15 +132,21 @@ impl<T, const WAKERS: usize> DataStore<T, WAKERS> {
         self.subscribe_from(Start::Now)
     }
 
-    /// Subscribes from `start`: [`Start::After`] a position yields only newer values.
+    /// Subscribes from `start`: [`Start::After`] a position yields only newer values; a
+    /// position the store cannot place (another epoch, or ahead) yields
+    /// [`RecvError::Reset`] first, then the current value.
     pub fn subscribe_from(&self, start: Start) -> DataSubscriber<'_, T>
     where
         T: Clone + Send,
     {
         let mut state = self.state.lock();
         state.subscribers += 1;
-        let seen = start.latest_seen(state.position);
-        DataSubscriber { store: self, seen }
+        let placed = start.place_in_latest(self.epoch, state.position);
+        DataSubscriber {
+            store: self,
+            seen: placed.next,
+            news: placed.news,
+        }
     }
 
     /// Closes the store: submits fail from now on; subscribers get the last value if they
@@ -140,6 +165,22 @@ impl<T, const WAKERS: usize> DataStore<T, WAKERS> {
         self.state.lock().closed
     }
 
+    /// Waits until the store is closed.
+    pub async fn closed(&self) {
+        core::future::poll_fn(|cx| {
+            let mut state = self.state.lock();
+            if state.closed {
+                return Poll::Ready(());
+            }
+            // Woken with the waiting subscribers (on every submit, and on close).
+            let to_wake = state.waiting.register(cx.waker());
+            drop(state);
+            to_wake.wake();
+            Poll::Pending
+        })
+        .await
+    }
+
     /// How many subscribers are registered now.
     pub fn subscriber_count(&self) -> usize {
         self.state.lock().subscribers
@@ -152,7 +193,7 @@ impl<T, const WAKERS: usize> DataStore<T, WAKERS> {
     {
         let state = self.state.lock();
         state.current.clone().map(|value| Message {
-            position: Position::new(state.position),
+            position: Position::new(self.epoch, state.position),
             value,
         })
     }
@@ -162,6 +203,7 @@ impl<T, const WAKERS: usize> fmt::Debug for DataStore<T, WAKERS> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = self.state.lock();
         f.debug_struct("fixed::DataStore")
+            .field("epoch", &self.epoch)
             .field("position", &state.position)
             .field("subscribers", &state.subscribers)
             .field("closed", &state.closed)
@@ -179,6 +221,7 @@ impl<T, const WAKERS: usize> Default for DataStore<T, WAKERS> {
 trait Latest<T>: Sync {
     fn poll_newer(&self, seen: &mut u64, cx: Option<&mut Context<'_>>) -> Poll<Option<Item<T>>>;
     fn leave(&self);
+    fn epoch(&self) -> Epoch;
 }
 
 impl<T: Clone + Send, const WAKERS: usize> Latest<T> for DataStore<T, WAKERS> {
@@ -187,7 +230,7 @@ impl<T: Clone + Send, const WAKERS: usize> Latest<T> for DataStore<T, WAKERS> {
         if state.position > *seen {
             if let Some(value) = state.current.clone() {
                 *seen = state.position;
-                let position = Position::new(state.position);
+                let position = Position::new(self.epoch, state.position);
                 return Poll::Ready(Some(Ok(Message { position, value })));
             }
         }
@@ -207,6 +250,10 @@ impl<T: Clone + Send, const WAKERS: usize> Latest<T> for DataStore<T, WAKERS> {
     fn leave(&self) {
         self.state.lock().subscribers -= 1;
     }
+
+    fn epoch(&self) -> Epoch {
+        self.epoch
+    }
 }
 
 /// A subscription to a fixed-capacity [`DataStore`]: a [`Stream`] of the newest values.
@@ -215,20 +262,25 @@ pub struct DataSubscriber<'a, T> {
     store: &'a dyn Latest<T>,
     /// The position of the last value yielded (0: none yet).
     seen: u64,
+    /// What it has to be told before its first value (a reset).
+    news: Option<RecvError>,
 }
 
 impl<T> DataSubscriber<'_, T> {
-    /// The newest value not yet seen, without waiting.
-    pub fn try_next(&mut self) -> Option<Message<T>> {
+    /// The newest value not yet seen (or news to tell first), without waiting.
+    pub fn try_next(&mut self) -> Option<Item<T>> {
+        if let Some(news) = self.news.take() {
+            return Some(Err(news));
+        }
         match self.store.poll_newer(&mut self.seen, None) {
-            Poll::Ready(Some(Ok(message))) => Some(message),
-            _ => None,
+            Poll::Ready(item) => item,
+            Poll::Pending => None,
         }
     }
 
     /// The position of the last value this subscriber received.
     pub fn position(&self) -> Position {
-        Position::new(self.seen)
+        Position::new(self.store.epoch(), self.seen)
     }
 }
 
@@ -237,6 +289,9 @@ impl<T> Stream for DataSubscriber<'_, T> {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item<T>>> {
         let this = self.get_mut();
+        if let Some(news) = this.news.take() {
+            return Poll::Ready(Some(Err(news)));
+        }
         this.store.poll_newer(&mut this.seen, Some(cx))
     }
 }

@@ -154,6 +154,10 @@ mod store {
             QueueStore::is_closed(*self)
         }
 
+        fn closed(&self) -> impl Future<Output = ()> + Send {
+            QueueStore::closed(*self)
+        }
+
         fn subscriber_count(&self) -> usize {
             QueueStore::subscriber_count(*self)
         }
@@ -187,6 +191,10 @@ mod store {
 
         fn is_closed(&self) -> bool {
             DataStore::is_closed(*self)
+        }
+
+        fn closed(&self) -> impl Future<Output = ()> + Send {
+            DataStore::closed(*self)
         }
 
         fn subscriber_count(&self) -> usize {

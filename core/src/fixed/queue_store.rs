@@ -10,7 +10,7 @@ use super::wakers::{ToWake, WakerList};
 use super::{Item, Message};
 use crate::position::oldest_retained;
 use crate::sync::Mutex;
-use crate::{Overflow, Position, RecvError, Start, SubmitError, TrySubmitError};
+use crate::{Epoch, Overflow, Position, RecvError, Start, SubmitError, TrySubmitError};
 
 /// A queue store with no allocator: the same contract as
 /// [`crate::QueueStore`] (every message after subscribing, in
@@ -41,6 +41,8 @@ use crate::{Overflow, Position, RecvError, Start, SubmitError, TrySubmitError};
 pub struct QueueStore<T, const CAPACITY: usize, const WAKERS: usize = 8> {
     state: Mutex<State<T, CAPACITY, WAKERS>>,
     overflow: Overflow,
+    /// The identity every position of this store carries.
+    epoch: Epoch,
 }
 
 struct State<T, const CAPACITY: usize, const WAKERS: usize> {
@@ -91,16 +93,31 @@ impl<T, const CAPACITY: usize, const WAKERS: usize> State<T, CAPACITY, WAKERS> {
 }
 
 impl<T, const CAPACITY: usize, const WAKERS: usize> QueueStore<T, CAPACITY, WAKERS> {
-    /// An empty queue with the given overflow policy.
+    /// An empty queue with the given overflow policy, of epoch 0: for a store whose
+    /// positions never leave the device. Positions that outlive a restart (sent to
+    /// another machine, kept in flash) need [`with_epoch`](QueueStore::with_epoch).
     ///
     /// # Panics
     ///
     /// If `CAPACITY` is zero (at compile time, in a `static`).
     #[cfg(not(loom))]
     pub const fn new(overflow: Overflow) -> Self {
+        QueueStore::with_epoch(overflow, Epoch::new(0))
+    }
+
+    /// An empty queue with the given overflow policy whose positions carry `epoch`: a
+    /// store without an allocator draws no randomness, so give each life of it an epoch
+    /// of its own (from a hardware random generator, or a boot counter kept in flash).
+    ///
+    /// # Panics
+    ///
+    /// If `CAPACITY` is zero (at compile time, in a `static`).
+    #[cfg(not(loom))]
+    pub const fn with_epoch(overflow: Overflow, epoch: Epoch) -> Self {
         QueueStore {
             state: Mutex::new(State::new()),
             overflow,
+            epoch,
         }
     }
 
@@ -110,7 +127,13 @@ impl<T, const CAPACITY: usize, const WAKERS: usize> QueueStore<T, CAPACITY, WAKE
         QueueStore {
             state: Mutex::new(State::new()),
             overflow,
+            epoch: Epoch::new(0),
         }
+    }
+
+    /// The identity every position of this store carries.
+    pub const fn epoch(&self) -> Epoch {
+        self.epoch
     }
 
     /// How many messages the ring retains.
@@ -125,7 +148,7 @@ impl<T, const CAPACITY: usize, const WAKERS: usize> QueueStore<T, CAPACITY, WAKE
 
     /// The position of the newest message ([`Position::ZERO`] if none yet).
     pub fn last_position(&self) -> Position {
-        Position::new(self.state.lock().last)
+        Position::new(self.epoch, self.state.lock().last)
     }
 
     /// Submits a message if there is room now; under [`Overflow::Wait`] a full queue hands
@@ -150,7 +173,7 @@ impl<T, const CAPACITY: usize, const WAKERS: usize> QueueStore<T, CAPACITY, WAKE
         };
         drop(replaced);
         to_wake.wake();
-        Ok(Position::new(position))
+        Ok(Position::new(self.epoch, position))
     }
 
     /// Submits a message, waiting for room under [`Overflow::Wait`]; hands it back once
@@ -191,14 +214,16 @@ impl<T, const CAPACITY: usize, const WAKERS: usize> QueueStore<T, CAPACITY, WAKE
     }
 
     /// Subscribes from `start`: now, the oldest retained message, or right after a
-    /// position. A position no longer retained yields [`RecvError::Lagged`] first.
+    /// position. A position no longer retained yields [`RecvError::Lagged`] first; one
+    /// the store cannot place (another epoch, or ahead) [`RecvError::Reset`].
     pub fn subscribe_from(&self, start: Start) -> QueueSubscriber<'_, T>
     where
         T: Clone + Send,
     {
         let mut state = self.state.lock();
         let last = state.last;
-        let (next, missed) = start.queue_cursor(last, CAPACITY as u64);
+        let placed = start.place_in_queue(self.epoch, last, CAPACITY as u64);
+        let next = placed.next;
         if self.overflow == Overflow::Wait {
             // The backlog this subscriber will read must wait for it too.
             for position in next..=last {
@@ -210,7 +235,7 @@ impl<T, const CAPACITY: usize, const WAKERS: usize> QueueStore<T, CAPACITY, WAKE
             store: self,
             cursor: Cursor {
                 next,
-                missed,
+                news: placed.news,
                 ended: false,
                 registered: true,
             },
@@ -232,6 +257,22 @@ impl<T, const CAPACITY: usize, const WAKERS: usize> QueueStore<T, CAPACITY, WAKE
     /// Whether the store is closed.
     pub fn is_closed(&self) -> bool {
         self.state.lock().closed
+    }
+
+    /// Waits until the store is closed.
+    pub async fn closed(&self) {
+        core::future::poll_fn(|cx| {
+            let mut state = self.state.lock();
+            if state.closed {
+                return Poll::Ready(());
+            }
+            // Woken with the waiting subscribers (on every submit, and on close).
+            let to_wake = state.readers.register(cx.waker());
+            drop(state);
+            to_wake.wake();
+            Poll::Pending
+        })
+        .await
     }
 
     /// How many subscribers are registered now.
@@ -265,6 +306,7 @@ impl<T, const CAPACITY: usize, const WAKERS: usize> fmt::Debug for QueueStore<T,
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = self.state.lock();
         f.debug_struct("fixed::QueueStore")
+            .field("epoch", &self.epoch)
             .field("capacity", &CAPACITY)
             .field("overflow", &self.overflow)
             .field("last", &state.last)
@@ -279,8 +321,8 @@ impl<T, const CAPACITY: usize, const WAKERS: usize> fmt::Debug for QueueStore<T,
 struct Cursor {
     /// The position this subscriber reads next.
     next: u64,
-    /// Messages lost before `next` that have not been reported yet.
-    missed: u64,
+    /// What it has to be told before reading `next` (lost messages, or a reset).
+    news: Option<RecvError>,
     /// The stream has ended (drained a closed store, or fell behind).
     ended: bool,
     /// Still counted by the store.
@@ -292,6 +334,7 @@ trait Ring<T>: Sync {
     fn poll_read(&self, cursor: &mut Cursor, cx: Option<&mut Context<'_>>)
     -> Poll<Option<Item<T>>>;
     fn leave(&self, cursor: &mut Cursor);
+    fn epoch(&self) -> Epoch;
 }
 
 impl<T: Clone + Send, const CAPACITY: usize, const WAKERS: usize> Ring<T>
@@ -305,9 +348,8 @@ impl<T: Clone + Send, const CAPACITY: usize, const WAKERS: usize> Ring<T>
         if cursor.ended {
             return Poll::Ready(None);
         }
-        if cursor.missed > 0 {
-            let missed = core::mem::take(&mut cursor.missed);
-            return Poll::Ready(Some(Err(RecvError::Lagged { missed })));
+        if let Some(news) = cursor.news.take() {
+            return Poll::Ready(Some(Err(news)));
         }
         let mut state = self.state.lock();
         if cursor.next > state.last {
@@ -341,7 +383,7 @@ impl<T: Clone + Send, const CAPACITY: usize, const WAKERS: usize> Ring<T>
             drop(state);
             to_wake.wake();
             cursor.next += 1;
-            let position = Position::new(next);
+            let position = Position::new(self.epoch, next);
             return Poll::Ready(Some(Ok(Message { position, value })));
         }
         // Overwritten: under a lossy policy the ring moved on without this subscriber.
@@ -368,6 +410,10 @@ impl<T: Clone + Send, const CAPACITY: usize, const WAKERS: usize> Ring<T>
         let to_wake = self.deregister(&mut self.state.lock(), cursor);
         to_wake.wake();
     }
+
+    fn epoch(&self) -> Epoch {
+        self.epoch
+    }
 }
 
 /// A subscription to a fixed-capacity [`QueueStore`]: a [`Stream`] of every message in
@@ -388,7 +434,7 @@ impl<T> QueueSubscriber<'_, T> {
 
     /// The position of the next message this subscriber will read.
     pub fn next_position(&self) -> Position {
-        Position::new(self.cursor.next)
+        Position::new(self.store.epoch(), self.cursor.next)
     }
 }
 

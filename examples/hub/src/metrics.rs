@@ -17,6 +17,9 @@ pub struct Metrics {
     pub lagged: AtomicU64,
     /// Messages subscribers missed, as counted in `lagged` reports.
     pub dropped: AtomicU64,
+    /// Subscribers told `reset`: their position could not be placed (a client of an
+    /// earlier run of the hub, say).
+    pub resets: AtomicU64,
     /// Requests refused (4xx and 5xx answers).
     pub rejected: AtomicU64,
 }
@@ -60,6 +63,12 @@ impl Metrics {
             "counter",
             "Messages subscribers missed because they fell behind.",
             self.dropped.load(Ordering::Relaxed),
+        );
+        gauge(
+            "storecast_resets_total",
+            "counter",
+            "Subscribers told their last id could not be placed (another epoch, ahead, or unreadable).",
+            self.resets.load(Ordering::Relaxed),
         );
         gauge(
             "storecast_rejected_total",

@@ -163,6 +163,14 @@ async fn publish(
             "the event type must be non-empty and on one line",
         );
     }
+    if let Some(event) = &params.event
+        && storecast::sse::event_types::ALL.contains(&event.as_str())
+    {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            format!("the event type {event:?} is the hub's own signal; choose another"),
+        );
+    }
     match topic
         .submit(HubMessage {
             event: params.event,
@@ -231,18 +239,9 @@ async fn websocket(
         Ok(topic) => topic,
         Err(refusal) => return refusal.into_response(),
     };
-    let start = match storecast::sse::resume_from(params.last_event_id.as_deref()) {
-        Ok(start) => start,
-        Err(_) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                "lastEventId must be a decimal position",
-            );
-        }
-    };
     WebSocketSubscriber::new(topic)
         .ping_every(hub.config.keep_alive())
-        .upgrade(upgrade, start)
+        .upgrade(upgrade, params.last_event_id.as_deref())
 }
 
 async fn page() -> Html<&'static str> {

@@ -291,6 +291,15 @@ impl Store for Topic {
         }
     }
 
+    async fn closed(&self) {
+        match &self.kind {
+            Kind::Latest(store) => store.closed().await,
+            Kind::Queue(store) => store.closed().await,
+            Kind::RedisLatest(store) => store.closed().await,
+            Kind::RedisQueue(store) => store.closed().await,
+        }
+    }
+
     fn subscriber_count(&self) -> usize {
         match &self.kind {
             Kind::Latest(store) => store.subscriber_count(),
@@ -332,6 +341,7 @@ impl Stream for TopicSubscriber {
                     this.metrics.dropped.fetch_add(*missed, Ordering::Relaxed);
                     &this.metrics.lagged
                 }
+                Err(RecvError::Reset { .. }) => &this.metrics.resets,
                 Err(_) => &this.metrics.lagged,
             };
             counter.fetch_add(1, Ordering::Relaxed);
