@@ -217,7 +217,7 @@ impl<T> QueueStore<T> {
         self.shared.overflow
     }
 
-    /// The position of the newest message ([`Position::ZERO`] if none yet).
+    /// The position of the newest message (offset 0 if none yet).
     pub fn last_position(&self) -> Position {
         Position::new(self.shared.epoch, self.shared.last.load())
     }

@@ -157,7 +157,7 @@ fn drop_oldest_overwrite_racing_a_read_is_reported_never_torn() {
         for item in &seen {
             match item {
                 Ok(m) => {
-                    assert_eq!(**m, m.position().get());
+                    assert_eq!(**m, m.position().offset());
                     accounted += 1;
                 }
                 Err(RecvError::Lagged { missed }) => accounted += missed,
@@ -185,7 +185,7 @@ fn latest_value_write_racing_a_read_never_goes_back_and_ends_with_last() {
         let mut seen = vec![*block_on(sub.next()).unwrap().unwrap()];
         submitter.join().unwrap();
         while let Some(m) = sub.try_next() {
-            seen.push(*m);
+            seen.push(*m.unwrap());
         }
         assert!(seen.windows(2).all(|w| w[0] < w[1]), "went back: {seen:?}");
         assert_eq!(seen.last(), Some(&2));
@@ -281,7 +281,7 @@ fn fixed_drop_oldest_overwrite_racing_a_read_is_reported() {
         while let Some(item) = block_on(sub.next()) {
             match item {
                 Ok(m) => {
-                    assert_eq!(*m, m.position().get());
+                    assert_eq!(*m, m.position().offset());
                     (accounted, last) = (accounted + 1, *m);
                 }
                 Err(RecvError::Lagged { missed }) => accounted += missed,

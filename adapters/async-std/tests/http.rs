@@ -81,14 +81,40 @@ async fn sse_delivers_and_resumes_after_last_event_id() {
         .iter()
         .map(|e| (e.data.as_str(), e.id.as_str()))
         .collect();
-    assert_eq!(data, [("m1", "1"), ("m2", "2"), ("m3", "3")]);
+    let id = |n: u32| format!("{n}-{}", store.epoch());
+    let expected = [("m1", id(1)), ("m2", id(2)), ("m3", id(3))];
+    assert_eq!(
+        data,
+        expected
+            .iter()
+            .map(|(d, i)| (*d, i.as_str()))
+            .collect::<Vec<_>>()
+    );
 
-    let (mut resumed, _) = sse(&address, "Last-Event-ID: 1\r\n").await;
+    let (mut resumed, _) = sse(&address, &format!("Last-Event-ID: {}\r\n", id(1))).await;
     let got = events(&mut resumed, 2).await;
     assert_eq!((got[0].data.as_str(), got[1].data.as_str()), ("m2", "m3"));
 
-    let (_, head) = sse(&address, "Last-Event-ID: nonsense\r\n").await;
-    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    // An id that is not one (a browser keeps whatever it last saw) is no refusal, which
+    // would stop an EventSource for good: a reset event, then everything retained.
+    let (mut garbage, head) = sse(&address, "Last-Event-ID: nonsense\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let got = events(&mut garbage, 4).await;
+    assert_eq!(
+        (got[0].event.as_str(), got[0].data.as_str()),
+        ("reset", r#"{"reason":"unreadable"}"#)
+    );
+    assert_eq!(got[1].data, "m1");
+
+    // An id from an earlier run of the server (another epoch): told, then everything.
+    let (mut restarted, _) = sse(&address, "Last-Event-ID: 2-k7fm2q9d\r\n").await;
+    let got = events(&mut restarted, 4).await;
+    assert_eq!(
+        (got[0].event.as_str(), got[0].data.as_str()),
+        ("reset", r#"{"reason":"other-epoch"}"#)
+    );
+    let data: Vec<_> = got[1..].iter().map(|e| e.data.as_str()).collect();
+    assert_eq!(data, ["m1", "m2", "m3"]);
 }
 
 #[async_std::test]
@@ -113,7 +139,10 @@ async fn websocket_frames_carry_data_and_id() {
     let json: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(
         (json["data"].as_str(), json["id"].as_str()),
-        (Some("hello \"ws\""), Some("1"))
+        (
+            Some("hello \"ws\""),
+            Some(format!("1-{}", store.epoch()).as_str())
+        )
     );
 
     store.close();
@@ -137,7 +166,7 @@ fn the_same_server_runs_under_smol() {
         let got = events(&mut live, 1).await;
         assert_eq!(
             (got[0].data.as_str(), got[0].id.as_str()),
-            ("from smol", "1")
+            ("from smol", format!("1-{}", store.epoch()).as_str())
         );
     });
 }

@@ -65,9 +65,12 @@ return redis.call('PUBLISH', ARGV[1], ARGV[2])
 ///
 /// # Positions
 ///
-/// Positions are this process's: they order what its subscribers saw, and a resuming
-/// subscriber ([`Start::After`]) must come back to the same process. For positions that
-/// mean the same in every process, use [`RedisQueueStore`](crate::RedisQueueStore).
+/// Positions are this store's, in this process: they order what its subscribers saw, and
+/// carry an epoch drawn when the store was opened. A subscriber resuming ([`Start::After`])
+/// with a position from another process, or from before a restart, is told
+/// [`RecvError::Reset`] and gets the current value, which is all a latest-value store
+/// promises anyway. For positions that mean the same in every process, use
+/// [`RedisQueueStore`](crate::RedisQueueStore).
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -207,7 +210,7 @@ impl<T: Codec> RedisStore<T> {
                 return Err(SubmitError::Closed(value));
             }
         };
-        shared.last_own.store(position.get(), Ordering::Release);
+        shared.last_own.store(position.offset(), Ordering::Release);
         // Fails only if the store closed meanwhile; the value was delivered here anyway.
         let _ = shared.outbox.submit(Outgoing {
             position,
@@ -282,6 +285,10 @@ impl<T: Codec> Store for RedisStore<T> {
 
     fn is_closed(&self) -> bool {
         self.handle.shared.local.is_closed()
+    }
+
+    fn closed(&self) -> impl std::future::Future<Output = ()> + Send {
+        self.handle.shared.local.closed()
     }
 
     fn subscriber_count(&self) -> usize {
@@ -415,7 +422,8 @@ impl<T: Codec> Shared<T> {
         match T::decode(bytes) {
             Ok(value) => {
                 if let Ok(position) = self.local.submit(value) {
-                    self.last_foreign.store(position.get(), Ordering::Release);
+                    self.last_foreign
+                        .store(position.offset(), Ordering::Release);
                 }
             }
             Err(e) => {
@@ -466,7 +474,7 @@ impl<T: Codec> Listener for Shared<T> {
             Some(own) => {
                 // Under the submit lock, so that a submit in progress counts as newer.
                 let _submitting = self.submitting.lock().expect("submit lock");
-                let position = own.position.get();
+                let position = own.position.offset();
                 if self.last_foreign.load(Ordering::Acquire) > position
                     && self.last_own.load(Ordering::Acquire) == position
                 {
@@ -510,7 +518,7 @@ async fn publish<T: Codec>(shared: Arc<Shared<T>>, mut outgoing: DataSubscriber<
         };
         let Some(message) = next else { return };
         // Newer values waiting supersede this one.
-        let message = outgoing.try_next().unwrap_or(message);
+        let message = outgoing.try_next().and_then(Result::ok).unwrap_or(message);
         let out = message.value();
         let bytes = out.value.encode().into_owned();
         shared.expect_echo(Outgoing {

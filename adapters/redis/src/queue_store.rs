@@ -14,8 +14,8 @@ use futures_lite::Stream;
 use redis::aio::ConnectionManager;
 use redis::{RedisError, Script, Value};
 use storecast::{
-    Item, Message, Overflow, Position, QueueStore, QueueSubscriber, RecvError, Start, Store,
-    SubmitError, TrySubmitError,
+    Epoch, Item, Message, Overflow, Position, QueueStore, QueueSubscriber, RecvError, ResetReason,
+    Start, Store, SubmitError, TrySubmitError,
 };
 
 use crate::codec::Codec;
@@ -23,31 +23,48 @@ use crate::connection::{ConnectError, Redis, needs_new_connection};
 use crate::runtime;
 use crate::shutdown::Shutdown;
 
-/// Adds an entry and answers its ordinal: how many entries the stream has ever had.
+/// The stream's epoch, read from its key (KEYS[2]) and made there, from the fresh epoch
+/// given, if it has none: every script that numbers entries starts with it.
+const EPOCH_LUA: &str = r"
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then
+  redis.call('SET', KEYS[2], ARGV[#ARGV])
+  epoch = ARGV[#ARGV]
+end
+";
+
+/// Adds an entry and answers {its ordinal (how many entries the stream has ever had), the
+/// stream's epoch}. ARGV: trim (`=` or `~`), max length, data, a fresh epoch.
 const ADD: &str = r"
 if (redis.REDIS_VERSION_NUM or 0) < 0x070000 then
   return redis.error_reply('storecast needs Redis 7.0 or later (XINFO STREAM entries-added)')
 end
 redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], ARGV[2], '*', 'data', ARGV[3])
+EPOCH
 local info = redis.call('XINFO', 'STREAM', KEYS[1])
 for i = 1, #info, 2 do
-  if info[i] == 'entries-added' then return info[i + 1] end
+  if info[i] == 'entries-added' then return {info[i + 1], epoch} end
 end
 return redis.error_reply('storecast needs Redis 7.0 or later (XINFO STREAM has no entries-added)')
 ";
 
 /// Reads up to ARGV[2] entries after the ordinal ARGV[1] (-1: none, only the state).
-/// Answers {entries-added, the ordinal read after, last-generated-id, entries}: the
-/// entries have the ordinals after+1, after+2, ...; `after` is past the requested one when
-/// entries were trimmed before they could be read.
+/// Answers {entries-added, the ordinal read after, last-generated-id, entries, epoch,
+/// anchor lost}: the entries have the ordinals after+1, after+2, ...; `after` is past the
+/// requested one when entries were trimmed before they could be read.
 ///
 /// Ordinals count from the stream's `entries-added`: the retained entries are the last
 /// `length` ones added, so the first has ordinal `added - length + 1`.
+///
+/// ARGV[3] is the id of the newest entry the caller read (`0-0`: none). If the stream
+/// still reaches back to it but no longer has it, Redis lost entries (a restart that
+/// kept an older copy, a failover to a replica that was behind): `anchor lost` is 1.
 const READ: &str = r"
 if (redis.REDIS_VERSION_NUM or 0) < 0x070000 then
   return redis.error_reply('storecast needs Redis 7.0 or later (XINFO STREAM entries-added)')
 end
-if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0, '0-0', {}} end
+EPOCH
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0, '0-0', {}, epoch, 0} end
 local info = redis.call('XINFO', 'STREAM', KEYS[1])
 local added, length, last
 for i = 1, #info, 2 do
@@ -58,14 +75,19 @@ end
 if added == nil then
   return redis.error_reply('storecast needs Redis 7.0 or later (XINFO STREAM has no entries-added)')
 end
+local lost = 0
+if ARGV[3] ~= '0-0' and #redis.call('XRANGE', KEYS[1], ARGV[3], ARGV[3]) == 0
+    and #redis.call('XRANGE', KEYS[1], '-', ARGV[3], 'COUNT', 1) > 0 then
+  lost = 1
+end
 local after = tonumber(ARGV[1])
-if after < 0 or after > added then return {added, added, last, {}} end
+if after < 0 or after > added then return {added, added, last, {}, epoch, lost} end
 local first = added - length + 1
 if after < first - 1 then after = first - 1 end
 local skip = after - (first - 1)
 local want = added - after
 local count = math.min(tonumber(ARGV[2]), want)
-if count <= 0 then return {added, after, last, {}} end
+if count <= 0 then return {added, after, last, {}, epoch, lost} end
 local out = {}
 if skip <= want then
   local entries = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', skip + count)
@@ -74,12 +96,35 @@ else
   local entries = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', want)
   for i = #entries, #entries - count + 1, -1 do out[#out + 1] = entries[i] end
 end
-return {added, after, last, out}
+return {added, after, last, out, epoch, lost}
+";
+
+/// After Redis lost entries: begins a new epoch unless another process did already (the
+/// key no longer holds ARGV[1], the epoch the caller knew), and answers {the epoch, the
+/// ordinal of the newest entry at or before the id ARGV[2]}, where the caller's reading
+/// goes on from. ARGV[3]: a fresh epoch.
+const REANCHOR: &str = r"
+local epoch = redis.call('GET', KEYS[2])
+if (not epoch) or epoch == ARGV[1] then
+  redis.call('SET', KEYS[2], ARGV[3])
+  epoch = ARGV[3]
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {epoch, 0} end
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+local added
+for i = 1, #info, 2 do
+  if info[i] == 'entries-added' then added = info[i + 1] end
+end
+local newer = #redis.call('XRANGE', KEYS[1], '(' .. ARGV[2], '+')
+return {epoch, added - newer}
 ";
 
 /// The scripts, hashed once (they run with `EVALSHA`, falling back to `EVAL`).
-static ADD_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(ADD));
-static READ_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(READ));
+static ADD_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&ADD.replace("EPOCH", EPOCH_LUA)));
+static READ_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&READ.replace("EPOCH", EPOCH_LUA)));
+static REANCHOR_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(REANCHOR));
 
 /// How a [`RedisQueueStore`] keeps and hands out its messages.
 #[derive(Debug, Clone)]
@@ -209,24 +254,28 @@ struct Handle<T> {
 struct Shared<T> {
     redis: Redis,
     stream: String,
+    /// The key holding the stream's epoch: `<stream>:epoch`.
+    epoch_key: String,
     options: QueueOptions,
     /// This process's subscribers read here; the reading task fills it in stream order.
     ring: QueueStore<Entry<T>>,
-    /// Position of the newest entry the reading task has put into `ring`.
+    /// The epoch the reading task numbers entries in: the ordinals below count in it.
+    epoch: AtomicU64,
+    /// Ordinal of the newest entry the reading task has put into `ring`.
     read: AtomicU64,
-    /// Position of the newest entry the reading task has started to put into `ring`
-    /// (it may be waiting for room). A subscriber that joins the ring reads this
-    /// afterwards: whatever the ring had before it joined is at or below it.
+    /// Ordinal of the newest entry the reading task has started to put into `ring` (it
+    /// may be waiting for room). A subscriber that joins the ring reads this afterwards:
+    /// whatever the ring had before it joined is at or below it.
     taking: AtomicU64,
     /// Notified when `read` moves (submitters wait to see their message arrive).
     advanced: Event,
-    /// Position of the newest entry submitted here: `Start::Now` begins after it.
+    /// Ordinal of the newest entry submitted here: `Start::Now` begins after it.
     submitted: AtomicU64,
-    /// Added to stream ordinals to make positions: it grows if the stream is deleted and
-    /// starts counting again, so that positions here keep growing.
-    offset: AtomicU64,
     connected: AtomicBool,
     undecodable: AtomicU64,
+    /// How many times the reading task found that Redis had lost entries (or another
+    /// process had begun a new epoch) and moved to the new epoch.
+    resets: AtomicU64,
     shutdown: Shutdown,
 }
 
@@ -235,13 +284,28 @@ enum Entry<T> {
     Message(Message<T>),
     /// Entries trimmed from the stream before this process could read them.
     Lost(u64),
-    /// The stream was deleted and started again; how much was lost is unknown.
-    Restarted,
+    /// The stream's epoch changed (Redis lost entries, or the stream was deleted): what
+    /// follows is numbered in `epoch`, after the ordinal `after`.
+    Reset {
+        epoch: Epoch,
+        after: u64,
+    },
+}
+
+/// The key that holds the epoch of `stream`.
+fn epoch_key(stream: &str) -> String {
+    format!("{stream}:epoch")
+}
+
+/// An epoch as Redis keeps it (its text), or `None` if the text is not one.
+fn parse_epoch(text: Option<&str>) -> Option<Epoch> {
+    text?.parse().ok()
 }
 
 impl<T: Codec> RedisQueueStore<T> {
     /// Opens the queue on the stream `stream`; new subscribers start after the entries it
-    /// has now.
+    /// has now. The stream's epoch is kept in the key `<stream>:epoch` (made now if the
+    /// stream has none).
     pub async fn open(
         redis: &Redis,
         stream: &str,
@@ -249,27 +313,48 @@ impl<T: Codec> RedisQueueStore<T> {
     ) -> Result<Self, ConnectError> {
         let block = redis.options().health_check_value();
         let mut reader = redis.dedicated(block).await?;
-        let state = read::<T>(&mut reader, stream, None, 0)
+        let epoch_key = epoch_key(stream);
+        let failed = |e: RedisError| match e.kind() {
+            redis::ErrorKind::Io => redis.unreachable(e),
+            _ => redis.unsupported(e),
+        };
+        let state = read::<T>(&mut reader, stream, &epoch_key, None, 0, NO_ENTRY)
             .await
-            .map_err(|e| match e.kind() {
-                redis::ErrorKind::Io => redis.unreachable(e),
-                _ => redis.unsupported(e),
-            })?;
+            .map_err(failed)?;
+        let (epoch, cursor) = match parse_epoch(state.epoch.as_deref()) {
+            Some(epoch) => (epoch, state.after),
+            // The key holds something else: begin a proper epoch.
+            None => {
+                let garbage = state.epoch.unwrap_or_default();
+                reanchor(&mut reader, stream, &epoch_key, &garbage, &state.last_id)
+                    .await
+                    .map_err(failed)?
+            }
+        };
         let shared = Arc::new(Shared {
             redis: redis.clone(),
             stream: stream.to_owned(),
+            epoch_key,
             ring: QueueStore::with_overflow(options.capacity, options.overflow),
             options,
-            read: AtomicU64::new(state.after),
-            taking: AtomicU64::new(state.after),
+            epoch: AtomicU64::new(epoch.get()),
+            read: AtomicU64::new(cursor),
+            taking: AtomicU64::new(cursor),
             advanced: Event::new(),
             submitted: AtomicU64::new(0),
-            offset: AtomicU64::new(0),
             connected: AtomicBool::new(true),
             undecodable: AtomicU64::new(0),
+            resets: AtomicU64::new(0),
             shutdown: Shutdown::default(),
         });
-        runtime::spawn(follow(Arc::clone(&shared), reader, state.after, block));
+        let reading = Reading {
+            connection: reader,
+            cursor,
+            epoch,
+            last_id: state.last_id,
+            anchor: None,
+        };
+        runtime::spawn(follow(Arc::clone(&shared), reading, block));
         Ok(RedisQueueStore {
             handle: Arc::new(Handle { shared }),
         })
@@ -288,41 +373,72 @@ impl<T: Codec> RedisQueueStore<T> {
         }
         let trim = if shared.options.exact_trim { "=" } else { "~" };
         let mut commands = shared.redis.commands();
-        let added: Result<u64, RedisError> = ADD_SCRIPT
+        // What this process had read before the entry existed (see below).
+        let (epoch_before, read_before) = (shared.epoch(), shared.read.load(Ordering::Acquire));
+        let added: Result<(u64, String), RedisError> = ADD_SCRIPT
             .key(&shared.stream)
+            .key(&shared.epoch_key)
             .arg(trim)
             .arg(shared.options.max_len)
             .arg(value.encode().as_ref())
+            .arg(Epoch::random().to_string())
             .invoke_async(&mut commands)
             .await;
-        let ordinal = match added {
-            Ok(ordinal) => ordinal,
+        let (ordinal, epoch) = match added {
+            Ok(added) => added,
             Err(e) => {
                 tracing::warn!(stream = %shared.stream, error = %e, "could not add to the stream");
                 shared.redis.failed(&e);
                 return Err(SubmitError::Unavailable(value));
             }
         };
-        let position = shared.offset.load(Ordering::Acquire) + ordinal;
-        shared.submitted.fetch_max(position, Ordering::AcqRel);
+        // The key holds something that is not an epoch: the reading task begins a proper
+        // one soon; until then the entry counts in the epoch it reads in.
+        let mut epoch = parse_epoch(Some(&epoch)).unwrap_or_else(|| shared.epoch());
+        if epoch == epoch_before && ordinal <= read_before {
+            // Redis gave the new entry an ordinal this process had read before the entry
+            // existed: it lost entries (a crash, a failover) and nobody has noticed yet. The new epoch
+            // begins now, so that no client is handed a position another client holds
+            // for a message that is gone; the reading task follows.
+            match reanchor(
+                &mut commands,
+                &shared.stream,
+                &shared.epoch_key,
+                &epoch.to_string(),
+                NO_ENTRY,
+            )
+            .await
+            {
+                Ok((new, _)) => epoch = new,
+                Err(e) => {
+                    tracing::warn!(stream = %shared.stream, error = %e, "could not begin the stream's new epoch");
+                    shared.redis.failed(&e);
+                }
+            }
+        }
+        if epoch == shared.epoch() {
+            shared.submitted.fetch_max(ordinal, Ordering::AcqRel);
+        }
         // It is in the stream: wait (a while) for the reading task to hand it to this
         // process's subscribers, so that a submit is followed by its delivery here.
-        let arrived = async {
+        let arrived = || {
+            shared.shutdown.is_triggered()
+                || (shared.epoch() == epoch && shared.read.load(Ordering::Acquire) >= ordinal)
+        };
+        let arriving = async {
             loop {
-                if shared.read.load(Ordering::Acquire) >= position || shared.shutdown.is_triggered()
-                {
+                if arrived() {
                     return;
                 }
                 let listener = shared.advanced.listen();
-                if shared.read.load(Ordering::Acquire) >= position || shared.shutdown.is_triggered()
-                {
+                if arrived() {
                     return;
                 }
                 listener.await;
             }
         };
-        runtime::timeout(shared.redis.options().response_timeout_value(), arrived).await;
-        Ok(Position::new(position))
+        runtime::timeout(shared.redis.options().response_timeout_value(), arriving).await;
+        Ok(Position::new(epoch, ordinal))
     }
 }
 
@@ -332,9 +448,16 @@ impl<T> RedisQueueStore<T> {
         &self.handle.shared.stream
     }
 
+    /// The epoch this process numbers the stream's entries in: the same in every process
+    /// (kept in Redis), and new whenever Redis is found to have lost entries.
+    pub fn epoch(&self) -> Epoch {
+        self.handle.shared.epoch()
+    }
+
     /// The position of the newest message this process has read from the stream.
     pub fn last_position(&self) -> Position {
-        Position::new(self.handle.shared.read.load(Ordering::Acquire))
+        let shared = &self.handle.shared;
+        Position::new(shared.epoch(), shared.read.load(Ordering::Acquire))
     }
 
     /// Whether the reading task's connection is up now (false while reconnecting).
@@ -346,6 +469,12 @@ impl<T> RedisQueueStore<T> {
     /// field).
     pub fn undecodable(&self) -> u64 {
         self.handle.shared.undecodable.load(Ordering::Relaxed)
+    }
+
+    /// How many times this process found that Redis had lost entries (or that another
+    /// process had found so) and moved to a new epoch, telling its subscribers.
+    pub fn resets(&self) -> u64 {
+        self.handle.shared.resets.load(Ordering::Relaxed)
     }
 }
 
@@ -377,32 +506,33 @@ impl<T: Codec> Store for RedisQueueStore<T> {
         // Registered first, so that the catch-up below and the live messages overlap
         // rather than leave a gap.
         let live = shared.ring.subscribe();
+        let epoch = shared.epoch();
         let taken = shared.taking.load(Ordering::SeqCst);
-        let now = shared
-            .read
-            .load(Ordering::Acquire)
-            .max(shared.submitted.load(Ordering::Acquire));
-        let known = taken.max(shared.submitted.load(Ordering::Acquire));
-        let (after, catch_up_from) = match start {
-            Start::Now => (now, None),
-            Start::Oldest => (0, Some(0)),
-            // Behind what this process has read, or ahead of it (another process may have
-            // read further, or the position is not the stream's at all): Redis says.
-            Start::After(position) if position.get() < taken || position.get() > known => {
-                (position.get(), Some(position.get()))
+        let submitted = shared.submitted.load(Ordering::Acquire);
+        let now = shared.read.load(Ordering::Acquire).max(submitted);
+        let known = taken.max(submitted);
+        let (after, catch_up_from, resume) = match start {
+            Start::Now => (now, None, None),
+            Start::Oldest => (0, Some(0), None),
+            // Of this epoch, and among what the ring will still hand out.
+            Start::After(p) if p.epoch() == epoch && (taken..=known).contains(&p.offset()) => {
+                (p.offset(), None, None)
             }
-            Start::After(position) => (position.get(), None),
+            // Behind what this process has read, ahead of it (another process may have
+            // read further, or the position is not the stream's at all), or of another
+            // epoch (this process may not know the newest yet): Redis says.
+            Start::After(p) => (p.offset(), Some(p.offset()), Some(p)),
         };
-        let offset = shared.offset.load(Ordering::Acquire);
         RedisQueueSubscriber {
             live,
+            epoch,
             after,
             target: taken,
-            fetching: catch_up_from.map(|from| fetch(shared, from.saturating_sub(offset), None)),
+            fetching: catch_up_from.map(|from| fetch(shared, from, None)),
             backlog: VecDeque::new(),
             report_loss: start != Start::Oldest,
-            first_batch: true,
-            subscribed_at: now,
+            resume,
+            awaiting_reset: false,
             shared: Arc::clone(shared),
         }
     }
@@ -413,6 +543,10 @@ impl<T: Codec> Store for RedisQueueStore<T> {
 
     fn is_closed(&self) -> bool {
         self.handle.shared.shutdown.is_triggered()
+    }
+
+    fn closed(&self) -> impl Future<Output = ()> + Send {
+        self.handle.shared.shutdown.wait()
     }
 
     fn subscriber_count(&self) -> usize {
@@ -433,6 +567,7 @@ impl<T> fmt::Debug for RedisQueueStore<T> {
         f.debug_struct("RedisQueueStore")
             .field("address", &self.handle.shared.redis.address())
             .field("stream", &self.handle.shared.stream)
+            .field("epoch", &self.epoch())
             .field("options", &self.handle.shared.options)
             .finish_non_exhaustive()
     }
@@ -451,7 +586,14 @@ impl<T> Shared<T> {
         }
         self.ring.close();
     }
+
+    fn epoch(&self) -> Epoch {
+        Epoch::new(self.epoch.load(Ordering::Acquire))
+    }
 }
+
+/// The id that stands for "no entry read yet".
+const NO_ENTRY: &str = "0-0";
 
 /// A batch read from the stream.
 struct Batch<T> {
@@ -463,19 +605,30 @@ struct Batch<T> {
     last_id: String,
     /// Each entry's id, and its value (`None` if it did not decode).
     entries: Vec<(String, Option<T>)>,
+    /// The text of the stream's epoch key (`None`: it has none).
+    epoch: Option<String>,
+    /// The newest entry the reader had read is gone although the stream still reaches
+    /// back to it: Redis lost entries.
+    anchor_lost: bool,
 }
 
-/// Reads up to `count` entries after the ordinal `after` (`None`: none, only the state).
+/// Reads up to `count` entries after the ordinal `after` (`None`: none, only the state),
+/// and whether `anchor` (the id of the newest entry the caller read) was lost.
 async fn read<T: Codec>(
     connection: &mut ConnectionManager,
     stream: &str,
+    epoch_key: &str,
     after: Option<u64>,
     count: usize,
+    anchor: &str,
 ) -> Result<Batch<T>, RedisError> {
     let reply: Value = READ_SCRIPT
         .key(stream)
+        .key(epoch_key)
         .arg(after.map_or(-1, |a| i64::try_from(a).unwrap_or(i64::MAX)))
         .arg(count.max(1))
+        .arg(anchor)
+        .arg(Epoch::random().to_string())
         .invoke_async(connection)
         .await?;
     parse_batch(reply).ok_or_else(|| {
@@ -486,56 +639,89 @@ async fn read<T: Codec>(
     })
 }
 
-/// Reads up to `count` entries after the entry `last_id`, whose ordinal is `cursor`,
-/// together with the stream's counters in one `MULTI` (no script, and no work for Redis
-/// beyond the entries themselves). Exact when entries are only ever trimmed: a gap shows
-/// as the first retained ordinal being past the cursor.
-async fn read_after_id<T: Codec>(
+/// Begins a new epoch after Redis lost entries, unless the key no longer holds `known`
+/// (another process began one already: that one is taken); answers the epoch and the
+/// ordinal of the newest entry at or before `last_id`, where reading goes on.
+async fn reanchor(
     connection: &mut ConnectionManager,
     stream: &str,
-    cursor: u64,
+    epoch_key: &str,
+    known: &str,
     last_id: &str,
-    count: usize,
-) -> Result<Batch<T>, RedisError> {
-    let answer: Result<(Value, Value), RedisError> = redis::pipe()
-        .atomic()
+) -> Result<(Epoch, u64), RedisError> {
+    let (epoch, after): (String, u64) = REANCHOR_SCRIPT
+        .key(stream)
+        .key(epoch_key)
+        .arg(known)
+        .arg(last_id)
+        .arg(Epoch::random().to_string())
+        .invoke_async(connection)
+        .await?;
+    let epoch = parse_epoch(Some(&epoch)).ok_or_else(|| {
+        RedisError::from((
+            redis::ErrorKind::Parse,
+            "the stream's epoch key holds something that is not an epoch",
+        ))
+    })?;
+    Ok((epoch, after))
+}
+
+/// What an exact read learns of the stream besides its entries.
+struct Counters {
+    /// The text of the stream's epoch key (`None`: it has none).
+    epoch: Option<String>,
+    /// The stream's `entries-added`.
+    added: u64,
+    /// How many entries it holds.
+    length: u64,
+    /// Its newest id.
+    last_id: String,
+    /// The anchor (the newest entry the reader read) is gone while older entries are
+    /// there: Redis lost entries.
+    anchor_lost: bool,
+}
+
+/// Adds to `pipe` the commands [`counters`] reads: the epoch, `XINFO STREAM`, and whether
+/// the stream still has `anchor` and anything up to it.
+fn ask_counters(pipe: &mut redis::Pipeline, stream: &str, epoch_key: &str, anchor: &str) {
+    pipe.cmd("GET")
+        .arg(epoch_key)
         .cmd("XINFO")
         .arg("STREAM")
         .arg(stream)
         .cmd("XRANGE")
         .arg(stream)
-        .arg(format!("({last_id}"))
-        .arg("+")
+        .arg(anchor)
+        .arg(anchor)
+        .cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg(anchor)
         .arg("COUNT")
-        .arg(count.max(1))
-        .query_async(connection)
-        .await;
-    let (info, entries) = match answer {
-        Ok(answer) => answer,
-        // The stream is gone: the caller sees its count back at zero.
-        Err(e) if e.to_string().contains("no such key") => {
-            return Ok(Batch {
-                added: 0,
-                after: 0,
-                last_id: String::from("0-0"),
-                entries: Vec::new(),
-            });
-        }
-        Err(e) => return Err(e),
-    };
-    let unexpected = || {
-        RedisError::from((
-            redis::ErrorKind::Parse,
-            "unexpected answer to XINFO STREAM and XRANGE",
-        ))
-    };
+        .arg(1);
+}
+
+fn unexpected_answer() -> RedisError {
+    RedisError::from((
+        redis::ErrorKind::Parse,
+        "unexpected answer to XINFO STREAM and XRANGE",
+    ))
+}
+
+/// Reads the answers to [`ask_counters`].
+fn counters(
+    epoch: Option<String>,
+    info: Value,
+    at_anchor: Value,
+    up_to_anchor: Value,
+) -> Result<Counters, RedisError> {
     let fields: Vec<(Value, Value)> = match info {
         Value::Array(flat) => {
             let mut flat = flat.into_iter();
             std::iter::from_fn(|| Some((flat.next()?, flat.next()?))).collect()
         }
         Value::Map(pairs) => pairs,
-        _ => return Err(unexpected()),
+        _ => return Err(unexpected_answer()),
     };
     let field = |name: &[u8]| {
         fields
@@ -548,46 +734,107 @@ async fn read_after_id<T: Codec>(
     };
     let added = field(b"entries-added")
         .and_then(integer)
-        .ok_or_else(unexpected)?;
-    let length = field(b"length").and_then(integer).ok_or_else(unexpected)?;
-    let last = match field(b"last-generated-id") {
+        .ok_or_else(unexpected_answer)?;
+    let length = field(b"length")
+        .and_then(integer)
+        .ok_or_else(unexpected_answer)?;
+    let last_id = match field(b"last-generated-id") {
         Some(Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
         Some(Value::SimpleString(id)) => id.clone(),
-        _ => return Err(unexpected()),
+        _ => return Err(unexpected_answer()),
     };
+    let empty = |value: &Value| matches!(value, Value::Array(entries) if entries.is_empty());
+    Ok(Counters {
+        epoch,
+        added,
+        length,
+        last_id,
+        anchor_lost: empty(&at_anchor) && !empty(&up_to_anchor),
+    })
+}
+
+/// The stream's counters and epoch now, and whether `anchor` was lost, in one `MULTI`
+/// (`None` if there is no stream).
+async fn counters_now(
+    connection: &mut ConnectionManager,
+    stream: &str,
+    epoch_key: &str,
+    anchor: &str,
+) -> Result<Option<Counters>, RedisError> {
+    let mut pipe = redis::pipe();
+    ask_counters(pipe.atomic(), stream, epoch_key, anchor);
+    let answer: Result<(Option<String>, Value, Value, Value), RedisError> =
+        pipe.query_async(connection).await;
+    match answer {
+        Ok((epoch, info, at, up_to)) => counters(epoch, info, at, up_to).map(Some),
+        Err(e) if e.to_string().contains("no such key") => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads up to `count` entries after the entry `last_id`, whose ordinal is `cursor`,
+/// together with the stream's counters and epoch in one `MULTI` (no script, and no work
+/// for Redis beyond the entries themselves). Exact when entries are only ever trimmed: a
+/// gap shows as the first retained ordinal being past the cursor. `anchor` (the newest
+/// entry the caller read, or [`NO_ENTRY`]) is checked as in the `READ` script.
+async fn read_after_id<T: Codec>(
+    connection: &mut ConnectionManager,
+    stream: &str,
+    epoch_key: &str,
+    cursor: u64,
+    last_id: &str,
+    anchor: &str,
+    count: usize,
+) -> Result<Batch<T>, RedisError> {
+    let mut pipe = redis::pipe();
+    ask_counters(pipe.atomic(), stream, epoch_key, anchor);
+    pipe.cmd("XRANGE")
+        .arg(stream)
+        .arg(format!("({last_id}"))
+        .arg("+")
+        .arg("COUNT")
+        .arg(count.max(1));
+    let answer: Result<(Option<String>, Value, Value, Value, Value), RedisError> =
+        pipe.query_async(connection).await;
+    let (epoch, info, at, up_to, entries) = match answer {
+        Ok(answer) => answer,
+        // There is no stream (yet, or any more): the script says so, with the epoch.
+        Err(e) if e.to_string().contains("no such key") => {
+            return read(connection, stream, epoch_key, Some(cursor), count, anchor).await;
+        }
+        Err(e) => return Err(e),
+    };
+    let counters = counters(epoch, info, at, up_to)?;
     let Value::Array(entries) = entries else {
-        return Err(unexpected());
+        return Err(unexpected_answer());
     };
     let entries = entries
         .into_iter()
         .map(decode_entry)
         .collect::<Option<Vec<_>>>()
-        .ok_or_else(unexpected)?;
+        .ok_or_else(unexpected_answer)?;
     // Entries before the first retained one were trimmed.
-    let first_retained = added + 1 - length.min(added);
+    let first_retained = counters.added + 1 - counters.length.min(counters.added);
     Ok(Batch {
-        added,
+        added: counters.added,
         after: cursor.max(first_retained - 1),
-        last_id: last,
+        last_id: counters.last_id,
         entries,
+        epoch: counters.epoch,
+        anchor_lost: counters.anchor_lost,
     })
 }
 
 fn parse_batch<T: Codec>(reply: Value) -> Option<Batch<T>> {
-    let Value::Array(mut parts) = reply else {
+    let Value::Array(parts) = reply else {
         return None;
     };
-    if parts.len() != 4 {
-        return None;
-    }
-    let entries = parts.pop()?;
-    let last_id = match parts.pop()? {
-        Value::BulkString(bytes) => String::from_utf8(bytes).ok()?,
-        Value::SimpleString(s) => s,
-        _ => return None,
+    let [added, after, last_id, entries, epoch, lost]: [Value; 6] = parts.try_into().ok()?;
+    let text = |value: Value| match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes).ok(),
+        Value::SimpleString(s) => Some(s),
+        _ => None,
     };
-    let after = integer(&parts[1])?;
-    let added = integer(&parts[0])?;
     let Value::Array(entries) = entries else {
         return None;
     };
@@ -596,10 +843,12 @@ fn parse_batch<T: Codec>(reply: Value) -> Option<Batch<T>> {
         .map(decode_entry)
         .collect::<Option<_>>()?;
     Some(Batch {
-        added,
-        after,
-        last_id,
+        added: integer(&added)?,
+        after: integer(&after)?,
+        last_id: text(last_id)?,
         entries,
+        epoch: Some(text(epoch)?),
+        anchor_lost: integer(&lost)? == 1,
     })
 }
 
@@ -652,11 +901,25 @@ const AUDIT_EVERY: Duration = Duration::from_secs(1);
 
 /// What one read of the reading task brought.
 enum Fetched<T> {
-    /// An exact read by ordinal (`READ`): the stream's counters and the entries after the
-    /// cursor, gaps accounted for.
+    /// An exact read by ordinal (`READ`) or after an id (`MULTI`): the stream's counters
+    /// and epoch, and the entries after the cursor, gaps accounted for.
     Exact(Batch<T>),
     /// A plain `XREAD BLOCK` after the last id read: the next entries, if any came.
     Tail(Vec<(String, Option<T>)>),
+}
+
+/// Where the reading task is in the stream.
+struct Reading {
+    connection: ConnectionManager,
+    /// The ordinal of the last entry read (in `epoch`).
+    cursor: u64,
+    /// The epoch the task numbers entries in.
+    epoch: Epoch,
+    /// The id reading goes on after (the last entry read, or the stream's newest id).
+    last_id: String,
+    /// The id of the newest entry actually read: if Redis no longer has it while it has
+    /// older ones, Redis lost entries.
+    anchor: Option<String>,
 }
 
 /// The reading task: follows the stream from the ordinal `cursor`, filling the ring in
@@ -667,42 +930,57 @@ enum Fetched<T> {
 /// which cannot happen when the answer is not a full batch: trimming keeps at least
 /// `max_len` entries, and a batch is at most that many. A full batch (the reader is
 /// behind), a reconnection, and a check every second go through the exact read instead.
-async fn follow<T: Codec>(
-    shared: Arc<Shared<T>>,
-    mut connection: ConnectionManager,
-    mut cursor: u64,
-    block: Duration,
-) {
+///
+/// Every exact read also brings the stream's epoch, and tells whether Redis lost entries
+/// this task had read: its count went below the cursor, its newest entry read is gone, or
+/// it holds fewer entries than were numbered. Then the task begins a new epoch (or takes
+/// the one another process began) and tells this process's subscribers.
+async fn follow<T: Codec>(shared: Arc<Shared<T>>, mut at: Reading, block: Duration) {
     let batch_size = shared.options.batch.min(shared.options.max_len);
     let mut backoff = shared.redis.options().backoff();
     let mut failing = false;
     let mut exact = true;
     let mut audited = std::time::Instant::now();
-    let mut last_id = String::from("0-0");
     loop {
-        let audit = audited.elapsed() >= AUDIT_EVERY || (exact && last_id == "0-0");
+        let audit = audited.elapsed() >= AUDIT_EVERY;
+        let anchor = at.anchor.as_deref().unwrap_or(NO_ENTRY);
         let attempt = shared
             .shutdown
             .unless(async {
                 if audit {
                     // By ordinal, with a script: also notices a count that moved.
-                    read::<T>(&mut connection, &shared.stream, Some(cursor), batch_size)
-                        .await
-                        .map(Fetched::Exact)
+                    read::<T>(
+                        &mut at.connection,
+                        &shared.stream,
+                        &shared.epoch_key,
+                        Some(at.cursor),
+                        batch_size,
+                        anchor,
+                    )
+                    .await
+                    .map(Fetched::Exact)
                 } else if exact {
                     read_after_id::<T>(
-                        &mut connection,
+                        &mut at.connection,
                         &shared.stream,
-                        cursor,
-                        &last_id,
+                        &shared.epoch_key,
+                        at.cursor,
+                        &at.last_id,
+                        anchor,
                         batch_size,
                     )
                     .await
                     .map(Fetched::Exact)
                 } else {
-                    tail::<T>(&mut connection, &shared.stream, &last_id, batch_size, block)
-                        .await
-                        .map(Fetched::Tail)
+                    tail::<T>(
+                        &mut at.connection,
+                        &shared.stream,
+                        &at.last_id,
+                        batch_size,
+                        block,
+                    )
+                    .await
+                    .map(Fetched::Tail)
                 }
             })
             .await;
@@ -722,7 +1000,7 @@ async fn follow<T: Codec>(
                     if let Some(Ok(fresh)) =
                         shared.shutdown.unless(shared.redis.dedicated(block)).await
                     {
-                        connection = fresh;
+                        at.connection = fresh;
                     }
                 }
                 continue;
@@ -740,70 +1018,171 @@ async fn follow<T: Codec>(
                 exact = true;
                 continue;
             }
-            Fetched::Tail(entries) => entries,
+            Fetched::Tail(entries) if entries.is_empty() => continue,
+            Fetched::Tail(entries) => {
+                // Numbered from the cursor: first make sure Redis still has what was read
+                // (and numbered) before, in the same epoch.
+                let counters = shared
+                    .shutdown
+                    .unless(counters_now(
+                        &mut at.connection,
+                        &shared.stream,
+                        &shared.epoch_key,
+                        anchor,
+                    ))
+                    .await;
+                let counters = match counters {
+                    None => return,
+                    Some(Ok(Some(counters))) => counters,
+                    // No stream, or no answer: the exact read sorts it out.
+                    Some(Ok(None) | Err(_)) => {
+                        exact = true;
+                        continue;
+                    }
+                };
+                let numbered = at.cursor + entries.len() as u64;
+                let lost = counters.anchor_lost || counters.added < numbered;
+                if let Some(known) = at.moved_on(counters.epoch.as_deref(), lost) {
+                    if !shared.move_on(&mut at, &known, lost, &mut backoff).await {
+                        return;
+                    }
+                    exact = true;
+                    continue;
+                }
+                entries
+            }
             Fetched::Exact(batch) => {
                 if audit {
                     audited = std::time::Instant::now();
                 }
-                if batch.added < cursor {
-                    // The stream was deleted (or Redis lost it) and counts from the start again.
-                    tracing::warn!(stream = %shared.stream, "the stream started again; positions go on from here");
-                    shared.offset.fetch_add(cursor, Ordering::AcqRel);
-                    cursor = 0;
-                    // Entries up to `last_id` that survived are skipped below, not replayed.
-                    if shared.ring.submit(Entry::Restarted).await.is_err() {
+                let full = batch.entries.len() >= batch_size;
+                let numbered = batch.after + batch.entries.len() as u64;
+                let lost = batch.added < at.cursor
+                    || batch.anchor_lost
+                    || (!full && numbered > batch.added);
+                if let Some(known) = at.moved_on(batch.epoch.as_deref(), lost) {
+                    if !shared.move_on(&mut at, &known, lost, &mut backoff).await {
                         return;
                     }
+                    exact = true;
                     continue;
                 }
-                if batch.after > cursor {
-                    tracing::warn!(stream = %shared.stream, missed = batch.after - cursor, "entries were trimmed before they were read");
+                if batch.after > at.cursor {
+                    tracing::warn!(stream = %shared.stream, missed = batch.after - at.cursor, "entries were trimmed before they were read");
                     if shared
                         .ring
-                        .submit(Entry::Lost(batch.after - cursor))
+                        .submit(Entry::Lost(batch.after - at.cursor))
                         .await
                         .is_err()
                     {
                         return;
                     }
-                    cursor = batch.after;
+                    at.cursor = batch.after;
                 }
-                exact = batch.entries.len() >= batch_size;
+                exact = full;
                 if batch.entries.is_empty() {
-                    last_id = batch.last_id;
+                    at.last_id = batch.last_id;
                 }
                 let mut entries = batch.entries;
                 // Entries already read under other numbers (an entry deleted with XDEL, or
                 // a trim that kept fewer than `max_len`): skipped, and counted from here on.
                 let seen = entries
                     .iter()
-                    .take_while(|(id, _)| !is_after(id, &last_id))
+                    .take_while(|(id, _)| !is_after(id, &at.last_id))
                     .count();
                 if seen > 0 {
                     tracing::warn!(stream = %shared.stream, seen, "the stream's count moved under this reader (XDEL, or a shorter MAXLEN); positions are corrected from here");
-                    cursor += seen as u64;
+                    at.cursor += seen as u64;
                     entries.drain(..seen);
                 }
                 entries
             }
         };
-        let offset = shared.offset.load(Ordering::Acquire);
         for (id, value) in entries {
-            cursor += 1;
-            last_id = id;
-            let position = offset + cursor;
+            at.cursor += 1;
+            at.anchor = Some(id.clone());
+            at.last_id = id;
+            let ordinal = at.cursor;
             if let Some(value) = value {
-                let entry = Entry::Message(Message::new(Position::new(position), value));
-                shared.taking.store(position, Ordering::SeqCst);
+                let position = Position::new(at.epoch, ordinal);
+                let entry = Entry::Message(Message::new(position, value));
+                shared.taking.store(ordinal, Ordering::SeqCst);
                 if shared.ring.submit(entry).await.is_err() {
                     return;
                 }
             } else {
                 shared.undecodable.fetch_add(1, Ordering::Relaxed);
             }
-            shared.read.store(position, Ordering::Release);
+            shared.read.store(ordinal, Ordering::Release);
             shared.advanced.notify(usize::MAX);
         }
+    }
+}
+
+impl Reading {
+    /// Whether the reading task must move to another epoch: Redis `lost` entries, or the
+    /// stream's epoch key (`epoch`) no longer holds the one it reads in. Then: the epoch
+    /// text to hand to [`reanchor`] as the one known (a key that holds no epoch is
+    /// replaced, whatever this task knew).
+    fn moved_on(&self, epoch: Option<&str>, lost: bool) -> Option<String> {
+        let parsed = parse_epoch(epoch);
+        if !lost && parsed == Some(self.epoch) {
+            return None;
+        }
+        Some(match epoch {
+            Some(text) if parsed.is_none() => text.to_owned(),
+            _ => self.epoch.to_string(),
+        })
+    }
+}
+
+impl<T> Shared<T> {
+    /// Moves the reading task to the stream's new epoch (beginning it if Redis `lost`
+    /// entries and nobody did yet), going on after the entry it read last; subscribers
+    /// are told. False once the store is closed.
+    async fn move_on(
+        &self,
+        at: &mut Reading,
+        known: &str,
+        lost: bool,
+        backoff: &mut runtime::Backoff,
+    ) -> bool {
+        let moved = reanchor(
+            &mut at.connection,
+            &self.stream,
+            &self.epoch_key,
+            known,
+            &at.last_id,
+        );
+        let (epoch, after) = match self.shutdown.unless(moved).await {
+            None => return false,
+            Some(Ok(moved)) => moved,
+            Some(Err(e)) => {
+                tracing::warn!(stream = %self.stream, error = %e, "could not move to the stream's new epoch; retrying");
+                self.redis.failed(&e);
+                return self.shutdown.unless(backoff.wait()).await.is_some();
+            }
+        };
+        if lost {
+            tracing::warn!(stream = %self.stream, %epoch, "Redis lost entries this process had read; a new epoch begins");
+        } else {
+            tracing::warn!(stream = %self.stream, %epoch, "the stream's epoch changed (another process found entries lost)");
+        }
+        at.epoch = epoch;
+        at.cursor = after;
+        // The entry read last may be among those lost: nothing to check against until the
+        // next one is read.
+        at.anchor = None;
+        self.resets.fetch_add(1, Ordering::Relaxed);
+        self.epoch.store(epoch.get(), Ordering::Release);
+        self.taking.store(after, Ordering::SeqCst);
+        self.read.store(after, Ordering::Release);
+        self.submitted.store(0, Ordering::Release);
+        self.advanced.notify(usize::MAX);
+        self.ring
+            .submit(Entry::Reset { epoch, after })
+            .await
+            .is_ok()
     }
 }
 
@@ -865,28 +1244,26 @@ fn fetch<T: Codec>(shared: &Arc<Shared<T>>, after: u64, after_id: Option<String>
         let mut attempt = 1;
         loop {
             let mut commands = shared.redis.commands();
-            let batch = match &after_id {
+            let (stream, epoch_key, batch) =
+                (&shared.stream, &shared.epoch_key, shared.options.batch);
+            let read = match &after_id {
                 Some(id) => {
-                    read_after_id(
-                        &mut commands,
-                        &shared.stream,
-                        after,
-                        id,
-                        shared.options.batch,
-                    )
-                    .await
+                    read_after_id(&mut commands, stream, epoch_key, after, id, NO_ENTRY, batch)
+                        .await
                 }
                 None => {
                     read(
                         &mut commands,
-                        &shared.stream,
+                        stream,
+                        epoch_key,
                         Some(after),
-                        shared.options.batch,
+                        batch,
+                        NO_ENTRY,
                     )
                     .await
                 }
             };
-            match batch {
+            match read {
                 Err(e) if attempt < ATTEMPTS && !shared.shutdown.is_triggered() => {
                     shared.redis.failed(&e);
                     attempt += 1;
@@ -907,21 +1284,25 @@ fn fetch<T: Codec>(shared: &Arc<Shared<T>>, after: u64, after_id: Option<String>
 pub struct RedisQueueSubscriber<T> {
     /// The messages this process reads from the stream, from when it subscribed.
     live: QueueSubscriber<Entry<T>>,
-    /// The position of the last message delivered (or skipped as already seen).
+    /// The epoch `after` and `target` count in.
+    epoch: Epoch,
+    /// The ordinal of the last message delivered (or skipped as already seen).
     after: u64,
     /// Catching up ends here: `live` has everything after it.
     target: u64,
     /// A read from the stream, while catching up.
     fetching: Option<Fetch<T>>,
-    /// Caught-up messages not yet delivered.
+    /// Caught-up messages (and news) not yet delivered.
     backlog: VecDeque<Item<T>>,
     /// Whether entries trimmed before the next batch were lost to this subscriber (not
     /// when it asked for the oldest retained).
     report_loss: bool,
-    /// Whether no batch has been read yet (nothing delivered).
-    first_batch: bool,
-    /// What `Start::Now` meant when it subscribed.
-    subscribed_at: u64,
+    /// The position a resuming subscriber gave, checked against the stream's epoch and
+    /// count when the first batch comes.
+    resume: Option<Position>,
+    /// A catch-up read found a new epoch before the reading task did: live entries are
+    /// skipped until the task's reset to that epoch says where to go on.
+    awaiting_reset: bool,
     shared: Arc<Shared<T>>,
 }
 
@@ -950,9 +1331,7 @@ impl<T: Codec> Stream for RedisQueueSubscriber<T> {
                     // still has what it missed (or says exactly how much it lost).
                     this.target = this.shared.taking.load(Ordering::SeqCst);
                     this.report_loss = true;
-                    let offset = this.shared.offset.load(Ordering::Acquire);
-                    this.fetching =
-                        Some(fetch(&this.shared, this.after.saturating_sub(offset), None));
+                    this.fetching = Some(fetch(&this.shared, this.after, None));
                     continue;
                 }
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
@@ -960,15 +1339,35 @@ impl<T: Codec> Stream for RedisQueueSubscriber<T> {
                 Poll::Pending => return Poll::Pending,
             };
             match &**entry.value() {
-                Entry::Message(message) if message.position().get() > this.after => {
-                    this.after = message.position().get();
+                // Numbered in an epoch this subscriber has left: the reading task's reset
+                // comes next.
+                Entry::Message(_) | Entry::Lost(_) if this.awaiting_reset => {}
+                Entry::Message(message) if message.position().epoch() != this.epoch => {}
+                Entry::Message(message) if message.position().offset() > this.after => {
+                    this.after = message.position().offset();
                     return Poll::Ready(Some(Ok(message.clone())));
                 }
                 Entry::Message(_) => {}
                 Entry::Lost(missed) => {
                     return Poll::Ready(Some(Err(RecvError::Lagged { missed: *missed })));
                 }
-                Entry::Restarted => return Poll::Ready(Some(Err(RecvError::Interrupted))),
+                Entry::Reset { epoch, after } if *epoch == this.epoch => {
+                    // This subscriber is in that epoch already (a catch-up read found it
+                    // first, and it was told then).
+                    if std::mem::take(&mut this.awaiting_reset) {
+                        this.after = *after;
+                    } else if this.after < *after {
+                        this.target = *after;
+                        this.fetching = Some(fetch(&this.shared, this.after, None));
+                    }
+                }
+                Entry::Reset { epoch, after } => {
+                    this.epoch = *epoch;
+                    this.after = *after;
+                    return Poll::Ready(Some(Err(RecvError::Reset {
+                        reason: ResetReason::Lost,
+                    })));
+                }
             }
         }
     }
@@ -986,17 +1385,37 @@ impl<T: Codec> RedisQueueSubscriber<T> {
                 return;
             }
         };
-        let offset = self.shared.offset.load(Ordering::Acquire);
-        let requested = self.after.saturating_sub(offset);
-        if std::mem::take(&mut self.first_batch) && batch.added < requested {
-            // A position the stream never reached: start from when it subscribed, as with
-            // `Start::Now`.
-            self.after = (offset + batch.added).min(self.subscribed_at);
+        let epoch = parse_epoch(batch.epoch.as_deref());
+        if let Some(asked) = self.resume.take() {
+            // The first batch of a resume: is the position the client gave one of this
+            // stream's, now?
+            let reason = if epoch != Some(asked.epoch()) {
+                Some(ResetReason::OtherEpoch)
+            } else if batch.added < asked.offset() {
+                Some(ResetReason::Ahead)
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                self.backlog.push_back(Err(RecvError::Reset { reason }));
+                self.restart_from_oldest(epoch);
+                return;
+            }
+        } else if epoch != Some(self.epoch) {
+            // The stream began a new epoch while this subscriber caught up: what it
+            // counted means nothing now. The reading task says where to go on.
+            self.backlog.push_back(Err(RecvError::Reset {
+                reason: ResetReason::Lost,
+            }));
+            self.epoch = epoch.unwrap_or(self.epoch);
+            self.awaiting_reset = true;
             return;
         }
-        if batch.after > requested && self.report_loss {
+        let epoch = epoch.expect("checked above");
+        self.epoch = epoch;
+        if batch.after > self.after && self.report_loss {
             self.backlog.push_back(Err(RecvError::Lagged {
-                missed: batch.after - requested,
+                missed: batch.after - self.after,
             }));
         }
         self.report_loss = true;
@@ -1006,20 +1425,34 @@ impl<T: Codec> RedisQueueSubscriber<T> {
         for (id, value) in batch.entries {
             ordinal += 1;
             last_id = Some(id);
-            let position = offset + ordinal;
-            self.after = self.after.max(position);
+            self.after = self.after.max(ordinal);
             match value {
                 Some(value) => self
                     .backlog
-                    .push_back(Ok(Message::new(Position::new(position), value))),
+                    .push_back(Ok(Message::new(Position::new(epoch, ordinal), value))),
                 None => {
                     self.shared.undecodable.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
         if more && self.after < self.target {
-            self.fetching = Some(fetch(&self.shared, self.after - offset, last_id));
+            self.fetching = Some(fetch(&self.shared, self.after, last_id));
         }
+    }
+
+    /// After a reset: everything the stream retains, numbered in `epoch`.
+    fn restart_from_oldest(&mut self, epoch: Option<Epoch>) {
+        self.epoch = epoch.unwrap_or(self.epoch);
+        self.after = 0;
+        self.report_loss = false;
+        self.target = if Some(self.shared.epoch()) == epoch {
+            self.shared.taking.load(Ordering::SeqCst)
+        } else {
+            // The reading task is still in another epoch: read until the stream's end;
+            // its reset tells this subscriber where the live messages go on.
+            u64::MAX
+        };
+        self.fetching = Some(fetch(&self.shared, 0, None));
     }
 }
 
@@ -1027,6 +1460,7 @@ impl<T> fmt::Debug for RedisQueueSubscriber<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisQueueSubscriber")
             .field("stream", &self.shared.stream)
+            .field("epoch", &self.epoch)
             .field("after", &self.after)
             .finish_non_exhaustive()
     }

@@ -42,19 +42,17 @@ impl LatestFactory for OnRedis {
 
 impl QueueFactory for OnRedis {
     type Store = RedisQueueStore<String>;
-    async fn queue_store(&self, capacity: usize, overflow: Overflow) -> Option<Self::Store> {
+    async fn queue_store(&self, capacity: usize, overflow: Overflow) -> Self::Store {
         // The stream keeps exactly what the suite expects to be retained.
         let options = QueueOptions::default()
             .capacity(capacity)
             .overflow(overflow)
             .max_len(capacity)
             .exact_trim(true);
-        Some(
-            self.redis
-                .queue_store(&self.name("stream"), options)
-                .await
-                .expect("a RedisQueueStore"),
-        )
+        self.redis
+            .queue_store(&self.name("stream"), options)
+            .await
+            .expect("a RedisQueueStore")
     }
 }
 
@@ -68,14 +66,14 @@ async fn run_both_suites(url: String, sleep: fn(Duration) -> futures_lite::futur
         .await
         .unwrap_or_else(|f| panic!("RedisStore: {f}"));
     assert!(
-        latest.skipped.is_empty() && latest.passed.len() >= 7,
+        latest.skipped.is_empty() && latest.passed.len() == conformance::LATEST_CHECKS,
         "{latest:?}"
     );
     let queue = conformance::check_queue(&factory)
         .await
         .unwrap_or_else(|f| panic!("RedisQueueStore: {f}"));
     assert!(
-        queue.skipped.is_empty() && queue.passed.len() >= 12,
+        queue.skipped.is_empty() && queue.passed.len() == conformance::QUEUE_CHECKS,
         "{queue:?}"
     );
 }

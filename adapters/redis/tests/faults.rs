@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use futures_lite::StreamExt;
-use storecast::{Item, Position, RecvError, Start, Store};
+use storecast::{Item, Position, RecvError, ResetReason, Start, Store};
 use storecast_redis::{ConnectError, Options, QueueOptions, Redis, RedisStore};
 use support::{RedisServer, eventually};
 
@@ -43,9 +43,11 @@ where
 /// Publishes `text` with redis-cli until a subscriber of `store` has it (a channel keeps
 /// nothing for a subscription that is still being re-established).
 async fn publish_until_heard(server: &RedisServer, store: &RedisStore<String>, text: &str) {
-    let mut subscriber = store.subscribe_from(Start::After(
-        store.current().map_or(Position::ZERO, |m| m.position()),
-    ));
+    let mut subscriber = store.subscribe_from(
+        store
+            .current()
+            .map_or(Start::Now, |m| Start::After(m.position())),
+    );
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         server.cli(&["PUBLISH", store.channel(), text]);
@@ -289,7 +291,7 @@ async fn a_server_restart_is_reported_and_both_stores_carry_on() {
         let (value, position) = next_value(&mut queue_subscriber).await;
         assert_eq!(
             (value.as_str(), position),
-            (format!("job {n}").as_str(), Position::new(n))
+            (format!("job {n}").as_str(), Position::new(queue.epoch(), n))
         );
     }
 }
@@ -354,7 +356,7 @@ async fn the_queue_loses_nothing_when_its_connections_are_killed_mid_stream() {
         for n in 1..=COUNT {
             let (value, position) = next_value(&mut subscriber).await;
             assert_eq!(value, format!("order {n}"));
-            assert_eq!(position, Position::new(n));
+            assert_eq!(position, Position::new(queue.epoch(), n));
         }
     };
     let (killed, ()) = futures_lite::future::zip(killer, reader).await;
@@ -376,7 +378,10 @@ async fn redis_cli_xadd_reaches_queue_subscribers_and_positions_agree_across_pro
     server.cli(&["XADD", "events", "*", "data", "two"]);
     assert_eq!(next_value(&mut subscriber).await, ("one".to_string(), p1));
     let (two, p2) = next_value(&mut subscriber).await;
-    assert_eq!((two.as_str(), p2), ("two", Position::new(p1.get() + 1)));
+    assert_eq!(
+        (two.as_str(), p2),
+        ("two", Position::new(p1.epoch(), p1.offset() + 1))
+    );
 
     // Another process resumes after `one` by position, as an SSE client with
     // Last-Event-ID would on another hub.
@@ -397,7 +402,7 @@ async fn resuming_from_a_trimmed_position_reports_exactly_how_many_were_lost() {
     for n in 1..=25 {
         queue.submit(format!("m{n}")).await.unwrap();
     }
-    let mut resumed = queue.subscribe_from(Start::After(Position::new(5)));
+    let mut resumed = queue.subscribe_from(Start::After(Position::new(queue.epoch(), 5)));
     assert_eq!(
         next(&mut resumed).await.unwrap_err(),
         RecvError::Lagged { missed: 10 }
@@ -405,7 +410,7 @@ async fn resuming_from_a_trimmed_position_reports_exactly_how_many_were_lost() {
     for n in 16..=25 {
         assert_eq!(
             next_value(&mut resumed).await,
-            (format!("m{n}"), Position::new(n))
+            (format!("m{n}"), Position::new(queue.epoch(), n))
         );
     }
 }
@@ -461,7 +466,10 @@ async fn entries_trimmed_while_the_reader_waits_are_reported_exactly() {
             Ok(message) => {
                 assert_eq!(
                     (message.as_str(), message.position()),
-                    (format!("m{expected}").as_str(), Position::new(expected))
+                    (
+                        format!("m{expected}").as_str(),
+                        Position::new(queue.epoch(), expected)
+                    )
                 );
                 expected += 1;
             }
@@ -524,21 +532,21 @@ async fn a_client_that_keeps_reconnecting_with_its_last_position_misses_nothing(
     });
     // Like an SSE client that drops its connection every few events and comes back with
     // Last-Event-ID, racing the entries as they arrive.
-    let mut last = Position::ZERO;
+    let mut last = Position::new(queue.epoch(), 0);
     let mut reconnections = 0;
-    while last.get() < COUNT {
+    while last.offset() < COUNT {
         let mut subscriber = queue.subscribe_from(Start::After(last));
         for _ in 0..7 {
-            if last.get() == COUNT {
+            if last.offset() == COUNT {
                 break;
             }
             let (value, position) = next_value(&mut subscriber).await;
             assert_eq!(
-                position.get(),
-                last.get() + 1,
+                position.offset(),
+                last.offset() + 1,
                 "after {last} came {position} ({value}) at reconnection {reconnections}"
             );
-            assert_eq!(value, format!("m{}", position.get()));
+            assert_eq!(value, format!("m{}", position.offset()));
             last = position;
         }
         reconnections += 1;
@@ -566,13 +574,13 @@ async fn a_subscriber_the_memory_ring_left_behind_gets_the_rest_from_the_stream(
     for n in 1..=50 {
         assert_eq!(
             next_value(&mut slow).await,
-            (format!("m{n}"), Position::new(n))
+            (format!("m{n}"), Position::new(queue.epoch(), n))
         );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resuming_after_a_position_the_stream_never_reached_starts_now() {
+async fn resuming_after_a_position_the_stream_never_reached_is_reset_to_the_oldest() {
     let server = RedisServer::start();
     let redis = Redis::connect(&server.url()).await.unwrap();
     let queue = redis
@@ -582,7 +590,20 @@ async fn resuming_after_a_position_the_stream_never_reached_starts_now() {
     for n in 1..=3 {
         queue.submit(format!("m{n}")).await.unwrap();
     }
-    let mut from_elsewhere = queue.subscribe_from(Start::After(Position::new(10_000)));
+    let ahead = Position::new(queue.epoch(), 10_000);
+    let mut from_elsewhere = queue.subscribe_from(Start::After(ahead));
+    assert_eq!(
+        next(&mut from_elsewhere).await.unwrap_err(),
+        RecvError::Reset {
+            reason: ResetReason::Ahead
+        }
+    );
+    for n in 1..=3 {
+        assert_eq!(
+            next_value(&mut from_elsewhere).await,
+            (format!("m{n}"), Position::new(queue.epoch(), n))
+        );
+    }
     let p4 = queue.submit("m4".to_string()).await.unwrap();
     assert_eq!(
         next_value(&mut from_elsewhere).await,
@@ -599,17 +620,17 @@ async fn a_resume_that_spans_many_reads_delivers_everything_once_in_order() {
     for n in 1..=95 {
         queue.submit(format!("m{n}")).await.unwrap();
     }
-    let mut resumed = queue.subscribe_from(Start::After(Position::new(3)));
+    let mut resumed = queue.subscribe_from(Start::After(Position::new(queue.epoch(), 3)));
     let mut oldest = queue.subscribe_from(Start::Oldest);
     for n in 1..=95 {
         assert_eq!(
             next_value(&mut oldest).await,
-            (format!("m{n}"), Position::new(n))
+            (format!("m{n}"), Position::new(queue.epoch(), n))
         );
         if n > 3 {
             assert_eq!(
                 next_value(&mut resumed).await,
-                (format!("m{n}"), Position::new(n))
+                (format!("m{n}"), Position::new(queue.epoch(), n))
             );
         }
     }

@@ -15,7 +15,7 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 use core::task::{Context, Poll, Waker};
 
 use futures_core::Stream;
-use storecast::{DataStore, Overflow, QueueStore, RecvError, Start};
+use storecast::{DataStore, Epoch, Overflow, Position, QueueStore, RecvError, ResetReason, Start};
 
 /// 64 KiB of heap, handed out front to back and never reused: enough for this program.
 struct Bump {
@@ -64,7 +64,8 @@ fn poll<S: Stream + Unpin>(stream: &mut S) -> Poll<Option<S::Item>> {
 }
 
 fn run() -> Result<(), i32> {
-    let latest = DataStore::new();
+    // No std, so no randomness: each store is given its epoch.
+    let latest = DataStore::with_epoch(Epoch::new(1));
     latest.submit(String::from("first")).map_err(|_| 1)?;
     let mut sub = latest.subscribe();
     match poll(&mut sub) {
@@ -75,7 +76,7 @@ fn run() -> Result<(), i32> {
         return Err(3);
     }
 
-    let queue = QueueStore::with_overflow(4, Overflow::DropOldest);
+    let queue = QueueStore::with_epoch(4, Overflow::DropOldest, Epoch::new(2));
     let mut laggard = queue.subscribe();
     for n in 0..10u32 {
         queue.try_submit(n).map_err(|_| 4)?;
@@ -93,6 +94,18 @@ fn run() -> Result<(), i32> {
     match poll(&mut resumed) {
         Poll::Ready(Some(Ok(m))) if *m == 99 => {}
         _ => return Err(8),
+    }
+    // A position of another store is told apart, then the oldest retained follows.
+    let mut elsewhere = queue.subscribe_from(Start::After(Position::new(Epoch::new(1), 3)));
+    match poll(&mut elsewhere) {
+        Poll::Ready(Some(Err(RecvError::Reset {
+            reason: ResetReason::OtherEpoch,
+        }))) => {}
+        _ => return Err(9),
+    }
+    match poll(&mut elsewhere) {
+        Poll::Ready(Some(Ok(m))) if *m == 7 => {}
+        _ => return Err(10),
     }
     queue.close();
     Ok(())

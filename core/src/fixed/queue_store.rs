@@ -146,7 +146,7 @@ impl<T, const CAPACITY: usize, const WAKERS: usize> QueueStore<T, CAPACITY, WAKE
         self.overflow
     }
 
-    /// The position of the newest message ([`Position::ZERO`] if none yet).
+    /// The position of the newest message (offset 0 if none yet).
     pub fn last_position(&self) -> Position {
         Position::new(self.epoch, self.state.lock().last)
     }

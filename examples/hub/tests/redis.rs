@@ -124,6 +124,83 @@ async fn a_queue_topic_loses_nothing_across_a_redis_restart_and_latest_topics_sa
     assert_eq!(told.event, "interrupted");
 }
 
+/// Publishes until the hub takes it (while it reconnects to Redis a publish gets 503);
+/// returns the id.
+async fn publish_eventually(hub: &Hub, topic: &str, body: &str) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, text) = hub.publish(topic, body.to_owned()).await;
+        if status == 200 {
+            let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+            return json["id"].as_str().unwrap().to_owned();
+        }
+        assert_eq!(status, 503, "{text}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "publishing never recovered: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn when_redis_loses_entries_every_hub_says_reset_and_old_ids_are_told() {
+    // No append-only file: a crash brings back the last snapshot, losing what came after.
+    let mut server = RedisServer::start_in_memory();
+    let (a, b) = (hub_on(&server), hub_on(&server));
+    let mut on_a = a.events("/events/ledger", &[]).await;
+    let mut on_b = b.events("/events/ledger", &[]).await;
+    let mut ids = Vec::new();
+    for n in 1..=3 {
+        ids.push(a.published("ledger", &format!("kept {n}")).await);
+    }
+    server.cli(&["SAVE"]);
+    for n in 1..=2 {
+        ids.push(a.published("ledger", &format!("lost {n}")).await);
+    }
+    for events in [&mut on_a, &mut on_b] {
+        for id in &ids {
+            assert_eq!(&events.next().await.id, id, "the same id on both hubs");
+        }
+    }
+
+    server.restart();
+    let after = publish_eventually(&a, "ledger", "after").await;
+    let (offset, epoch) = after.split_once('-').unwrap();
+    assert_eq!(offset, "4", "numbered after what Redis kept");
+    assert!(!ids[0].ends_with(&format!("-{epoch}")), "a new epoch");
+    for events in [&mut on_a, &mut on_b] {
+        let notice = events.next().await;
+        assert_eq!(
+            (notice.event.as_str(), notice.data.as_str()),
+            ("reset", r#"{"reason":"lost"}"#)
+        );
+        let event = events.next().await;
+        assert_eq!(
+            (event.data.as_str(), event.id.as_str()),
+            ("after", after.as_str())
+        );
+    }
+
+    // A client that saw a lost message, coming back to the other hub: told, then
+    // everything the stream holds, under the new ids.
+    let mut client = b
+        .events("/events/ledger", &[("Last-Event-ID", &ids[4])])
+        .await;
+    let notice = client.next().await;
+    assert_eq!(
+        (notice.event.as_str(), notice.data.as_str()),
+        ("reset", r#"{"reason":"other-epoch"}"#)
+    );
+    for (n, data) in ["kept 1", "kept 2", "kept 3", "after"].iter().enumerate() {
+        let event = client.next().await;
+        assert_eq!(
+            (event.data.as_str(), event.id.as_str()),
+            (*data, format!("{}-{epoch}", n + 1).as_str())
+        );
+    }
+}
+
 #[test]
 fn the_hub_refuses_to_start_without_its_redis() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -17,14 +17,16 @@ use core::task::{Context, Poll, Waker};
 
 use futures_core::Stream;
 use storecast::fixed::{DataStore, QueueStore};
-use storecast::{Overflow, RecvError, Start};
+use storecast::{Epoch, Overflow, Position, RecvError, ResetReason, Start};
 
 /// The latest temperature reading (tenths of a degree): anyone can read the current one.
-static TEMPERATURE: DataStore<i16> = DataStore::new();
+/// A device draws no randomness here, so its stores take their epoch from the firmware
+/// (a boot counter kept in flash would tell apart every run).
+static TEMPERATURE: DataStore<i16> = DataStore::with_epoch(Epoch::new(7));
 
 /// Every button press, in order. Eight are kept; a display that falls further behind is
 /// told how many it missed.
-static PRESSES: QueueStore<u8, 8> = QueueStore::new(Overflow::DropOldest);
+static PRESSES: QueueStore<u8, 8> = QueueStore::with_epoch(Overflow::DropOldest, Epoch::new(7));
 
 /// Polls a stream once (an executor would wait for the waker instead).
 fn poll<S: Stream + Unpin>(stream: &mut S) -> Poll<Option<S::Item>> {
@@ -76,6 +78,15 @@ fn run() -> Result<(), i32> {
     match poll(&mut resumed) {
         Poll::Ready(Some(Ok(press))) if *press == 42 => {}
         _ => return Err(11),
+    }
+
+    // A position from an earlier run (another epoch) is told apart, never taken as now.
+    let mut stale = PRESSES.subscribe_from(Start::After(Position::new(Epoch::new(6), 3)));
+    match poll(&mut stale) {
+        Poll::Ready(Some(Err(RecvError::Reset {
+            reason: ResetReason::OtherEpoch,
+        }))) => {}
+        _ => return Err(13),
     }
 
     // Closing ends every stream once it is drained.

@@ -61,7 +61,7 @@ fn queue() {
                 while let Some(item) = block_on(lines.next()) {
                     let line: storecast::Message<String> = item.unwrap();
                     count += 1;
-                    assert_eq!(line.position().get(), count, "in order, none missed");
+                    assert_eq!(line.position().offset(), count, "in order, none missed");
                     thread::sleep(Duration::from_millis(pause_ms));
                 }
                 println!("   {name} reader got all {count} lines in order");
@@ -113,13 +113,14 @@ fn overflow() {
 fn resume() {
     println!("== Resume after a position");
     let events = QueueStore::new(16);
-    let mut seen = storecast::Position::ZERO;
+    let mut seen = None;
     for n in 1..=5 {
         let position = events.try_submit(format!("event {n}")).unwrap();
         if n == 3 {
-            seen = position;
+            seen = Some(position);
         }
     }
+    let seen = seen.expect("three submits");
     let mut again = events.subscribe_from(Start::After(seen));
     events.close();
     let missed: Vec<String> = block_on(async {

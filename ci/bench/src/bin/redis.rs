@@ -261,7 +261,7 @@ fn run_queue(
                     let Some(Ok(message)) = subscriber.next().await else {
                         return;
                     };
-                    let position = message.position().get();
+                    let position = message.position().offset();
                     if previous.is_some_and(|p| p + 1 != position) || *message != PAYLOAD {
                         return;
                     }
@@ -272,11 +272,11 @@ fn run_queue(
         }
         (store, in_order)
     });
-    let start = store.last_position().get();
+    let start = store.last_position().offset();
     let cpu_before = cpu_seconds();
     let watcher = {
         let store = store.clone();
-        watch(move || store.last_position().get() - start, messages)
+        watch(move || store.last_position().offset() - start, messages)
     };
     redis_benchmark(
         placement,
