@@ -11,11 +11,12 @@ use event_listener::Event;
 use futures_core::Stream;
 
 use crate::notify::{Parking, Published, Wakers};
+use crate::position::Seen;
 use crate::slot::{Miss, Slot};
 use crate::store::{Item, Message, Store};
 use crate::sync::{AtomicBool, AtomicUsize, CachePadded, Mutex, Ordering};
 use crate::wait::poll_until;
-use crate::{Epoch, Position, RecvError, Start, SubmitError, TrySubmitError};
+use crate::{Epoch, Position, Start, SubmitError, TrySubmitError};
 
 /// A latest-value store (Tornadose's `DataStore`): it holds one current value, and its
 /// subscribers see the newest one.
@@ -28,7 +29,7 @@ use crate::{Epoch, Position, RecvError, Start, SubmitError, TrySubmitError};
 /// up with the last value submitted. Each value comes with its [`Position`], which
 /// carries the store's [`Epoch`] (random, unless given with
 /// [`with_epoch`](DataStore::with_epoch)): a subscriber resuming after a position of
-/// another epoch, or ahead of the store, first gets [`RecvError::Reset`], then the
+/// another epoch, or ahead of the store, first gets [`RecvError::Reset`](crate::RecvError::Reset), then the
 /// current value.
 ///
 /// # Submitting
@@ -184,7 +185,7 @@ impl<T> DataStore<T> {
 
     /// Subscribes from `start`. [`Start::After`] a position yields only values newer than
     /// it; [`Start::Now`] and [`Start::Oldest`] begin with the current value. A position
-    /// the store cannot place (another epoch, or ahead) yields [`RecvError::Reset`] first,
+    /// the store cannot place (another epoch, or ahead) yields [`RecvError::Reset`](crate::RecvError::Reset) first,
     /// then the current value.
     pub fn subscribe_from(&self, start: Start) -> DataSubscriber<T> {
         let now = self.shared.position.load();
@@ -192,8 +193,7 @@ impl<T> DataStore<T> {
         self.shared.subscribers.fetch_add(1, Ordering::Relaxed);
         DataSubscriber {
             shared: Arc::clone(&self.shared),
-            seen: placed.next,
-            news: placed.news,
+            seen: Seen::new(placed),
             parking: self.shared.wakers.parking(),
         }
     }
@@ -326,14 +326,12 @@ impl<T: Send + Sync + 'static> Store for DataStore<T> {
 /// deregisters it.
 ///
 /// Skipping intermediate values is the latest-value contract, not an error: the only
-/// `Err` item is a [`RecvError::Reset`] first, when it resumed from a position the store
+/// `Err` item is a [`RecvError::Reset`](crate::RecvError::Reset) first, when it resumed from a position the store
 /// could not place.
 pub struct DataSubscriber<T> {
     shared: Arc<Shared<T>>,
-    /// The position of the last value yielded (0: none yet).
-    seen: u64,
-    /// What it has to be told before its first value (a reset).
-    news: Option<RecvError>,
+    /// The offset of the last value yielded (0: none yet), and a reset to tell first.
+    seen: Seen,
     /// Where this subscriber's waker goes while it waits for a change.
     parking: Parking,
 }
@@ -342,7 +340,7 @@ impl<T> DataSubscriber<T> {
     /// The newest value not yet seen (or news to tell first), without waiting; `None` if
     /// there is none.
     pub fn try_next(&mut self) -> Option<Item<T>> {
-        if let Some(news) = self.news.take() {
+        if let Some(news) = self.seen.take_news() {
             return Some(Err(news));
         }
         self.shared.newer_than(&mut self.seen).map(Ok)
@@ -350,7 +348,7 @@ impl<T> DataSubscriber<T> {
 
     /// The position of the last value this subscriber received.
     pub fn position(&self) -> Position {
-        Position::new(self.shared.epoch, self.seen)
+        Position::new(self.shared.epoch, self.seen.offset())
     }
 }
 
@@ -372,18 +370,18 @@ impl<T> Shared<T> {
     }
 
     /// The current value if it is newer than `seen`, which then moves up to it.
-    fn newer_than(&self, seen: &mut u64) -> Option<Message<T>> {
-        if self.position.load() <= *seen {
+    fn newer_than(&self, seen: &mut Seen) -> Option<Message<T>> {
+        if self.position.load() <= seen.offset() {
             return None;
         }
         let message = self.load()?;
-        *seen = message.position().offset();
+        seen.set(message.position().offset());
         Some(message)
     }
 
     /// Whether a subscriber that has seen `seen` is done: closed, and nothing newer.
-    fn finished(&self, seen: u64) -> bool {
-        self.closed.load(Ordering::Acquire) && self.position.load() <= seen
+    fn finished(&self, seen: Seen) -> bool {
+        self.closed.load(Ordering::Acquire) && self.position.load() <= seen.offset()
     }
 }
 
@@ -394,10 +392,9 @@ impl<T> Stream for DataSubscriber<T> {
         let DataSubscriber {
             shared,
             seen,
-            news,
             parking,
         } = self.get_mut();
-        if let Some(news) = news.take() {
+        if let Some(news) = seen.take_news() {
             return Poll::Ready(Some(Err(news)));
         }
         let mut parked = false;

@@ -60,6 +60,27 @@ pub enum ResetReason {
 }
 
 impl ResetReason {
+    /// A number from 1 to 7 (for packing into a few bits).
+    pub(crate) const fn code(self) -> u8 {
+        match self {
+            ResetReason::OtherEpoch => 1,
+            ResetReason::Ahead => 2,
+            ResetReason::Unreadable => 3,
+            ResetReason::Lost => 4,
+        }
+    }
+
+    /// The reason of [`code`](ResetReason::code), if any.
+    pub(crate) const fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(ResetReason::OtherEpoch),
+            2 => Some(ResetReason::Ahead),
+            3 => Some(ResetReason::Unreadable),
+            4 => Some(ResetReason::Lost),
+            _ => None,
+        }
+    }
+
     /// A short, stable name for the wire: `other-epoch`, `ahead`, `unreadable`, `lost`.
     pub const fn as_str(self) -> &'static str {
         match self {

@@ -217,12 +217,15 @@ pub enum Start {
     After(Position),
 }
 
-/// Where a subscriber begins, placed in a store: the offset it reads first, and what it
-/// is told before anything else.
+/// Where a subscriber begins, placed in a store: the offset it reads first (a latest-value
+/// store: the offset it counts as seen), and what it is told before anything else.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Placed {
     pub(crate) next: u64,
-    pub(crate) news: Option<RecvError>,
+    /// Messages it asked for that are gone.
+    pub(crate) missed: u64,
+    /// Why its position could not be placed at all.
+    pub(crate) reset: Option<ResetReason>,
 }
 
 impl Start {
@@ -242,7 +245,8 @@ impl Start {
         if let Some(reason) = self.reset_reason(epoch, last) {
             return Placed {
                 next: oldest,
-                news: Some(RecvError::Reset { reason }),
+                missed: 0,
+                reset: Some(reason),
             };
         }
         let wanted = match self {
@@ -253,9 +257,8 @@ impl Start {
         let next = wanted.max(oldest);
         Placed {
             next,
-            news: (next > wanted).then_some(RecvError::Lagged {
-                missed: next - wanted,
-            }),
+            missed: next - wanted,
+            reset: None,
         }
     }
 
@@ -263,17 +266,49 @@ impl Start {
     /// offset a subscriber starting here counts as already seen (the current value is
     /// newer than it unless the subscriber resumes after it).
     pub(crate) fn place_in_latest(self, epoch: Epoch, current: u64) -> Placed {
-        if let Some(reason) = self.reset_reason(epoch, current) {
-            return Placed {
-                next: 0,
-                news: Some(RecvError::Reset { reason }),
-            };
-        }
+        let reset = self.reset_reason(epoch, current);
         let next = match self {
-            Start::Now | Start::Oldest => 0,
-            Start::After(p) => p.offset,
+            Start::After(p) if reset.is_none() => p.offset,
+            _ => 0,
         };
-        Placed { next, news: None }
+        Placed {
+            next,
+            missed: 0,
+            reset,
+        }
+    }
+}
+
+/// What a latest-value subscriber has seen: the offset of the last value it yielded, and,
+/// in the top bits, a reset it has still to be told (offsets never come near 2⁶¹, and the
+/// subscriber stays as small as it was before resets existed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Seen(u64);
+
+impl Seen {
+    const NEWS_SHIFT: u32 = 61;
+    const OFFSET_MASK: u64 = (1 << Self::NEWS_SHIFT) - 1;
+
+    pub(crate) fn new(placed: Placed) -> Self {
+        let news = placed.reset.map_or(0, |reason| reason.code() as u64);
+        Seen(placed.next | (news << Self::NEWS_SHIFT))
+    }
+
+    /// The offset of the last value yielded (0: none yet).
+    pub(crate) fn offset(self) -> u64 {
+        self.0 & Self::OFFSET_MASK
+    }
+
+    /// Records that the value at `offset` was yielded.
+    pub(crate) fn set(&mut self, offset: u64) {
+        self.0 = (self.0 & !Self::OFFSET_MASK) | (offset & Self::OFFSET_MASK);
+    }
+
+    /// The reset to tell before anything else, once.
+    pub(crate) fn take_news(&mut self) -> Option<RecvError> {
+        let code = (self.0 >> Self::NEWS_SHIFT) as u8;
+        self.0 &= Self::OFFSET_MASK;
+        ResetReason::from_code(code).map(|reason| RecvError::Reset { reason })
     }
 }
 

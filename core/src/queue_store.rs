@@ -19,7 +19,9 @@ use crate::slot::{Miss, Slot};
 use crate::store::{Item, Message, Store};
 use crate::sync::{AtomicBool, AtomicUsize, CachePadded, Mutex, Ordering};
 use crate::wait::poll_until;
-use crate::{Epoch, Overflow, Position, RecvError, Start, SubmitError, TrySubmitError};
+use crate::{
+    Epoch, Overflow, Position, RecvError, ResetReason, Start, SubmitError, TrySubmitError,
+};
 
 /// A queue store (Tornadose's `QueueStore`, with bounded memory): every subscriber gets
 /// every message submitted after it subscribed, in order, none twice.
@@ -326,7 +328,8 @@ impl<T> QueueStore<T> {
             shared: Arc::clone(&self.shared),
             cursor: Cursor {
                 next,
-                news: placed.news,
+                missed: placed.missed,
+                reset: placed.reset,
                 ended: false,
                 registered: true,
             },
@@ -497,8 +500,10 @@ pub struct QueueSubscriber<T> {
 struct Cursor {
     /// The position this subscriber reads next.
     next: u64,
-    /// What it has to be told before reading `next` (lost messages, or a reset).
-    news: Option<RecvError>,
+    /// Messages lost before `next` that have not been reported yet.
+    missed: u64,
+    /// Why its position could not be placed, not reported yet (before `missed`).
+    reset: Option<ResetReason>,
     /// The stream has ended (drained a closed store, or fell behind).
     ended: bool,
     /// Still counted by the store (false once it fell behind and was cut off).
@@ -533,8 +538,12 @@ impl<T> Shared<T> {
         if cursor.ended {
             return Read::Ended;
         }
-        if let Some(news) = cursor.news.take() {
-            return Read::Item(Err(news));
+        if let Some(reason) = cursor.reset.take() {
+            return Read::Item(Err(RecvError::Reset { reason }));
+        }
+        if cursor.missed > 0 {
+            let missed = core::mem::take(&mut cursor.missed);
+            return Read::Item(Err(RecvError::Lagged { missed }));
         }
         if cursor.next > self.last.load() {
             // Closed is checked before `last` is read again: `close` happens after every

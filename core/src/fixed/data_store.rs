@@ -8,8 +8,9 @@ use futures_core::Stream;
 
 use super::wakers::WakerList;
 use super::{Item, Message};
+use crate::position::Seen;
 use crate::sync::Mutex;
-use crate::{Epoch, Position, RecvError, Start, SubmitError};
+use crate::{Epoch, Position, Start, SubmitError};
 
 /// A latest-value store with no allocator: the same contract as
 /// [`crate::DataStore`] (current value first, then newer ones,
@@ -134,7 +135,7 @@ impl<T, const WAKERS: usize> DataStore<T, WAKERS> {
 
     /// Subscribes from `start`: [`Start::After`] a position yields only newer values; a
     /// position the store cannot place (another epoch, or ahead) yields
-    /// [`RecvError::Reset`] first, then the current value.
+    /// [`RecvError::Reset`](crate::RecvError::Reset) first, then the current value.
     pub fn subscribe_from(&self, start: Start) -> DataSubscriber<'_, T>
     where
         T: Clone + Send,
@@ -144,8 +145,7 @@ impl<T, const WAKERS: usize> DataStore<T, WAKERS> {
         let placed = start.place_in_latest(self.epoch, state.position);
         DataSubscriber {
             store: self,
-            seen: placed.next,
-            news: placed.news,
+            seen: Seen::new(placed),
         }
     }
 
@@ -219,17 +219,17 @@ impl<T, const WAKERS: usize> Default for DataStore<T, WAKERS> {
 
 /// What a subscriber needs of its store, without the store's `WAKERS` in its type.
 trait Latest<T>: Sync {
-    fn poll_newer(&self, seen: &mut u64, cx: Option<&mut Context<'_>>) -> Poll<Option<Item<T>>>;
+    fn poll_newer(&self, seen: &mut Seen, cx: Option<&mut Context<'_>>) -> Poll<Option<Item<T>>>;
     fn leave(&self);
     fn epoch(&self) -> Epoch;
 }
 
 impl<T: Clone + Send, const WAKERS: usize> Latest<T> for DataStore<T, WAKERS> {
-    fn poll_newer(&self, seen: &mut u64, cx: Option<&mut Context<'_>>) -> Poll<Option<Item<T>>> {
+    fn poll_newer(&self, seen: &mut Seen, cx: Option<&mut Context<'_>>) -> Poll<Option<Item<T>>> {
         let mut state = self.state.lock();
-        if state.position > *seen {
+        if state.position > seen.offset() {
             if let Some(value) = state.current.clone() {
-                *seen = state.position;
+                seen.set(state.position);
                 let position = Position::new(self.epoch, state.position);
                 return Poll::Ready(Some(Ok(Message { position, value })));
             }
@@ -261,15 +261,13 @@ impl<T: Clone + Send, const WAKERS: usize> Latest<T> for DataStore<T, WAKERS> {
 pub struct DataSubscriber<'a, T> {
     store: &'a dyn Latest<T>,
     /// The position of the last value yielded (0: none yet).
-    seen: u64,
-    /// What it has to be told before its first value (a reset).
-    news: Option<RecvError>,
+    seen: Seen,
 }
 
 impl<T> DataSubscriber<'_, T> {
     /// The newest value not yet seen (or news to tell first), without waiting.
     pub fn try_next(&mut self) -> Option<Item<T>> {
-        if let Some(news) = self.news.take() {
+        if let Some(news) = self.seen.take_news() {
             return Some(Err(news));
         }
         match self.store.poll_newer(&mut self.seen, None) {
@@ -280,7 +278,7 @@ impl<T> DataSubscriber<'_, T> {
 
     /// The position of the last value this subscriber received.
     pub fn position(&self) -> Position {
-        Position::new(self.store.epoch(), self.seen)
+        Position::new(self.store.epoch(), self.seen.offset())
     }
 }
 
@@ -289,7 +287,7 @@ impl<T> Stream for DataSubscriber<'_, T> {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item<T>>> {
         let this = self.get_mut();
-        if let Some(news) = this.news.take() {
+        if let Some(news) = this.seen.take_news() {
             return Poll::Ready(Some(Err(news)));
         }
         this.store.poll_newer(&mut this.seen, Some(cx))

@@ -10,7 +10,9 @@ use super::wakers::{ToWake, WakerList};
 use super::{Item, Message};
 use crate::position::oldest_retained;
 use crate::sync::Mutex;
-use crate::{Epoch, Overflow, Position, RecvError, Start, SubmitError, TrySubmitError};
+use crate::{
+    Epoch, Overflow, Position, RecvError, ResetReason, Start, SubmitError, TrySubmitError,
+};
 
 /// A queue store with no allocator: the same contract as
 /// [`crate::QueueStore`] (every message after subscribing, in
@@ -235,7 +237,8 @@ impl<T, const CAPACITY: usize, const WAKERS: usize> QueueStore<T, CAPACITY, WAKE
             store: self,
             cursor: Cursor {
                 next,
-                news: placed.news,
+                missed: placed.missed,
+                reset: placed.reset,
                 ended: false,
                 registered: true,
             },
@@ -321,8 +324,10 @@ impl<T, const CAPACITY: usize, const WAKERS: usize> fmt::Debug for QueueStore<T,
 struct Cursor {
     /// The position this subscriber reads next.
     next: u64,
-    /// What it has to be told before reading `next` (lost messages, or a reset).
-    news: Option<RecvError>,
+    /// Messages lost before `next` that have not been reported yet.
+    missed: u64,
+    /// Why its position could not be placed, not reported yet (before `missed`).
+    reset: Option<ResetReason>,
     /// The stream has ended (drained a closed store, or fell behind).
     ended: bool,
     /// Still counted by the store.
@@ -348,8 +353,12 @@ impl<T: Clone + Send, const CAPACITY: usize, const WAKERS: usize> Ring<T>
         if cursor.ended {
             return Poll::Ready(None);
         }
-        if let Some(news) = cursor.news.take() {
-            return Poll::Ready(Some(Err(news)));
+        if let Some(reason) = cursor.reset.take() {
+            return Poll::Ready(Some(Err(RecvError::Reset { reason })));
+        }
+        if cursor.missed > 0 {
+            let missed = core::mem::take(&mut cursor.missed);
+            return Poll::Ready(Some(Err(RecvError::Lagged { missed })));
         }
         let mut state = self.state.lock();
         if cursor.next > state.last {
