@@ -11,10 +11,13 @@
 //!   When the slowest subscriber is a whole ring behind, an explicit [`Overflow`] policy
 //!   decides: wait (lossless), drop the oldest and tell the laggard, or disconnect it.
 //!
-//! Every message has a [`Position`] that only grows; a subscriber can resume after a
-//! position it saw (SSE `Last-Event-ID`) with [`Start::After`]. Subscribers are
-//! [`Stream`](futures_core::Stream)s of [`Item`]s; dropping one deregisters it. After
-//! [`close`](Store::close), subscribers receive what is left and then their streams end.
+//! Every message has a [`Position`]: the [`Epoch`] of its store (its identity) and an
+//! offset that only grows. A subscriber can resume after a position it saw (SSE
+//! `Last-Event-ID`) with [`Start::After`]; a position the store cannot place (another
+//! epoch, such as a server that restarted, or ahead) is told as [`RecvError::Reset`],
+//! never taken as "now". Subscribers are [`Stream`](futures_core::Stream)s of [`Item`]s;
+//! dropping one deregisters it. After [`close`](Store::close), or once the last handle to
+//! a store is dropped, subscribers receive what is left and then their streams end.
 //! Values are shared (`Arc`), never cloned per subscriber, so `T` needs no `Clone`.
 //!
 //! The crate names no runtime: it runs on Tokio, async-std, smol or any executor. The
@@ -44,6 +47,8 @@
 //! | `conformance` | `storecast::conformance`: the executor-agnostic checks any store must pass | testing a store |
 //!
 //! Positions, [`Start`], [`Overflow`], closing and the errors are the same in every row.
+//! Without `std` no randomness is drawn: the stores take their epoch from the caller
+//! (`with_epoch`).
 //! Without `std` the locks spin; every critical section is a few assignments and a clone,
 //! never user callbacks. `ci/no-std.sh` links and runs a no-allocator binary and an
 //! alloc-only one on every CI run.
