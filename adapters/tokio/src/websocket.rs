@@ -18,10 +18,16 @@ use tokio::time::{Instant, MissedTickBehavior};
 /// closes, the socket is closed normally; a subscriber cut off by a
 /// [`Disconnect`](storecast::Overflow::Disconnect) queue gets its `fell-behind` frame,
 /// then a close with code 1008 (policy).
+///
+/// Nothing a client sends is read but control frames, so client messages are limited to
+/// 4 KiB by default ([`max_message_bytes`](WebSocketSubscriber::max_message_bytes)): a
+/// larger one (or a fragmented one growing past it) closes the socket with 1009, a
+/// protocol error with 1002, and a client's close is answered.
 #[derive(Debug, Clone)]
 pub struct WebSocketSubscriber<S> {
     store: S,
     ping: Duration,
+    max_message_bytes: usize,
 }
 
 impl<S> WebSocketSubscriber<S>
@@ -34,7 +40,14 @@ where
         WebSocketSubscriber {
             store,
             ping: Duration::from_secs(15),
+            max_message_bytes: 4 * 1024,
         }
+    }
+
+    /// Sets the largest message (or frame) a client may send.
+    pub fn max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = bytes;
+        self
     }
 
     /// Sets how often the server pings.
@@ -49,7 +62,10 @@ where
     /// [`sse::subscribe`]).
     pub fn upgrade(self, upgrade: WebSocketUpgrade, last_event_id: Option<&str>) -> Response {
         let subscriber = sse::subscribe(&self.store, last_event_id);
-        upgrade.on_upgrade(move |socket| self.serve(socket, subscriber))
+        upgrade
+            .max_message_size(self.max_message_bytes)
+            .max_frame_size(self.max_message_bytes)
+            .on_upgrade(move |socket| self.serve(socket, subscriber))
     }
 
     async fn serve(self, mut socket: WebSocket, mut subscriber: sse::Resumed<S::Subscriber>) {
@@ -74,7 +90,23 @@ where
                     }
                 }
                 received = socket.recv() => match received {
-                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                    None => break,
+                    Some(Ok(Message::Close(_))) => {
+                        // The reply is queued by the protocol; it leaves as the socket is
+                        // read to its end.
+                        finish(&mut socket).await;
+                        break;
+                    }
+                    Some(Err(e)) => {
+                        let (code, reason) = if too_big(e) {
+                            (1009, "message too big")
+                        } else {
+                            (1002, "protocol error")
+                        };
+                        let _ = socket.send(close(code, reason)).await;
+                        finish(&mut socket).await;
+                        break;
+                    }
                     // Anything the client sends (pongs included) shows it is alive.
                     Some(Ok(_)) => heard = Instant::now(),
                 },
@@ -90,6 +122,23 @@ where
             }
         }
     }
+}
+
+/// Reads a closing socket to its end (a second at most), so that the close handshake's
+/// frames leave.
+async fn finish(socket: &mut WebSocket) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Some(Ok(_)) = socket.recv().await {}
+    })
+    .await;
+}
+
+/// Whether a receive failed because the client sent more than the limit.
+fn too_big(error: axum::Error) -> bool {
+    matches!(
+        error.into_inner().downcast_ref::<tungstenite::Error>(),
+        Some(tungstenite::Error::Capacity(_))
+    )
 }
 
 fn close(code: u16, reason: &'static str) -> Message {

@@ -50,6 +50,13 @@ pub struct Config {
     #[arg(long, env = "STORECAST_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
 
+    /// Most bytes of message bodies all topics together may retain (a queue topic its
+    /// last --queue-capacity messages, a latest-value topic its value). A publish that would
+    /// go past it is refused with 507; one to a full topic pushes its oldest message out, so
+    /// it needs only the difference.
+    #[arg(long, env = "STORECAST_MAX_RETAINED_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub max_retained_bytes: u64,
+
     /// Most topics that may exist (publishing to a new one beyond that gets 503).
     #[arg(long, env = "STORECAST_MAX_TOPICS", default_value_t = 10_000)]
     pub max_topics: usize,
@@ -66,7 +73,18 @@ pub struct Config {
     #[arg(long, env = "STORECAST_SUBSCRIBE_TOKEN", hide_env_values = true)]
     pub subscribe_token: Option<String>,
 
-    /// Origins allowed to call the hub from a browser page (CORS); `*` allows any.
+    /// Token required to read /metrics (none: anyone may). Prefer the environment
+    /// variable for tokens: flags are visible in `ps`.
+    #[arg(long, env = "STORECAST_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+
+    /// Seconds a topic with no subscriber and no publish is kept; then it is removed with
+    /// what it retains (on Redis, the stream stays; only this hub lets go of it).
+    #[arg(long, env = "STORECAST_TOPIC_IDLE_SECS", default_value_t = 300)]
+    pub topic_idle_secs: u64,
+
+    /// Origins allowed to call the hub from a browser page (CORS); `*` allows any. With
+    /// origins given, a publish or a WebSocket upgrade from any other origin gets 403.
     /// Repeat the flag or separate with commas.
     #[arg(
         long = "cors-origin",
@@ -78,6 +96,27 @@ pub struct Config {
     /// Seconds between keep-alives on idle SSE streams and pings on WebSockets.
     #[arg(long, env = "STORECAST_KEEP_ALIVE_SECS", default_value_t = 15)]
     pub keep_alive_secs: u64,
+
+    /// Seconds a client has to send a complete request head, counted from the connection's
+    /// opening or the end of its previous response: slow clients, and idle keep-alive
+    /// connections, are closed after it.
+    #[arg(long, env = "STORECAST_HEAD_TIMEOUT_SECS", default_value_t = 10)]
+    pub head_timeout_secs: u64,
+
+    /// Seconds a client has to send a request body (a publish) once its head arrived
+    /// (slower ones get 408).
+    #[arg(long, env = "STORECAST_BODY_TIMEOUT_SECS", default_value_t = 30)]
+    pub body_timeout_secs: u64,
+
+    /// Seconds a connection may accept no byte before it is dropped: a subscriber that
+    /// stopped reading (SSE or WebSocket) goes, and nobody waits on it longer.
+    #[arg(long, env = "STORECAST_WRITE_TIMEOUT_SECS", default_value_t = 30)]
+    pub write_timeout_secs: u64,
+
+    /// Seconds after SIGTERM or SIGINT before connections that are still open are
+    /// dropped and the hub exits (streams are ended properly first).
+    #[arg(long, env = "STORECAST_SHUTDOWN_TIMEOUT_SECS", default_value_t = 10)]
+    pub shutdown_timeout_secs: u64,
 
     /// Milliseconds an SSE client should wait before reconnecting (the `retry` field).
     #[arg(long, env = "STORECAST_RETRY_MS")]
@@ -140,5 +179,17 @@ impl Config {
 
     pub fn keep_alive(&self) -> Duration {
         Duration::from_secs(self.keep_alive_secs.max(1))
+    }
+
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_secs(self.body_timeout_secs.max(1))
+    }
+
+    pub fn timeouts(&self) -> crate::server::Timeouts {
+        crate::server::Timeouts {
+            head: Duration::from_secs(self.head_timeout_secs.max(1)),
+            write: Duration::from_secs(self.write_timeout_secs.max(1)),
+            shutdown: Duration::from_secs(self.shutdown_timeout_secs),
+        }
     }
 }

@@ -9,11 +9,11 @@
 mod config;
 mod metrics;
 mod routes;
+mod server;
 mod topics;
 
 use std::sync::Arc;
 
-use axum::serve::ListenerExt;
 use clap::Parser;
 use storecast_redis::{Options, Redis};
 use tracing_subscriber::EnvFilter;
@@ -25,7 +25,7 @@ use crate::topics::Topics;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let config = Config::parse();
+    let mut config = Config::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -34,6 +34,17 @@ async fn main() -> std::process::ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
+    let open_files = server::raise_open_files_limit();
+    // Every socket takes a descriptor: keep some for Redis, logs and the listener, refuse
+    // connections (503) well before descriptors run out, and keep a tenth of the sockets
+    // for publishers and other requests.
+    let max_sockets = open_files.map_or(usize::MAX, |limit| {
+        usize::try_from(limit.saturating_sub(RESERVED_FILES)).unwrap_or(usize::MAX)
+    });
+    let subscribers_fit = max_sockets - max_sockets / 10;
+    if config.max_connections > subscribers_fit {
+        config.max_connections = subscribers_fit;
+    }
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(listener) => listener,
         Err(e) => {
@@ -65,33 +76,48 @@ async fn main() -> std::process::ExitCode {
     println!("listening on http://{address}");
     tracing::info!(%address, "storecast hub started; open http://{address}/ in a browser");
 
-    let app = routes::router(Arc::clone(&hub));
-    let closing = Arc::clone(&hub);
-    // Events are small writes that must leave at once: no Nagle delay.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!("cannot set TCP_NODELAY: {e}");
+    tracing::info!(
+        open_files = open_files.map_or_else(|| "unknown".to_owned(), |n| n.to_string()),
+        max_sockets,
+        max_subscribers = hub.config.max_connections,
+        "connection limits (raise the hard open-file limit, ulimit -Hn, for more)"
+    );
+    // Topics nobody uses go, with what they retain.
+    let sweeping = Arc::clone(&hub);
+    tokio::spawn(async move {
+        let every =
+            std::time::Duration::from_secs((sweeping.config.topic_idle_secs / 4).clamp(1, 30));
+        loop {
+            tokio::time::sleep(every).await;
+            let removed = sweeping.topics.remove_idle();
+            if removed > 0 {
+                tracing::debug!(removed, "idle topics removed");
+            }
         }
     });
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
+    let app = routes::router(Arc::clone(&hub));
+    let closing = Arc::clone(&hub);
+    server::serve(
+        listener,
+        app,
+        hub.config.timeouts(),
+        Arc::clone(&hub.metrics),
+        max_sockets,
+        async {
             storecast_tokio::shutdown_signal().await;
             tracing::info!("shutting down: ending every stream");
-            // Subscribers get what is left, then their streams end, so connections close.
-            closing.topics.close_all();
-        })
-        .await;
-    match served {
-        Ok(()) => {
-            tracing::info!("stopped");
-            std::process::ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("storecast-hub: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+        },
+        // Subscribers get what is left, then their streams end, so connections close.
+        move || closing.topics.close_all(),
+    )
+    .await;
+    tracing::info!("stopped");
+    std::process::ExitCode::SUCCESS
 }
+
+/// Descriptors kept for other uses than client sockets (Redis connections, the listener,
+/// logs).
+const RESERVED_FILES: u64 = 64;
 
 /// Connects to the hub's Redis, trusting `ca_file` for TLS if given.
 async fn connect_redis(url: &str, ca_file: Option<&std::path::Path>) -> Result<Redis, String> {

@@ -22,11 +22,29 @@ pub struct Metrics {
     pub resets: AtomicU64,
     /// Requests refused (4xx and 5xx answers).
     pub rejected: AtomicU64,
+    /// Bytes of message bodies the topics retain (what `--max-retained-bytes` bounds).
+    pub retained_bytes: AtomicU64,
+    /// Publishes refused because they would take retained memory past the budget.
+    pub over_budget: AtomicU64,
+    /// Open TCP connections (subscribers, publishers, idle keep-alives).
+    pub sockets: AtomicUsize,
+    /// Connections refused at once because the hub had as many as it can hold.
+    pub refused_sockets: AtomicU64,
+    /// Connections closed because a request head did not arrive in time (or an idle
+    /// keep-alive connection sent nothing).
+    pub head_timeouts: AtomicU64,
+    /// Requests whose body did not arrive in time (408).
+    pub body_timeouts: AtomicU64,
+    /// Connections dropped because the peer accepted nothing for the write timeout (a
+    /// subscriber that stopped reading).
+    pub write_timeouts: AtomicU64,
 }
 
 impl Metrics {
     /// The Prometheus text exposition of these counters and each topic's figures.
-    pub fn render(&self, topics: &[TopicStats]) -> String {
+    /// `topics` are the figures of some topics (those with the most subscribers) out of
+    /// `all`.
+    pub fn render(&self, all: usize, topics: &[TopicStats]) -> String {
         let mut out = String::new();
         let mut gauge = |name: &str, kind: &str, help: &str, value: u64| {
             let _ = writeln!(
@@ -69,6 +87,54 @@ impl Metrics {
             "counter",
             "Subscribers told their last id could not be placed (another epoch, ahead, or unreadable).",
             self.resets.load(Ordering::Relaxed),
+        );
+        gauge(
+            "storecast_retained_bytes",
+            "gauge",
+            "Bytes of message bodies the topics retain (bounded by --max-retained-bytes).",
+            self.retained_bytes.load(Ordering::Relaxed),
+        );
+        gauge(
+            "storecast_over_budget_total",
+            "counter",
+            "Publishes refused (507) because they would take retained memory past the budget.",
+            self.over_budget.load(Ordering::Relaxed),
+        );
+        gauge(
+            "storecast_sockets",
+            "gauge",
+            "Open TCP connections.",
+            self.sockets.load(Ordering::Relaxed) as u64,
+        );
+        for (name, help, counter) in [
+            (
+                "storecast_refused_sockets_total",
+                "Connections refused at once: the hub held as many as it can.",
+                &self.refused_sockets,
+            ),
+            (
+                "storecast_head_timeouts_total",
+                "Connections closed: no complete request head in time (slow or idle clients).",
+                &self.head_timeouts,
+            ),
+            (
+                "storecast_body_timeouts_total",
+                "Requests answered 408: the body did not arrive in time.",
+                &self.body_timeouts,
+            ),
+            (
+                "storecast_write_timeouts_total",
+                "Connections dropped: the peer accepted nothing for the write timeout.",
+                &self.write_timeouts,
+            ),
+        ] {
+            gauge(name, "counter", help, counter.load(Ordering::Relaxed));
+        }
+        gauge(
+            "storecast_topics",
+            "gauge",
+            "Topics the hub holds (per-topic series below cover those with the most subscribers).",
+            all as u64,
         );
         gauge(
             "storecast_rejected_total",

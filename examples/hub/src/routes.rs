@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -19,6 +18,9 @@ use storecast_tokio::{EventSource, WebSocketSubscriber, last_event_id};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::topics::{HubMessage, Topic, TopicError, Topics};
+
+/// How many topics `/metrics` shows series for (those with the most subscribers).
+const TOPIC_SERIES: usize = 100;
 
 /// What every handler shares.
 #[derive(Debug)]
@@ -84,22 +86,24 @@ impl IntoResponse for Refusal {
 #[derive(Debug, Default, Deserialize)]
 struct Params {
     token: Option<String>,
-    event: Option<String>,
     #[serde(rename = "lastEventId")]
     last_event_id: Option<String>,
 }
 
-/// Whether the request carries `expected` (as a bearer token or `?token=`); no token
-/// configured means anyone may.
+/// Whether the request carries `expected`: as `Authorization: Bearer TOKEN` (the scheme in
+/// any case), or, only when there is no `Authorization` header at all, as `?token=` (for
+/// clients that cannot set headers). No token configured means anyone may.
 fn authorized(expected: &Option<String>, headers: &HeaderMap, params: &Params) -> bool {
     let Some(expected) = expected else {
         return true;
     };
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let given = bearer.or(params.token.as_deref());
+    let given = match headers.get(header::AUTHORIZATION) {
+        Some(value) => value.to_str().ok().and_then(|value| {
+            let (scheme, token) = value.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        }),
+        None => params.token.as_deref(),
+    };
     // Compared without an early exit, so timing does not reveal a matching prefix.
     given.is_some_and(|given| {
         given.len() == expected.len()
@@ -139,45 +143,65 @@ async fn publish(
     State(hub): Shared,
     Path(name): Path<String>,
     Query(params): Query<Params>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Response {
     if !authorized(&hub.config.publish_token, &headers, &params) {
         return unauthorized("publish").into_response();
     }
-    let topic = match topic(&hub, &name).await {
-        Ok(topic) => topic,
+    // Everything about the request is checked before its topic is made: a refused
+    // request creates nothing.
+    let event = match event_type(uri.query()) {
+        Ok(event) => event,
         Err(refusal) => return refusal.into_response(),
     };
-    let Ok(data) = String::from_utf8(body.to_vec()) else {
+    let limit = hub.config.max_body_bytes;
+    let read =
+        tokio::time::timeout(hub.config.body_timeout(), axum::body::to_bytes(body, limit)).await;
+    let bytes = match read {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => {
+            return refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the message body is over {limit} bytes (--max-body-bytes)"),
+            );
+        }
+        Err(_) => {
+            hub.metrics.body_timeouts.fetch_add(1, Ordering::Relaxed);
+            let mut response = refuse(
+                StatusCode::REQUEST_TIMEOUT,
+                "the message body did not arrive in time (--body-timeout-secs)",
+            );
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
+        }
+    };
+    let Ok(data) = String::from_utf8(bytes.to_vec()) else {
         return refuse(
             StatusCode::BAD_REQUEST,
             "the message body must be UTF-8 text",
         );
     };
-    if let Some(event) = &params.event
-        && (event.is_empty() || event.contains(['\r', '\n']))
-    {
+    let topic = match topic(&hub, &name).await {
+        Ok(topic) => topic,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let size = (data.len() + event.as_ref().map_or(0, String::len)) as u64;
+    let Ok(reservation) = topic.reserve(size, hub.config.max_retained_bytes) else {
+        hub.metrics.over_budget.fetch_add(1, Ordering::Relaxed);
         return refuse(
-            StatusCode::BAD_REQUEST,
-            "the event type must be non-empty and on one line",
+            StatusCode::INSUFFICIENT_STORAGE,
+            "the hub retains as many message bytes as it may (--max-retained-bytes); try again later, or publish less",
         );
+    };
+    let submitted = topic.submit(HubMessage { event, data }).await;
+    if submitted.is_err() {
+        topic.unreserve(reservation);
     }
-    if let Some(event) = &params.event
-        && storecast::sse::event_types::ALL.contains(&event.as_str())
-    {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            format!("the event type {event:?} is the hub's own signal; choose another"),
-        );
-    }
-    match topic
-        .submit(HubMessage {
-            event: params.event,
-            data,
-        })
-        .await
-    {
+    match submitted {
         Ok(position) => (
             [(header::CONTENT_TYPE, "application/json")],
             format!("{{\"topic\":\"{name}\",\"id\":\"{position}\"}}\n"),
@@ -189,6 +213,52 @@ async fn publish(
         ),
         Err(_) => refuse(StatusCode::SERVICE_UNAVAILABLE, "the hub is shutting down"),
     }
+}
+
+/// The `?event=` of a publish, checked: valid UTF-8 once decoded (never replaced with
+/// U+FFFD), non-empty, on one line, and none of the hub's own signals.
+fn event_type(query: Option<&str>) -> Result<Option<String>, Refusal> {
+    let bad = |message: String| Err(Refusal::new(StatusCode::BAD_REQUEST, message));
+    let Some(raw) = query
+        .unwrap_or("")
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("event="))
+    else {
+        return Ok(None);
+    };
+    let Some(bytes) = percent_decode(raw) else {
+        return bad("the event type is not properly percent-encoded".into());
+    };
+    let Ok(event) = String::from_utf8(bytes) else {
+        return bad("the event type must be UTF-8 text".into());
+    };
+    if event.is_empty() || event.contains(['\r', '\n']) {
+        return bad("the event type must be non-empty and on one line".into());
+    }
+    if storecast::sse::event_types::ALL.contains(&event.as_str()) {
+        return bad(format!(
+            "the event type {event:?} is the hub's own signal; choose another"
+        ));
+    }
+    Ok(Some(event))
+}
+
+/// A query value decoded (`+` is a space, `%XX` a byte); `None` if a `%` is not followed
+/// by two hexadecimal digits.
+fn percent_decode(raw: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut bytes = raw.bytes();
+    while let Some(byte) = bytes.next() {
+        out.push(match byte {
+            b'+' => b' ',
+            b'%' => {
+                let hex = [bytes.next()?, bytes.next()?];
+                u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?
+            }
+            other => other,
+        });
+    }
+    Some(out)
 }
 
 /// Checks a subscription request: token and connection cap.
@@ -215,8 +285,22 @@ async fn events(
     State(hub): Shared,
     Path(name): Path<String>,
     Query(params): Query<Params>,
+    method: Method,
     headers: HeaderMap,
 ) -> Response {
+    if method == Method::HEAD {
+        // What a GET would answer, without subscribing (or making the topic).
+        if !authorized(&hub.config.subscribe_token, &headers, &params) {
+            return unauthorized("subscribe").into_response();
+        }
+        let mut response = StatusCode::OK.into_response();
+        for (name, value) in storecast::sse::HEADERS {
+            response
+                .headers_mut()
+                .insert(name, HeaderValue::from_static(value));
+        }
+        return response;
+    }
     let topic = match admit(&hub, &headers, &params, &name).await {
         Ok(topic) => topic,
         Err(refusal) => return refusal.into_response(),
@@ -248,10 +332,14 @@ async fn page() -> Html<&'static str> {
     Html(include_str!("page.html"))
 }
 
-async fn metrics(State(hub): Shared) -> Response {
+async fn metrics(State(hub): Shared, Query(params): Query<Params>, headers: HeaderMap) -> Response {
+    if !authorized(&hub.config.metrics_token, &headers, &params) {
+        return unauthorized("read the metrics").into_response();
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        hub.metrics.render(&hub.topics.stats()),
+        hub.metrics
+            .render(hub.topics.len(), &hub.topics.stats(TOPIC_SERIES)),
     )
         .into_response()
 }
@@ -264,11 +352,15 @@ async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
 }
 
 /// CORS for the configured origins (answering preflights), and counting refusals.
+///
+/// With `--cors-origin`, a request from a page of another origin that would act (a
+/// publish, a WebSocket upgrade) gets 403: a browser would send it and only hide the
+/// answer. Reads (SSE, the page) are left to the browser's own CORS checks.
 async fn cors_and_accounting(State(hub): Shared, request: Request, next: Next) -> Response {
     let origin = request.headers().get(header::ORIGIN).cloned();
+    let origins = &hub.config.cors_origins;
     let allowed = origin.as_ref().and_then(|origin| {
         let origin_str = origin.to_str().ok()?;
-        let origins = &hub.config.cors_origins;
         if origins.iter().any(|o| o == "*") {
             Some(HeaderValue::from_static("*"))
         } else if origins.iter().any(|o| o == origin_str) {
@@ -277,6 +369,12 @@ async fn cors_and_accounting(State(hub): Shared, request: Request, next: Next) -
             None
         }
     });
+    let acts = request.method() == Method::POST
+        || request
+            .headers()
+            .get(header::UPGRADE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let foreign = origin.is_some() && allowed.is_none() && !origins.is_empty();
     let mut response = if request.method() == Method::OPTIONS && origin.is_some() {
         if allowed.is_some() {
             let mut preflight = StatusCode::NO_CONTENT.into_response();
@@ -300,20 +398,39 @@ async fn cors_and_accounting(State(hub): Shared, request: Request, next: Next) -
                 "this origin is not allowed (see --cors-origin)",
             )
         }
+    } else if foreign && acts && !same_origin(&request, origin.as_ref()) {
+        refuse(
+            StatusCode::FORBIDDEN,
+            "this origin is not allowed to publish or open a WebSocket here (see --cors-origin)",
+        )
     } else {
         next.run(request).await
     };
+    // Answers differ by origin, so caches must keep them apart.
+    response
+        .headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("origin"));
     if let Some(allowed) = allowed {
         response
             .headers_mut()
             .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allowed);
-        response
-            .headers_mut()
-            .insert(header::VARY, HeaderValue::from_static("origin"));
     }
     if response.status().is_client_error() || response.status().is_server_error() {
         hub.metrics.rejected.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(status = %response.status(), "request refused");
     }
     response
+}
+
+/// Whether `origin` is the hub itself (its own page): the `Host` the request was sent to.
+fn same_origin(request: &Request, origin: Option<&HeaderValue>) -> bool {
+    let (Some(origin), Some(host)) = (origin, request.headers().get(header::HOST)) else {
+        return false;
+    };
+    let (Ok(origin), Ok(host)) = (origin.to_str(), host.to_str()) else {
+        return false;
+    };
+    origin
+        .split_once("://")
+        .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host))
 }

@@ -1,11 +1,12 @@
 //! Topics: named stores, created on first use, each a latest-value store or a queue.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, RwLock};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use futures_lite::Stream;
 use storecast::sse::Payload;
@@ -96,6 +97,12 @@ pub enum TopicError {
     Unavailable,
 }
 
+/// Milliseconds since the hub started: the clock topics count their last use in.
+fn now() -> u64 {
+    static STARTED: LazyLock<Instant> = LazyLock::new(Instant::now);
+    STARTED.elapsed().as_millis() as u64
+}
+
 /// Every topic of the hub.
 #[derive(Debug)]
 pub struct Topics {
@@ -116,6 +123,46 @@ impl Topics {
         }
     }
 
+    /// Removes the topics that have had no subscriber and no publish for
+    /// `--topic-idle-secs`, closing them (what they retain goes with them). Returns how
+    /// many went.
+    pub fn remove_idle(&self) -> usize {
+        let idle = Duration::from_secs(self.config.topic_idle_secs).as_millis() as u64;
+        let now = now();
+        let mut removed = Vec::new();
+        self.topics
+            .write()
+            .expect("topics lock")
+            .retain(|name, topic| {
+                let unused = topic.subscriber_count() == 0
+                    && now.saturating_sub(topic.last_used.load(Ordering::Relaxed)) >= idle;
+                if unused {
+                    removed.push((name.clone(), topic.clone()));
+                }
+                !unused
+            });
+        for (name, topic) in &removed {
+            topic.close();
+            let freed: u64 = topic
+                .retained
+                .lock()
+                .expect("retained lock")
+                .sizes
+                .drain(..)
+                .sum();
+            self.metrics
+                .retained_bytes
+                .fetch_sub(freed, Ordering::Relaxed);
+            tracing::debug!(topic = name.as_str(), "idle topic removed");
+        }
+        removed.len()
+    }
+
+    /// How many topics exist.
+    pub fn len(&self) -> usize {
+        self.topics.read().expect("topics lock").len()
+    }
+
     /// The topic called `name`, created if it is new.
     pub async fn get(&self, name: &str) -> Result<Topic, TopicError> {
         let valid = (1..=128).contains(&name.len())
@@ -126,6 +173,7 @@ impl Topics {
             return Err(TopicError::BadName);
         }
         if let Some(topic) = self.topics.read().expect("topics lock").get(name) {
+            topic.used(now());
             return Ok(topic.clone());
         }
         if self.topics.read().expect("topics lock").len() >= self.config.max_topics {
@@ -141,12 +189,22 @@ impl Topics {
         if topics.len() >= self.config.max_topics {
             return Err(TopicError::TooMany(self.config.max_topics));
         }
+        let retains = if self.config.is_latest(name) {
+            1
+        } else {
+            self.config.queue_capacity.max(1)
+        };
         let topic = Topic {
             kind,
             metrics: Arc::clone(&self.metrics),
+            last_used: Arc::new(AtomicU64::new(now())),
+            retained: Arc::new(Mutex::new(Retained {
+                sizes: VecDeque::new(),
+                capacity: retains,
+            })),
         };
         topics.insert(name.to_owned(), topic.clone());
-        tracing::info!(
+        tracing::debug!(
             topic = name,
             latest = self.config.is_latest(name),
             "topic created"
@@ -184,14 +242,26 @@ impl Topics {
         })
     }
 
-    /// Each topic's figures, sorted by name.
-    pub fn stats(&self) -> Vec<TopicStats> {
-        let topics = self.topics.read().expect("topics lock");
-        let mut stats: Vec<_> = topics
-            .iter()
-            .map(|(name, topic)| TopicStats {
-                name: name.clone(),
-                subscribers: topic.subscriber_count(),
+    /// The figures of the `limit` topics with the most subscribers, sorted by name (so
+    /// that `/metrics` stays small and fast with any number of topics).
+    pub fn stats(&self, limit: usize) -> Vec<TopicStats> {
+        let mut counted: Vec<_> = {
+            let topics = self.topics.read().expect("topics lock");
+            topics
+                .iter()
+                .map(|(name, topic)| (topic.subscriber_count(), name.as_str(), topic.clone()))
+                .map(|(subscribers, name, topic)| (subscribers, name.to_owned(), topic))
+                .collect()
+        };
+        if counted.len() > limit {
+            counted.select_nth_unstable_by(limit, |a, b| b.0.cmp(&a.0));
+            counted.truncate(limit);
+        }
+        let mut stats: Vec<_> = counted
+            .into_iter()
+            .map(|(subscribers, name, topic)| TopicStats {
+                name,
+                subscribers,
                 redis: topic.redis_status(),
             })
             .collect();
@@ -232,6 +302,78 @@ impl Topic {
 pub struct Topic {
     kind: Kind,
     metrics: Arc<Metrics>,
+    /// When it was last asked for (a publish or a subscription), in the hub's clock.
+    last_used: Arc<AtomicU64>,
+    /// The sizes of the messages it retains, for the hub's memory budget.
+    retained: Arc<Mutex<Retained>>,
+}
+
+/// What a topic retains, as the memory budget counts it: the bodies of the last
+/// `capacity` messages published here (a queue's ring; a latest-value topic's one value).
+#[derive(Debug)]
+struct Retained {
+    sizes: VecDeque<u64>,
+    capacity: usize,
+}
+
+/// A message's place in the memory budget, taken before it is submitted.
+#[derive(Debug)]
+pub struct Reservation {
+    size: u64,
+    /// The size of the oldest message it pushes out of the topic, if any.
+    evicted: Option<u64>,
+}
+
+/// A publish that would take retained memory past `--max-retained-bytes`.
+#[derive(Debug)]
+pub struct OverBudget;
+
+impl Topic {
+    fn used(&self, now: u64) {
+        self.last_used.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// Counts a message of `size` bytes into the budget of `max` bytes retained across
+    /// all topics (the oldest message it replaces leaves the count), or refuses it.
+    pub fn reserve(&self, size: u64, max: u64) -> Result<Reservation, OverBudget> {
+        let mut retained = self.retained.lock().expect("retained lock");
+        let evicted = if retained.sizes.len() >= retained.capacity {
+            retained.sizes.front().copied()
+        } else {
+            None
+        };
+        let freed = evicted.unwrap_or(0);
+        self.metrics
+            .retained_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |total| {
+                let after = (total + size).saturating_sub(freed);
+                (after <= max || after <= total).then_some(after)
+            })
+            .map_err(|_| OverBudget)?;
+        if evicted.is_some() {
+            retained.sizes.pop_front();
+        }
+        retained.sizes.push_back(size);
+        Ok(Reservation { size, evicted })
+    }
+
+    /// Takes back a reservation whose message was not submitted after all.
+    pub fn unreserve(&self, reservation: Reservation) {
+        let mut retained = self.retained.lock().expect("retained lock");
+        if let Some(index) = retained.sizes.iter().rposition(|&s| s == reservation.size) {
+            retained.sizes.remove(index);
+        }
+        if let Some(evicted) = reservation.evicted {
+            retained.sizes.push_front(evicted);
+        }
+        let freed = reservation.evicted.unwrap_or(0);
+        self.metrics
+            .retained_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |total| {
+                Some((total + freed).saturating_sub(reservation.size))
+            })
+            .ok();
+    }
 }
 
 impl Store for Topic {
@@ -270,6 +412,7 @@ impl Store for Topic {
                 Kind::RedisQueue(store) => Inner::RedisQueue(store.subscribe_from(start)),
             },
             metrics: Arc::clone(&self.metrics),
+            last_used: Arc::clone(&self.last_used),
         }
     }
 
@@ -321,6 +464,8 @@ enum Inner {
 pub struct TopicSubscriber {
     inner: Inner,
     metrics: Arc<Metrics>,
+    /// Its topic's last use, which its leaving renews.
+    last_used: Arc<AtomicU64>,
 }
 
 impl Stream for TopicSubscriber {
@@ -352,6 +497,7 @@ impl Stream for TopicSubscriber {
 
 impl Drop for TopicSubscriber {
     fn drop(&mut self) {
+        self.last_used.fetch_max(now(), Ordering::Relaxed);
         self.metrics.connections.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -1,0 +1,317 @@
+//! The hub on the open internet: each attack or unlucky client, tried with a raw socket
+//! against the real binary, leaves it serving everyone else within its limits.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use support::{Hub, client};
+use tokio_tungstenite::tungstenite::Message as Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+/// The value of an unlabelled metric.
+async fn metric(hub: &Hub, name: &str) -> u64 {
+    let text = client()
+        .get(hub.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+/// Whether the hub closes `socket` within `limit` (reads until end of stream).
+fn closed_within(socket: &mut TcpStream, limit: Duration) -> bool {
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    let mut buffer = [0u8; 4096];
+    while Instant::now() < deadline {
+        match socket.read(&mut buffer) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_half_sent_head_and_an_idle_keep_alive_are_closed_after_the_head_timeout() {
+    let hub = Hub::start(&["--head-timeout-secs", "1"]);
+    let mut half = TcpStream::connect(&hub.address).unwrap();
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: hub\r\n")
+        .unwrap();
+    let mut silent = TcpStream::connect(&hub.address).unwrap();
+    let mut idle = TcpStream::connect(&hub.address).unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: hub\r\n\r\n")
+        .unwrap();
+    for socket in [&mut half, &mut silent, &mut idle] {
+        assert!(
+            closed_within(socket, Duration::from_secs(5)),
+            "a connection outlived the head timeout"
+        );
+    }
+    assert!(metric(&hub, "storecast_head_timeouts_total").await >= 2);
+    // The hub still answers.
+    let health = client().get(hub.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+}
+
+#[tokio::test]
+async fn a_body_promised_and_never_sent_gets_408_and_creates_no_topic() {
+    let hub = Hub::start(&["--body-timeout-secs", "1"]);
+    let mut slow = TcpStream::connect(&hub.address).unwrap();
+    slow.write_all(
+        b"POST /publish/never HTTP/1.1\r\nHost: hub\r\nContent-Length: 1000000000\r\n\r\nabc",
+    )
+    .unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answer = [0u8; 64];
+    let n = slow.read(&mut answer).expect("an answer in time");
+    assert!(
+        answer[..n].starts_with(b"HTTP/1.1 408"),
+        "{:?}",
+        String::from_utf8_lossy(&answer[..n])
+    );
+    assert_eq!(metric(&hub, "storecast_body_timeouts_total").await, 1);
+    assert_eq!(metric(&hub, "storecast_topics").await, 0);
+}
+
+#[tokio::test]
+async fn a_subscriber_that_stops_reading_is_dropped_and_slows_nobody() {
+    let hub = Hub::start(&["--write-timeout-secs", "1", "--overflow", "wait"]);
+    // The stalled client asks for the stream, then never reads.
+    let mut stalled = TcpStream::connect(&hub.address).unwrap();
+    write!(stalled, "GET /events/flood HTTP/1.1\r\nHost: hub\r\n\r\n").unwrap();
+    let mut reader = hub.events("/events/flood", &[]).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Far more than the kernel buffers hold: the stalled socket fills, stops accepting,
+    // and is dropped; with `--overflow wait`, publishers wait on it only until then.
+    let payload = "x".repeat(60_000);
+    let started = Instant::now();
+    for n in 1..=300 {
+        hub.published("flood", &format!("{n}:{payload}")).await;
+        assert!(reader.next().await.data.starts_with(&format!("{n}:")));
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "publishing waited on the stalled subscriber"
+    );
+    assert!(metric(&hub, "storecast_write_timeouts_total").await >= 1);
+    assert_eq!(metric(&hub, "storecast_connections").await, 1);
+}
+
+#[tokio::test]
+async fn shutdown_ends_within_its_deadline_whatever_the_clients_do() {
+    let mut hub = Hub::start(&["--shutdown-timeout-secs", "2"]);
+    let mut half_head = TcpStream::connect(&hub.address).unwrap();
+    half_head.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
+    let mut half_body = TcpStream::connect(&hub.address).unwrap();
+    half_body
+        .write_all(b"POST /publish/x HTTP/1.1\r\nHost: hub\r\nContent-Length: 100\r\n\r\nab")
+        .unwrap();
+    let mut stalled = TcpStream::connect(&hub.address).unwrap();
+    write!(stalled, "GET /events/x HTTP/1.1\r\nHost: hub\r\n\r\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &hub.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = hub.child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "exited after {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn websocket_messages_from_clients_are_small_and_closes_are_answered() {
+    let hub = Hub::start(&[]);
+    // A message past the limit (fragments count together): closed with 1009.
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws/chat", hub.address))
+        .await
+        .unwrap();
+    ws.send(Frame::text("y".repeat(64 * 1024))).await.unwrap();
+    let mut code = None;
+    while let Ok(Some(frame)) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+        if let Ok(Frame::Close(frame)) = frame {
+            code = frame.map(|f| f.code);
+            break;
+        }
+    }
+    assert_eq!(code, Some(CloseCode::Size));
+
+    // A client's close is answered (a browser would otherwise report 1006).
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws/chat", hub.address))
+        .await
+        .unwrap();
+    ws.send(Frame::Close(None)).await.unwrap();
+    let answered = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(frame) = ws.next().await {
+            if let Ok(Frame::Close(_)) = frame {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(answered, Ok(true), "the close was not answered");
+}
+
+#[tokio::test]
+async fn other_origins_cannot_publish_or_open_websockets() {
+    let hub = Hub::start(&["--cors-origin", "https://good.example"]);
+    let evil = client()
+        .post(hub.url("/publish/x"))
+        .header("Origin", "https://evil.example")
+        .body("forged")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(evil.status(), 403);
+    assert_eq!(evil.headers()["vary"], "origin");
+    let good = client()
+        .post(hub.url("/publish/x"))
+        .header("Origin", "https://good.example")
+        .body("fine")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(good.status(), 200);
+    assert_eq!(good.headers()["vary"], "origin");
+    let request = tokio_tungstenite::tungstenite::ClientRequestBuilder::new(
+        format!("ws://{}/ws/x", hub.address).parse().unwrap(),
+    )
+    .with_header("Origin", "https://evil.example");
+    let refused = tokio_tungstenite::connect_async(request).await;
+    assert!(
+        matches!(&refused, Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status() == 403),
+        "{refused:?}"
+    );
+    // Nothing was published by the forged request.
+    assert_eq!(metric(&hub, "storecast_messages_in_total").await, 1);
+}
+
+#[tokio::test]
+async fn tokens_are_matched_as_http_says() {
+    let hub = Hub::start(&["--publish-token", "secret"]);
+    let lower = client()
+        .post(hub.url("/publish/t"))
+        .header("Authorization", "bearer secret")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lower.status(), 200, "the scheme is case-insensitive");
+    // A query token counts only when there is no Authorization header.
+    let mixed = client()
+        .post(hub.url("/publish/t?token=secret"))
+        .header("Authorization", "Basic dXNlcjpwYXNz")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(mixed.status(), 401);
+}
+
+#[tokio::test]
+async fn refused_requests_and_head_create_no_topic_and_idle_topics_go() {
+    let hub = Hub::start(&["--topic-idle-secs", "1"]);
+    let (status, _) = hub.publish("bad-body", vec![0xff, 0xfe]).await;
+    assert_eq!(status, 400);
+    let bad_event = client()
+        .post(hub.url("/publish/bad-event?event=%FF"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_event.status(), 400);
+    let empty_event = client()
+        .post(hub.url("/publish/bad-event?event="))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(empty_event.status(), 400);
+    let head = client()
+        .head(hub.url("/events/looked-at"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(metric(&hub, "storecast_topics").await, 0);
+
+    hub.published("brief", "hello").await;
+    assert_eq!(metric(&hub, "storecast_topics").await, 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&hub, "storecast_topics").await != 0 {
+        assert!(Instant::now() < deadline, "an idle topic was never removed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(metric(&hub, "storecast_retained_bytes").await, 0);
+    // A topic with a subscriber stays, however quiet.
+    let _listening = hub.events("/events/kept", &[]).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(metric(&hub, "storecast_topics").await, 1);
+}
+
+#[tokio::test]
+async fn retained_memory_stays_within_its_budget() {
+    let hub = Hub::start(&["--max-retained-bytes", "1000", "--queue-capacity", "4"]);
+    let body = "b".repeat(200);
+    for _ in 0..4 {
+        hub.published("full", &body).await;
+    }
+    assert_eq!(metric(&hub, "storecast_retained_bytes").await, 800);
+    // Another topic would take it past the budget: refused, and nothing is kept of it.
+    let (status, text) = hub.publish("other", "c".repeat(300)).await;
+    assert_eq!(status, 507, "{text}");
+    // A full topic replaces its oldest message: publishing there keeps working.
+    for _ in 0..10 {
+        hub.published("full", &body).await;
+    }
+    assert_eq!(metric(&hub, "storecast_retained_bytes").await, 800);
+    assert_eq!(metric(&hub, "storecast_over_budget_total").await, 1);
+}
+
+#[tokio::test]
+async fn metrics_stay_small_with_many_topics_and_can_require_a_token() {
+    let hub = Hub::start(&["--metrics-token", "look"]);
+    let refused = client().get(hub.url("/metrics")).send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+    for n in 0..150 {
+        hub.published(&format!("t{n}"), "x").await;
+    }
+    let text = client()
+        .get(hub.url("/metrics"))
+        .bearer_auth("look")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.lines().any(|l| l == "storecast_topics 150"), "{text}");
+    let series = text
+        .lines()
+        .filter(|l| l.starts_with("storecast_topic_subscribers{"))
+        .count();
+    assert_eq!(series, 100, "per-topic series are bounded");
+}
