@@ -122,10 +122,10 @@ pub async fn serve(
         // `changed` fails once every sender (one per connection) is gone.
         while open_rx.changed().await.is_ok() {}
     };
-    if tokio::time::timeout(timeouts.shutdown, all_closed)
-        .await
-        .is_err()
-    {
+    // Part of the deadline is kept for what follows (closing Redis, the runtime), so
+    // that the process is gone within it.
+    let waiting = timeouts.shutdown.saturating_sub(Duration::from_millis(500));
+    if tokio::time::timeout(waiting, all_closed).await.is_err() {
         tracing::warn!(
             open = metrics.sockets.load(Ordering::Relaxed),
             "connections still open at the shutdown deadline are dropped"
