@@ -8,7 +8,7 @@ use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::Message;
 use async_tungstenite::tungstenite::handshake::derive_accept_key;
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use async_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use async_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use futures_lite::future::or;
 use futures_lite::{AsyncRead, AsyncWrite, StreamExt};
 use http_body_util::{BodyExt, Empty};
@@ -23,11 +23,14 @@ use crate::http::{Body, text};
 /// Tornadose's `WebSocketSubscriber` on async-std: one JSON text frame per message,
 /// `{"data": ..., "id": ...}` (see [`storecast::websocket`]), pings every 15 s by default,
 /// a peer silent for three intervals dropped; the socket is closed normally when the
-/// store closes, and with code 1008 after a `fell-behind` frame.
+/// store closes, and with code 1008 after a `fell-behind` frame. As in the Tokio
+/// adapter, client messages are limited to 4 KiB by default (1009 beyond), protocol errors
+/// close with 1002, and a client's close is answered.
 #[derive(Debug, Clone)]
 pub struct WebSocketSubscriber<S> {
     store: S,
     ping: Duration,
+    max_message_bytes: usize,
 }
 
 enum Turn<T> {
@@ -46,7 +49,14 @@ where
         WebSocketSubscriber {
             store,
             ping: Duration::from_secs(15),
+            max_message_bytes: 4 * 1024,
         }
+    }
+
+    /// Sets the largest message (or frame) a client may send.
+    pub fn max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = bytes;
+        self
     }
 
     /// Sets how often the server pings.
@@ -75,13 +85,19 @@ where
         };
         let accept = derive_accept_key(key.as_bytes());
         let subscriber = sse::subscribe(&self.store, last_event_id);
+        let mut config = WebSocketConfig::default();
+        config.max_message_size = Some(self.max_message_bytes);
+        config.max_frame_size = Some(self.max_message_bytes);
         let upgrading = hyper::upgrade::on(&mut request);
         async_std::task::spawn(async move {
             match upgrading.await {
                 Ok(upgraded) => {
-                    let socket =
-                        WebSocketStream::from_raw_socket(HyperIo(upgraded), Role::Server, None)
-                            .await;
+                    let socket = WebSocketStream::from_raw_socket(
+                        HyperIo(upgraded),
+                        Role::Server,
+                        Some(config),
+                    )
+                    .await;
                     self.serve(socket, subscriber).await;
                 }
                 Err(e) => tracing::debug!("WebSocket upgrade failed: {e}"),
@@ -134,9 +150,24 @@ where
                         break;
                     }
                 }
-                Turn::Received(Some(Ok(Message::Close(_))))
-                | Turn::Received(Some(Err(_)))
-                | Turn::Received(None) => break,
+                Turn::Received(None) => break,
+                Turn::Received(Some(Ok(Message::Close(_)))) => {
+                    // The reply is queued by the protocol; it leaves as the socket is
+                    // read to its end.
+                    finish(&mut socket).await;
+                    break;
+                }
+                Turn::Received(Some(Err(e))) => {
+                    let (code, reason) = match e {
+                        async_tungstenite::tungstenite::Error::Capacity(_) => {
+                            (CloseCode::Size, "message too big")
+                        }
+                        _ => (CloseCode::Protocol, "protocol error"),
+                    };
+                    let _ = socket.close(Some(close(code, reason))).await;
+                    finish(&mut socket).await;
+                    break;
+                }
                 Turn::Received(Some(Ok(_))) => heard = Instant::now(),
                 Turn::Ping => {
                     if heard.elapsed() > self.ping * 3 {
@@ -153,6 +184,18 @@ where
             }
         }
     }
+}
+
+/// Reads a closing socket to its end (a second at most), so that the close handshake's
+/// frames leave.
+async fn finish<Io: AsyncRead + AsyncWrite + Unpin>(socket: &mut WebSocketStream<Io>) {
+    let _ = futures_lite::future::or(
+        async { while let Some(Ok(_)) = socket.next().await {} },
+        async {
+            async_io::Timer::after(Duration::from_secs(1)).await;
+        },
+    )
+    .await;
 }
 
 fn close(code: CloseCode, reason: &'static str) -> CloseFrame {

@@ -170,3 +170,40 @@ fn the_same_server_runs_under_smol() {
         );
     });
 }
+
+#[async_std::test]
+async fn websocket_messages_from_clients_are_small_and_closes_are_answered() {
+    use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    let store = QueueStore::<String>::new(16);
+    let address = start(store.clone()).await;
+    let tcp = TcpStream::connect(&address).await.unwrap();
+    let (mut ws, _) = async_tungstenite::client_async(format!("ws://{address}/ws"), tcp)
+        .await
+        .unwrap();
+    ws.send(Message::text("y".repeat(64 * 1024))).await.unwrap();
+    let mut code = None;
+    while let Ok(Some(frame)) = async_std::future::timeout(Duration::from_secs(5), ws.next()).await
+    {
+        if let Ok(Message::Close(frame)) = frame {
+            code = frame.map(|f| f.code);
+            break;
+        }
+    }
+    assert_eq!(code, Some(CloseCode::Size));
+
+    let tcp = TcpStream::connect(&address).await.unwrap();
+    let (mut ws, _) = async_tungstenite::client_async(format!("ws://{address}/ws"), tcp)
+        .await
+        .unwrap();
+    ws.send(Message::Close(None)).await.unwrap();
+    let answered = async_std::future::timeout(Duration::from_secs(5), async {
+        while let Some(frame) = ws.next().await {
+            if let Ok(Message::Close(_)) = frame {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(answered, Ok(true), "the close was not answered");
+}
