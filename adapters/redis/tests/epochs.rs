@@ -7,20 +7,9 @@ mod support;
 
 use std::time::Duration;
 
-use futures_lite::StreamExt;
-use storecast::{Epoch, Item, Position, RecvError, ResetReason, Start, Store};
-use storecast_redis::{Options, QueueOptions, Redis, RedisQueueStore};
-use support::{RedisServer, eventually};
-
-const PATIENCE: Duration = Duration::from_secs(15);
-
-/// Options that notice a dead connection, and a lost entry, quickly.
-fn quick(url: &str) -> Options {
-    Options::new(url)
-        .health_check(Duration::from_millis(200))
-        .response_timeout(Duration::from_secs(1))
-        .reconnect_delay(Duration::from_millis(20), Duration::from_millis(200))
-}
+use storecast::{Epoch, Position, RecvError, ResetReason, Start, Store};
+use storecast_redis::{QueueOptions, Redis, RedisQueueStore};
+use support::{PATIENCE, RedisServer, eventually, next, next_value, quick};
 
 /// Two processes' stores on the stream `stream` (each with its own connections).
 async fn two_processes(server: &RedisServer, stream: &str) -> [RedisQueueStore<String>; 2] {
@@ -35,26 +24,6 @@ async fn two_processes(server: &RedisServer, stream: &str) -> [RedisQueueStore<S
         );
     }
     stores.try_into().ok().unwrap()
-}
-
-async fn next<S>(subscriber: &mut S) -> Item<String>
-where
-    S: futures_lite::Stream<Item = Item<String>> + Unpin,
-{
-    tokio::time::timeout(PATIENCE, subscriber.next())
-        .await
-        .expect("an item in time")
-        .expect("the stream to go on")
-}
-
-async fn next_value<S>(subscriber: &mut S) -> (String, Position)
-where
-    S: futures_lite::Stream<Item = Item<String>> + Unpin,
-{
-    match next(subscriber).await {
-        Ok(message) => ((*message).clone(), message.position()),
-        Err(e) => panic!("expected a message, got `{e}`"),
-    }
 }
 
 /// Submits, retrying while the store's connection comes back.

@@ -6,39 +6,9 @@ mod support;
 use std::time::Duration;
 
 use futures_lite::StreamExt;
-use storecast::{Item, Position, RecvError, ResetReason, Start, Store};
-use storecast_redis::{ConnectError, Options, QueueOptions, Redis, RedisStore};
-use support::{RedisServer, eventually};
-
-const PATIENCE: Duration = Duration::from_secs(15);
-
-/// Options that notice a dead connection and come back quickly.
-fn quick(url: &str) -> Options {
-    Options::new(url)
-        .health_check(Duration::from_millis(200))
-        .response_timeout(Duration::from_secs(1))
-        .reconnect_delay(Duration::from_millis(20), Duration::from_millis(200))
-}
-
-async fn next<S>(subscriber: &mut S) -> Item<String>
-where
-    S: futures_lite::Stream<Item = Item<String>> + Unpin,
-{
-    tokio::time::timeout(PATIENCE, subscriber.next())
-        .await
-        .expect("an item in time")
-        .expect("the stream to go on")
-}
-
-async fn next_value<S>(subscriber: &mut S) -> (String, Position)
-where
-    S: futures_lite::Stream<Item = Item<String>> + Unpin,
-{
-    match next(subscriber).await {
-        Ok(message) => ((*message).clone(), message.position()),
-        Err(e) => panic!("expected a message, got `{e}`"),
-    }
-}
+use storecast::{Position, RecvError, ResetReason, Start, Store};
+use storecast_redis::{ConnectError, QueueOptions, Redis, RedisStore};
+use support::{PATIENCE, RedisServer, eventually, next, next_value, quick};
 
 /// Publishes `text` with redis-cli until a subscriber of `store` has it (a channel keeps
 /// nothing for a subscription that is still being re-established).
