@@ -66,18 +66,28 @@ end
 EPOCH
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0, '0-0', {}, epoch, 0} end
 local info = redis.call('XINFO', 'STREAM', KEYS[1])
-local added, length, last
+local added, length, last, deleted
 for i = 1, #info, 2 do
   if info[i] == 'entries-added' then added = info[i + 1]
   elseif info[i] == 'length' then length = info[i + 1]
-  elseif info[i] == 'last-generated-id' then last = info[i + 1] end
+  elseif info[i] == 'last-generated-id' then last = info[i + 1]
+  elseif info[i] == 'max-deleted-entry-id' then deleted = info[i + 1] end
 end
 if added == nil then
   return redis.error_reply('storecast needs Redis 7.0 or later (XINFO STREAM has no entries-added)')
 end
+-- Whether the id a comes after the id b.
+local function after_id(a, b)
+  local am, as = string.match(a, '(%d+)-(%d+)')
+  local bm, bs = string.match(b, '(%d+)-(%d+)')
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  return am > bm or (am == bm and as > bs)
+end
 local lost = 0
+-- Gone, though older entries are there, and not deleted with XDEL (which Redis notes).
 if ARGV[3] ~= '0-0' and #redis.call('XRANGE', KEYS[1], ARGV[3], ARGV[3]) == 0
-    and #redis.call('XRANGE', KEYS[1], '-', ARGV[3], 'COUNT', 1) > 0 then
+    and #redis.call('XRANGE', KEYS[1], '-', ARGV[3], 'COUNT', 1) > 0
+    and after_id(ARGV[3], deleted or '0-0') then
   lost = 1
 end
 local after = tonumber(ARGV[1])
@@ -101,22 +111,26 @@ return {added, after, last, out, epoch, lost}
 
 /// After Redis lost entries: begins a new epoch unless another process did already (the
 /// key no longer holds ARGV[1], the epoch the caller knew), and answers {the epoch, the
-/// ordinal of the newest entry at or before the id ARGV[2]}, where the caller's reading
-/// goes on from. ARGV[3]: a fresh epoch.
+/// ordinal and the id of the newest entry still there at or before the id ARGV[2]} (the
+/// newest entry the caller read that survived), where the caller's reading goes on from.
+/// ARGV[3]: a fresh epoch.
 const REANCHOR: &str = r"
 local epoch = redis.call('GET', KEYS[2])
 if (not epoch) or epoch == ARGV[1] then
   redis.call('SET', KEYS[2], ARGV[3])
   epoch = ARGV[3]
 end
-if redis.call('EXISTS', KEYS[1]) == 0 then return {epoch, 0} end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {epoch, 0, '0-0'} end
 local info = redis.call('XINFO', 'STREAM', KEYS[1])
 local added
 for i = 1, #info, 2 do
   if info[i] == 'entries-added' then added = info[i + 1] end
 end
-local newer = #redis.call('XRANGE', KEYS[1], '(' .. ARGV[2], '+')
-return {epoch, added - newer}
+local from = '0-0'
+local kept = redis.call('XREVRANGE', KEYS[1], ARGV[2], '-', 'COUNT', 1)
+if #kept > 0 then from = kept[1][1] end
+local newer = #redis.call('XRANGE', KEYS[1], '(' .. from, '+')
+return {epoch, added - newer, from}
 ";
 
 /// The scripts, hashed once (they run with `EVALSHA`, falling back to `EVAL`).
@@ -195,14 +209,29 @@ impl QueueOptions {
 ///
 /// # Positions
 ///
-/// A message's position is its ordinal in the stream: 1 for the first entry ever added,
-/// and so on (Redis counts them as `entries-added`). Positions are the same in every
-/// process, so an SSE client can resume with `Last-Event-ID` on any hub.
+/// A message's position is its ordinal in the stream (1 for the first entry ever added,
+/// and so on; Redis counts them as `entries-added`) with the stream's epoch, kept in the
+/// key `<stream>:epoch` (made by the first process to need it; give it no expiry, and keep
+/// it from eviction). Positions are the same in every process, so an SSE client can
+/// resume with `Last-Event-ID` on any hub.
 ///
 /// Other programs may add entries, and trim, as long as they keep at least `max_len`
-/// entries (a `MAXLEN` no smaller than this store's) and delete none with `XDEL`. Otherwise
-/// this numbering can drift from Redis's; the reader notices within a second, logs a
-/// warning and numbers correctly from there.
+/// entries (a `MAXLEN` no smaller than this store's), and should delete none with `XDEL`:
+/// the numbering then drifts from Redis's until the reader notices (within a second), logs
+/// a warning and numbers correctly from there.
+///
+/// # When Redis loses entries
+///
+/// Every read checks that Redis still has what this process read: its count has not gone
+/// below what was numbered, and the newest entry read is still there (unless `XDEL`
+/// removed it, which Redis notes). A crash that lost writes, or a failover to a replica
+/// that was behind, fails that check: the process begins a new epoch (or takes the one
+/// another process began first), its subscribers get
+/// [`RecvError::Reset`] with [`ResetReason::Lost`] and go on with the entries after what
+/// Redis kept, and a client that comes back with a position of the old epoch is told
+/// [`ResetReason::OtherEpoch`] and gets the stream from its oldest entry. A submit that
+/// Redis numbers below what this process had read begins the new epoch itself, so its
+/// position is never one a client already holds for a lost message.
 ///
 /// # Resuming
 ///
@@ -261,6 +290,9 @@ struct Shared<T> {
     ring: QueueStore<Entry<T>>,
     /// The epoch the reading task numbers entries in: the ordinals below count in it.
     epoch: AtomicU64,
+    /// Odd while the reading task moves `epoch` and the ordinals below to a new epoch,
+    /// and one more each time: readers of all four retry until they saw one generation.
+    generation: AtomicU64,
     /// Ordinal of the newest entry the reading task has put into `ring`.
     read: AtomicU64,
     /// Ordinal of the newest entry the reading task has started to put into `ring` (it
@@ -326,9 +358,11 @@ impl<T: Codec> RedisQueueStore<T> {
             // The key holds something else: begin a proper epoch.
             None => {
                 let garbage = state.epoch.unwrap_or_default();
-                reanchor(&mut reader, stream, &epoch_key, &garbage, &state.last_id)
-                    .await
-                    .map_err(failed)?
+                let (epoch, after, _) =
+                    reanchor(&mut reader, stream, &epoch_key, &garbage, &state.last_id)
+                        .await
+                        .map_err(failed)?;
+                (epoch, after)
             }
         };
         let shared = Arc::new(Shared {
@@ -338,6 +372,7 @@ impl<T: Codec> RedisQueueStore<T> {
             ring: QueueStore::with_overflow(options.capacity, options.overflow),
             options,
             epoch: AtomicU64::new(epoch.get()),
+            generation: AtomicU64::new(0),
             read: AtomicU64::new(cursor),
             taking: AtomicU64::new(cursor),
             advanced: Event::new(),
@@ -374,7 +409,8 @@ impl<T: Codec> RedisQueueStore<T> {
         let trim = if shared.options.exact_trim { "=" } else { "~" };
         let mut commands = shared.redis.commands();
         // What this process had read before the entry existed (see below).
-        let (epoch_before, read_before) = (shared.epoch(), shared.read.load(Ordering::Acquire));
+        let (epoch_before, _, _, read_before) = shared.numbering();
+        let generation = shared.generation.load(Ordering::SeqCst);
         let added: Result<(u64, String), RedisError> = ADD_SCRIPT
             .key(&shared.stream)
             .key(&shared.epoch_key)
@@ -409,7 +445,7 @@ impl<T: Codec> RedisQueueStore<T> {
             )
             .await
             {
-                Ok((new, _)) => epoch = new,
+                Ok((new, _, _)) => epoch = new,
                 Err(e) => {
                     tracing::warn!(stream = %shared.stream, error = %e, "could not begin the stream's new epoch");
                     shared.redis.failed(&e);
@@ -417,7 +453,12 @@ impl<T: Codec> RedisQueueStore<T> {
             }
         }
         if epoch == shared.epoch() {
-            shared.submitted.fetch_max(ordinal, Ordering::AcqRel);
+            shared.submitted.fetch_max(ordinal, Ordering::SeqCst);
+            if shared.generation.load(Ordering::SeqCst) != generation {
+                // The reading task moved epoch meanwhile: this ordinal may be of the old
+                // one. `Start::Now` then goes by what was read alone.
+                shared.submitted.store(0, Ordering::SeqCst);
+            }
         }
         // It is in the stream: wait (a while) for the reading task to hand it to this
         // process's subscribers, so that a submit is followed by its delivery here.
@@ -506,10 +547,8 @@ impl<T: Codec> Store for RedisQueueStore<T> {
         // Registered first, so that the catch-up below and the live messages overlap
         // rather than leave a gap.
         let live = shared.ring.subscribe();
-        let epoch = shared.epoch();
-        let taken = shared.taking.load(Ordering::SeqCst);
-        let submitted = shared.submitted.load(Ordering::Acquire);
-        let now = shared.read.load(Ordering::Acquire).max(submitted);
+        let (epoch, taken, submitted, read) = shared.numbering();
+        let now = read.max(submitted);
         let known = taken.max(submitted);
         let (after, catch_up_from, resume) = match start {
             Start::Now => (now, None, None),
@@ -532,7 +571,6 @@ impl<T: Codec> Store for RedisQueueStore<T> {
             backlog: VecDeque::new(),
             report_loss: start != Start::Oldest,
             resume,
-            awaiting_reset: false,
             shared: Arc::clone(shared),
         }
     }
@@ -590,6 +628,27 @@ impl<T> Shared<T> {
     fn epoch(&self) -> Epoch {
         Epoch::new(self.epoch.load(Ordering::Acquire))
     }
+
+    /// The epoch and, in it, the ordinals taking, submitted and read, never torn by a
+    /// move to another epoch.
+    fn numbering(&self) -> (Epoch, u64, u64, u64) {
+        loop {
+            let before = self.generation.load(Ordering::SeqCst);
+            if before % 2 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let numbering = (
+                self.epoch(),
+                self.taking.load(Ordering::SeqCst),
+                self.submitted.load(Ordering::SeqCst),
+                self.read.load(Ordering::SeqCst),
+            );
+            if self.generation.load(Ordering::SeqCst) == before {
+                return numbering;
+            }
+        }
+    }
 }
 
 /// The id that stands for "no entry read yet".
@@ -640,16 +699,17 @@ async fn read<T: Codec>(
 }
 
 /// Begins a new epoch after Redis lost entries, unless the key no longer holds `known`
-/// (another process began one already: that one is taken); answers the epoch and the
-/// ordinal of the newest entry at or before `last_id`, where reading goes on.
+/// (another process began one already: that one is taken); answers the epoch, and the
+/// ordinal and id of the newest entry still there at or before `last_id`, where reading
+/// goes on.
 async fn reanchor(
     connection: &mut ConnectionManager,
     stream: &str,
     epoch_key: &str,
     known: &str,
     last_id: &str,
-) -> Result<(Epoch, u64), RedisError> {
-    let (epoch, after): (String, u64) = REANCHOR_SCRIPT
+) -> Result<(Epoch, u64, String), RedisError> {
+    let (epoch, after, from): (String, u64, String) = REANCHOR_SCRIPT
         .key(stream)
         .key(epoch_key)
         .arg(known)
@@ -663,7 +723,7 @@ async fn reanchor(
             "the stream's epoch key holds something that is not an epoch",
         ))
     })?;
-    Ok((epoch, after))
+    Ok((epoch, after, from))
 }
 
 /// What an exact read learns of the stream besides its entries.
@@ -712,6 +772,7 @@ fn unexpected_answer() -> RedisError {
 fn counters(
     epoch: Option<String>,
     info: Value,
+    anchor: &str,
     at_anchor: Value,
     up_to_anchor: Value,
 ) -> Result<Counters, RedisError> {
@@ -743,13 +804,20 @@ fn counters(
         Some(Value::SimpleString(id)) => id.clone(),
         _ => return Err(unexpected_answer()),
     };
+    let deleted = match field(b"max-deleted-entry-id") {
+        Some(Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
+        Some(Value::SimpleString(id)) => id.clone(),
+        _ => String::from(NO_ENTRY),
+    };
     let empty = |value: &Value| matches!(value, Value::Array(entries) if entries.is_empty());
     Ok(Counters {
         epoch,
         added,
         length,
         last_id,
-        anchor_lost: empty(&at_anchor) && !empty(&up_to_anchor),
+        // Gone, though older entries are there, and not deleted with XDEL (which Redis
+        // notes as the largest deleted id).
+        anchor_lost: empty(&at_anchor) && !empty(&up_to_anchor) && is_after(anchor, &deleted),
     })
 }
 
@@ -766,7 +834,7 @@ async fn counters_now(
     let answer: Result<(Option<String>, Value, Value, Value), RedisError> =
         pipe.query_async(connection).await;
     match answer {
-        Ok((epoch, info, at, up_to)) => counters(epoch, info, at, up_to).map(Some),
+        Ok((epoch, info, at, up_to)) => counters(epoch, info, anchor, at, up_to).map(Some),
         Err(e) if e.to_string().contains("no such key") => Ok(None),
         Err(e) => Err(e),
     }
@@ -804,7 +872,7 @@ async fn read_after_id<T: Codec>(
         }
         Err(e) => return Err(e),
     };
-    let counters = counters(epoch, info, at, up_to)?;
+    let counters = counters(epoch, info, anchor, at, up_to)?;
     let Value::Array(entries) = entries else {
         return Err(unexpected_answer());
     };
@@ -1154,7 +1222,7 @@ impl<T> Shared<T> {
             known,
             &at.last_id,
         );
-        let (epoch, after) = match self.shutdown.unless(moved).await {
+        let (epoch, after, from) = match self.shutdown.unless(moved).await {
             None => return false,
             Some(Ok(moved)) => moved,
             Some(Err(e)) => {
@@ -1170,14 +1238,19 @@ impl<T> Shared<T> {
         }
         at.epoch = epoch;
         at.cursor = after;
+        // Entries added after the loss with ids below the one read last (a clock behind)
+        // are read too.
+        at.last_id = from;
         // The entry read last may be among those lost: nothing to check against until the
         // next one is read.
         at.anchor = None;
         self.resets.fetch_add(1, Ordering::Relaxed);
-        self.epoch.store(epoch.get(), Ordering::Release);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.epoch.store(epoch.get(), Ordering::SeqCst);
         self.taking.store(after, Ordering::SeqCst);
-        self.read.store(after, Ordering::Release);
-        self.submitted.store(0, Ordering::Release);
+        self.read.store(after, Ordering::SeqCst);
+        self.submitted.store(0, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
         self.advanced.notify(usize::MAX);
         self.ring
             .submit(Entry::Reset { epoch, after })
@@ -1300,9 +1373,6 @@ pub struct RedisQueueSubscriber<T> {
     /// The position a resuming subscriber gave, checked against the stream's epoch and
     /// count when the first batch comes.
     resume: Option<Position>,
-    /// A catch-up read found a new epoch before the reading task did: live entries are
-    /// skipped until the task's reset to that epoch says where to go on.
-    awaiting_reset: bool,
     shared: Arc<Shared<T>>,
 }
 
@@ -1341,7 +1411,6 @@ impl<T: Codec> Stream for RedisQueueSubscriber<T> {
             match &**entry.value() {
                 // Numbered in an epoch this subscriber has left: the reading task's reset
                 // comes next.
-                Entry::Message(_) | Entry::Lost(_) if this.awaiting_reset => {}
                 Entry::Message(message) if message.position().epoch() != this.epoch => {}
                 Entry::Message(message) if message.position().offset() > this.after => {
                     this.after = message.position().offset();
@@ -1353,10 +1422,8 @@ impl<T: Codec> Stream for RedisQueueSubscriber<T> {
                 }
                 Entry::Reset { epoch, after } if *epoch == this.epoch => {
                     // This subscriber is in that epoch already (a catch-up read found it
-                    // first, and it was told then).
-                    if std::mem::take(&mut this.awaiting_reset) {
-                        this.after = *after;
-                    } else if this.after < *after {
+                    // first, and it was told then): it reads what lies between from Redis.
+                    if this.after < *after {
                         this.target = *after;
                         this.fetching = Some(fetch(&this.shared, this.after, None));
                     }
@@ -1401,14 +1468,19 @@ impl<T: Codec> RedisQueueSubscriber<T> {
                 self.restart_from_oldest(epoch);
                 return;
             }
+        } else if epoch.is_none() {
+            // The epoch key holds no epoch: the reading task replaces it, and its reset
+            // tells this subscriber where to go on.
+            self.backlog.push_back(Err(RecvError::Interrupted));
+            return;
         } else if epoch != Some(self.epoch) {
             // The stream began a new epoch while this subscriber caught up: what it
-            // counted means nothing now. The reading task says where to go on.
+            // counted means nothing now. It is told, and reads the stream anew, never
+            // skipping what it cannot place.
             self.backlog.push_back(Err(RecvError::Reset {
                 reason: ResetReason::Lost,
             }));
-            self.epoch = epoch.unwrap_or(self.epoch);
-            self.awaiting_reset = true;
+            self.restart_from_oldest(epoch);
             return;
         }
         let epoch = epoch.expect("checked above");

@@ -240,3 +240,27 @@ async fn entries_added_after_a_loss_before_anyone_looked_are_numbered_in_the_new
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_deleted_with_xdel_is_not_taken_for_a_loss() {
+    let server = RedisServer::start();
+    let stores = two_processes(&server, "consumed").await;
+    let [a, b] = &stores;
+    let mut live = b.subscribe();
+    for n in 1..=3 {
+        a.submit(format!("m{n}")).await.unwrap();
+    }
+    for n in 1..=3 {
+        assert_eq!(next_value(&mut live).await.0, format!("m{n}"));
+    }
+    // A consumer deletes what it processed, the newest entry included.
+    let newest = server.cli(&["XREVRANGE", "consumed", "+", "-", "COUNT", "1"]);
+    let id = newest.lines().next().unwrap().to_owned();
+    assert_eq!(server.cli(&["XDEL", "consumed", &id]), "1");
+    // Past a check of both readers (every second), nothing is reset.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let p4 = a.submit("m4".to_string()).await.unwrap();
+    assert_eq!(next_value(&mut live).await, ("m4".to_string(), p4));
+    assert_eq!((a.resets(), b.resets()), (0, 0));
+    assert_eq!(p4.epoch(), a.epoch());
+}
