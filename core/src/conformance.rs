@@ -359,7 +359,7 @@ async fn ends<H: Harness, S: Store>(h: &H, sub: &mut S::Subscriber) -> Result<()
     }
 }
 
-/// The same position one epoch over: the position as another store would number it.
+/// A position `by` messages past `p`, in its epoch: ahead of a store whose newest is `p`.
 fn ahead_of(p: Position, by: u64) -> Position {
     Position::new(p.epoch(), p.offset() + by)
 }

@@ -185,17 +185,25 @@ async fn publish(
             "the message body must be UTF-8 text",
         );
     };
+    let size = (data.len() + event.as_ref().map_or(0, String::len)) as u64;
+    let over_budget = |hub: &Hub| {
+        hub.metrics.over_budget.fetch_add(1, Ordering::Relaxed);
+        refuse(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "the hub retains as many message bytes as it may (--max-retained-bytes); try again later, or publish less",
+        )
+    };
+    // A new topic replaces nothing: refused before it is made.
+    let retained = hub.metrics.retained_bytes.load(Ordering::Relaxed);
+    if !hub.topics.exists(&name) && retained + size > hub.config.max_retained_bytes {
+        return over_budget(&hub);
+    }
     let topic = match topic(&hub, &name).await {
         Ok(topic) => topic,
         Err(refusal) => return refusal.into_response(),
     };
-    let size = (data.len() + event.as_ref().map_or(0, String::len)) as u64;
     let Ok(reservation) = topic.reserve(size, hub.config.max_retained_bytes) else {
-        hub.metrics.over_budget.fetch_add(1, Ordering::Relaxed);
-        return refuse(
-            StatusCode::INSUFFICIENT_STORAGE,
-            "the hub retains as many message bytes as it may (--max-retained-bytes); try again later, or publish less",
-        );
+        return over_budget(&hub);
     };
     let submitted = topic.submit(HubMessage { event, data }).await;
     if submitted.is_err() {
@@ -353,9 +361,11 @@ async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
 
 /// CORS for the configured origins (answering preflights), and counting refusals.
 ///
-/// With `--cors-origin`, a request from a page of another origin that would act (a
-/// publish, a WebSocket upgrade) gets 403: a browser would send it and only hide the
-/// answer. Reads (SSE, the page) are left to the browser's own CORS checks.
+/// A request from a page of another origin than the hub's own or those of `--cors-origin`
+/// that would act (a publish, a WebSocket upgrade) gets 403: a browser would send it and
+/// only hide the answer. Reads (SSE, the page) are left to the browser's own CORS checks.
+/// (The hub's own origin is told by the `Host` header; a hub reachable by name from the
+/// internet should list its origins.)
 async fn cors_and_accounting(State(hub): Shared, request: Request, next: Next) -> Response {
     let origin = request.headers().get(header::ORIGIN).cloned();
     let origins = &hub.config.cors_origins;
@@ -374,7 +384,9 @@ async fn cors_and_accounting(State(hub): Shared, request: Request, next: Next) -
             .headers()
             .get(header::UPGRADE)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
-    let foreign = origin.is_some() && allowed.is_none() && !origins.is_empty();
+    // Without --cors-origin no other origin is allowed to act either: a page elsewhere
+    // must not publish to a hub on the user's machine.
+    let foreign = origin.is_some() && allowed.is_none();
     let mut response = if request.method() == Method::OPTIONS && origin.is_some() {
         if allowed.is_some() {
             let mut preflight = StatusCode::NO_CONTENT.into_response();

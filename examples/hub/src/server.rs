@@ -74,17 +74,18 @@ pub async fn serve(
             continue;
         }
         let service = TowerToHyperService::new(app.clone());
-        let io = TokioIo::new(WriteTimeout::new(
-            stream,
-            timeouts.write,
-            Arc::clone(&metrics),
-        ));
+        // The socket carries its count and its share of the shutdown wait with it, also
+        // into a WebSocket that outlives the HTTP connection it was upgraded from.
+        let io = TokioIo::new(WriteTimeout {
+            inner: stream,
+            limit: timeouts.write,
+            stalled: None,
+            metrics: Arc::clone(&metrics),
+            _counted: (guard, open_tx.clone()),
+        });
         let mut stop = stop_rx.clone();
-        let open_tx = open_tx.clone();
         let metrics = Arc::clone(&metrics);
         tokio::spawn(async move {
-            let _guard = guard;
-            let _open = open_tx;
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(timeouts.head)
@@ -166,18 +167,11 @@ struct WriteTimeout {
     /// Running while a write (or flush) is pending.
     stalled: Option<Pin<Box<Sleep>>>,
     metrics: Arc<Metrics>,
+    /// Counts the socket while it lives, and holds shutdown until it is closed.
+    _counted: (SocketGuard, watch::Sender<()>),
 }
 
 impl WriteTimeout {
-    fn new(inner: TcpStream, limit: Duration, metrics: Arc<Metrics>) -> Self {
-        WriteTimeout {
-            inner,
-            limit,
-            stalled: None,
-            metrics,
-        }
-    }
-
     /// Passes a write's outcome on, starting or clearing the clock.
     fn timed<T>(
         &mut self,

@@ -149,6 +149,7 @@ impl Topics {
                 .expect("retained lock")
                 .sizes
                 .drain(..)
+                .map(|(_, size)| size)
                 .sum();
             self.metrics
                 .retained_bytes
@@ -156,6 +157,11 @@ impl Topics {
             tracing::debug!(topic = name.as_str(), "idle topic removed");
         }
         removed.len()
+    }
+
+    /// Whether the topic `name` exists now.
+    pub fn exists(&self, name: &str) -> bool {
+        self.topics.read().expect("topics lock").contains_key(name)
     }
 
     /// How many topics exist.
@@ -201,6 +207,7 @@ impl Topics {
             retained: Arc::new(Mutex::new(Retained {
                 sizes: VecDeque::new(),
                 capacity: retains,
+                next: 0,
             })),
         };
         topics.insert(name.to_owned(), topic.clone());
@@ -310,18 +317,22 @@ pub struct Topic {
 
 /// What a topic retains, as the memory budget counts it: the bodies of the last
 /// `capacity` messages published here (a queue's ring; a latest-value topic's one value).
+/// The hub's `retained_bytes` is always the sum over every topic's `sizes`.
 #[derive(Debug)]
 struct Retained {
-    sizes: VecDeque<u64>,
+    /// Each message's reservation number and size, oldest first.
+    sizes: VecDeque<(u64, u64)>,
     capacity: usize,
+    /// The next reservation's number.
+    next: u64,
 }
 
 /// A message's place in the memory budget, taken before it is submitted.
 #[derive(Debug)]
 pub struct Reservation {
-    size: u64,
-    /// The size of the oldest message it pushes out of the topic, if any.
-    evicted: Option<u64>,
+    number: u64,
+    /// The oldest message it pushed out of the count, if any.
+    evicted: Option<(u64, u64)>,
 }
 
 /// A publish that would take retained memory past `--max-retained-bytes`.
@@ -342,7 +353,7 @@ impl Topic {
         } else {
             None
         };
-        let freed = evicted.unwrap_or(0);
+        let freed = evicted.map_or(0, |(_, size)| size);
         self.metrics
             .retained_bytes
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |total| {
@@ -353,26 +364,37 @@ impl Topic {
         if evicted.is_some() {
             retained.sizes.pop_front();
         }
-        retained.sizes.push_back(size);
-        Ok(Reservation { size, evicted })
+        let number = retained.next;
+        retained.next += 1;
+        retained.sizes.push_back((number, size));
+        Ok(Reservation { number, evicted })
     }
 
-    /// Takes back a reservation whose message was not submitted after all.
+    /// Takes back a reservation whose message was not submitted after all: its size
+    /// leaves the count, and the message it pushed out comes back if there is room.
     pub fn unreserve(&self, reservation: Reservation) {
         let mut retained = self.retained.lock().expect("retained lock");
-        if let Some(index) = retained.sizes.iter().rposition(|&s| s == reservation.size) {
-            retained.sizes.remove(index);
-        }
-        if let Some(evicted) = reservation.evicted {
+        let Some(index) = retained
+            .sizes
+            .iter()
+            .position(|&(number, _)| number == reservation.number)
+        else {
+            // Pushed out already by later messages: counted no more.
+            return;
+        };
+        let (_, size) = retained.sizes.remove(index).expect("found");
+        let mut change = -(size as i64);
+        if let Some(evicted) = reservation.evicted
+            && retained.sizes.len() < retained.capacity
+        {
             retained.sizes.push_front(evicted);
+            change += evicted.1 as i64;
         }
-        let freed = reservation.evicted.unwrap_or(0);
-        self.metrics
-            .retained_bytes
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |total| {
-                Some((total + freed).saturating_sub(reservation.size))
-            })
-            .ok();
+        let _ = self.metrics.retained_bytes.fetch_update(
+            Ordering::AcqRel,
+            Ordering::Acquire,
+            |total| Some(total.saturating_add_signed(change)),
+        );
     }
 }
 

@@ -315,3 +315,37 @@ async fn metrics_stay_small_with_many_topics_and_can_require_a_token() {
         .count();
     assert_eq!(series, 100, "per-topic series are bounded");
 }
+
+#[tokio::test]
+async fn without_cors_origins_only_the_hub_s_own_pages_may_publish() {
+    let hub = Hub::start(&[]);
+    let elsewhere = client()
+        .post(hub.url("/publish/x"))
+        .header("Origin", "https://elsewhere.example")
+        .body("forged")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.status(), 403);
+    let own = client()
+        .post(hub.url("/publish/x"))
+        .header("Origin", format!("http://{}", hub.address))
+        .body("from the hub's page")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(own.status(), 200);
+    // Programs that send no Origin (curl, servers) are not browsers' pages.
+    assert_eq!(hub.publish("x", "from curl").await.0, 200);
+}
+
+#[tokio::test]
+async fn an_upgraded_websocket_still_counts_as_a_socket() {
+    let hub = Hub::start(&[]);
+    let (_ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws/counted", hub.address))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The WebSocket, and the connection asking for the metrics.
+    assert_eq!(metric(&hub, "storecast_sockets").await, 2);
+}
