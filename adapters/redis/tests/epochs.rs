@@ -3,13 +3,15 @@
 //! behind) every process moves to a new epoch together: live subscribers are told, a
 //! client holding an old id is told, and nobody is skipped silently or handed duplicates.
 
+mod reading;
 mod support;
 
 use std::time::Duration;
 
+use reading::{PATIENCE, next, next_value, quick};
 use storecast::{Epoch, Position, RecvError, ResetReason, Start, Store};
 use storecast_redis::{QueueOptions, Redis, RedisQueueStore};
-use support::{PATIENCE, RedisServer, eventually, next, next_value, quick};
+use support::{RedisServer, eventually};
 
 /// Two processes' stores on the stream `stream` (each with its own connections).
 async fn two_processes(server: &RedisServer, stream: &str) -> [RedisQueueStore<String>; 2] {

@@ -1,14 +1,16 @@
 //! What happens when Redis misbehaves or other programs use it: connections killed, the
 //! server restarted, external publishers, undecodable messages, several processes.
 
+mod reading;
 mod support;
 
 use std::time::Duration;
 
 use futures_lite::StreamExt;
+use reading::{PATIENCE, next, next_value, quick};
 use storecast::{Position, RecvError, ResetReason, Start, Store};
 use storecast_redis::{ConnectError, QueueOptions, Redis, RedisStore};
-use support::{PATIENCE, RedisServer, eventually, next, next_value, quick};
+use support::{RedisServer, eventually};
 
 /// Publishes `text` with redis-cli until a subscriber of `store` has it (a channel keeps
 /// nothing for a subscription that is still being re-established).
