@@ -103,3 +103,10 @@ pub use store::{Item, Message, Store};
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+
+#[cfg(all(feature = "alloc", not(target_has_atomic = "ptr")))]
+compile_error!(
+    "storecast's `alloc` stores share values through `Arc`, which needs pointer-sized \
+     compare-and-swap, and this target has none (Cortex-M0/M0+, riscv32imc): use the \
+     fixed-capacity stores (`default-features = false`)"
+);
