@@ -15,11 +15,12 @@
 //! wakers are woken after the lock is released. [`DefaultRawMutex`] is the operating
 //! system's lock with `std`, a spin lock without it, and a critical section on targets
 //! with no compare-and-swap (Cortex-M0/M0+, `riscv32imc`). A store that an interrupt
-//! handler submits to needs [`CriticalSectionRawMutex`] (feature `critical-section`):
+//! handler submits to needs `CriticalSectionRawMutex` (feature `critical-section`):
 //! with a spin lock, a handler that interrupts the lock's holder would spin forever.
 //!
 //! ```ignore
 //! use storecast::fixed::{CriticalSectionRawMutex, QueueStore};
+//! use storecast::Overflow;
 //! // 32 readings, up to 2 subscribers, safe to submit to from an interrupt handler.
 //! static READINGS: QueueStore<u16, 32, 2, CriticalSectionRawMutex> =
 //!     QueueStore::new(Overflow::DropOldest);
@@ -32,7 +33,7 @@
 //! room for another: no number of idle subscribers makes a store busy. One more subscriber
 //! is refused: `subscribe` panics with a message naming the limit, and
 //! `try_subscribe_from` returns [`SubscriberLimit`]. Other waiting tasks (submitters
-//! waiting for room under [`Overflow::Wait`], tasks awaiting `closed()`) share a list of
+//! waiting for room under [`Overflow::Wait`](crate::Overflow::Wait), tasks awaiting `closed()`) share a list of
 //! `SUBSCRIBERS` entries; more of those at once than that are woken to make room (spurious
 //! wake-ups, never a lost one).
 //!
