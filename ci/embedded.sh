@@ -18,9 +18,11 @@ step() { printf '\n-- %s\n' "$*"; }
 fail() { echo "embedded check FAILED: $*" >&2; exit 1; }
 
 if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+# Never removes a package to make room (--no-remove): an image's own packages stay.
 apt_install() {
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+        --no-remove "$@" >/dev/null
 }
 
 # Debian's toolchain, the library source for build-std, and a linker for bare metal.
@@ -31,7 +33,8 @@ if [ ! -x /usr/bin/cargo ] || [ ! -d /usr/lib/rustlib/src/rust/library/core ] ||
 fi
 
 # QEMU. Some images carry a newer qemu-utils (from backports) that refuses Debian 12's
-# qemu-system-arm; then the package is unpacked into target/ with its libraries installed.
+# qemu-system-arm, and apt would remove it; then the package is unpacked into target/
+# instead, with its libraries installed.
 QEMU=$(command -v qemu-system-arm || true)
 if [ -z "$QEMU" ]; then
     QEMU="$CARGO_TARGET_DIR/qemu/usr/bin/qemu-system-arm"
@@ -42,7 +45,7 @@ if [ -z "$QEMU" ]; then
             # shellcheck disable=SC2086
             apt_install $libraries
             mkdir -p "$CARGO_TARGET_DIR/qemu"
-            (cd "$CARGO_TARGET_DIR/qemu" && apt-get download qemu-system-arm 2>/dev/null &&
+            (cd "$CARGO_TARGET_DIR/qemu" && apt-get download qemu-system-arm >/dev/null 2>&1 &&
                 dpkg -x qemu-system-arm_*.deb . && rm qemu-system-arm_*.deb)
         fi
         command -v qemu-system-arm >/dev/null && QEMU=$(command -v qemu-system-arm)
