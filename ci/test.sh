@@ -22,6 +22,9 @@ fi
 step "the core with no std: no-allocator and alloc-only binaries link and run"
 bash ci/no-std.sh
 
+step "the core on microcontrollers: four targets build; an interrupt feeds static stores in QEMU (Cortex-M3 and M0); size against embassy-sync"
+bash ci/embedded.sh
+
 step "benchmark smoke run (checks losslessness and order; figures are not compared here)"
 cargo run -q --release -p storecast-bench -- --quick
 cargo run -q --release -p storecast-bench --bin redis -- --quick

@@ -43,15 +43,20 @@
 //! |---|---|---|
 //! | `std` (default) | everything below, plus operating-system locks | servers, desktops |
 //! | `alloc` only | [`DataStore`], [`QueueStore`] (values shared in `Arc`s), the [`Store`] trait; `#![no_std]` with a global allocator | kernels, embedded with a heap |
-//! | neither | [`fixed::DataStore`], [`fixed::QueueStore`]: capacity as const generics, `const fn new()` for a `static`, values cloned into each subscriber; no allocator at all | microcontrollers |
+//! | neither | [`fixed::DataStore`], [`fixed::QueueStore`]: capacity and subscriber limit as const generics, `const fn new()` for a `static`, values cloned into each subscriber, a lock of your choice ([`fixed::RawMutex`]); no allocator at all | microcontrollers: Cortex-M0/M0+, M3, M4F, RISC-V 32 |
+//! | `critical-section` | `fixed::CriticalSectionRawMutex`, for stores that interrupt handlers submit to | interrupts |
 //! | `conformance` | `storecast::conformance`: the executor-agnostic checks any store must pass | testing a store |
 //!
 //! Positions, [`Start`], [`Overflow`], closing and the errors are the same in every row.
 //! Without `std` no randomness is drawn: the stores take their epoch from the caller
 //! (`with_epoch`).
-//! Without `std` the locks spin; every critical section is a few assignments and a clone,
-//! never user callbacks. `ci/no-std.sh` links and runs a no-allocator binary and an
-//! alloc-only one on every CI run.
+//! Without `std` the heap stores' locks spin, and so does a fixed store's default lock
+//! (a critical section where the target has no compare-and-swap); a fixed store that an
+//! interrupt handler submits to names `CriticalSectionRawMutex` (see [`fixed`]). Every
+//! critical section is a few assignments and a clone, never user callbacks.
+//! `ci/no-std.sh` links and runs a no-allocator binary and an alloc-only one, and
+//! `ci/embedded.sh` builds the core for four microcontroller targets and runs a program
+//! whose interrupt handler feeds static stores in QEMU, on every CI run.
 
 #![no_std]
 #![warn(missing_docs, missing_debug_implementations)]
@@ -103,3 +108,10 @@ pub use store::{Item, Message, Store};
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+
+#[cfg(all(feature = "alloc", not(target_has_atomic = "ptr")))]
+compile_error!(
+    "storecast's `alloc` stores share values through `Arc`, which needs pointer-sized \
+     compare-and-swap, and this target has none (Cortex-M0/M0+, riscv32imc): use the \
+     fixed-capacity stores (`default-features = false`)"
+);

@@ -1,16 +1,30 @@
 //! The synchronisation primitives the stores are built from, in one place so that the
 //! same code runs on the OS (`std`), on bare metal (`alloc` only: a spin lock), and under
 //! the `loom` model checker (`--cfg loom`), as tokio does with its `loom` shim.
+//!
+//! Positions are 64-bit everywhere. Where the target has 64-bit atomics (every host) they
+//! are `core`'s; on 32-bit microcontrollers (Cortex-M3/M4, which have 32-bit
+//! compare-and-swap) they are `portable-atomic`'s, which guards each 64-bit operation
+//! with a global lock, or a critical section with the `critical-section` feature. Only
+//! the heap-backed stores use atomics; the fixed stores use a lock of the user's choice
+//! (`crate::fixed::RawMutex`).
 
-// The heap-backed stores use all of this; without `alloc`, the fixed ones only the lock.
+// The heap-backed stores use all of this; without `alloc`, the fixed ones only the cell.
 #![cfg_attr(not(feature = "alloc"), allow(unused_imports, dead_code))]
 
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-#[cfg(not(loom))]
-pub(crate) use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+#[cfg(all(not(loom), feature = "alloc"))]
+pub(crate) use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+#[cfg(all(not(loom), feature = "alloc", target_has_atomic = "64"))]
+pub(crate) use core::sync::atomic::AtomicU64;
+
+#[cfg(all(not(loom), feature = "alloc", not(target_has_atomic = "64")))]
+pub(crate) use portable_atomic::AtomicU64;
+
+#[cfg(feature = "alloc")]
 pub(crate) use lock::Mutex;
 
 #[cfg(loom)]
@@ -114,7 +128,7 @@ mod lock {
     }
 }
 
-#[cfg(all(not(loom), not(feature = "std")))]
+#[cfg(all(not(loom), feature = "alloc", not(feature = "std")))]
 mod lock {
     //! Without an operating system there is nothing to park on, so the lock spins. Every
     //! critical section in the stores is a few assignments and an `Arc` clone, never

@@ -228,12 +228,12 @@ fn latest_value_threads_never_go_back_and_all_end_with_the_last() {
 }
 
 #[test]
-fn fixed_store_with_a_full_waker_list_still_wakes_everyone() {
+fn fixed_store_with_every_subscriber_slot_taken_wakes_everyone() {
     within(60, || {
-        // Room for one waiting task; four wait. Each registration past the first wakes the
-        // others to make room, so they keep re-registering, but none is ever forgotten.
-        static STORE: storecast::fixed::DataStore<u64, 1> = storecast::fixed::DataStore::new();
-        static QUEUE: storecast::fixed::QueueStore<u64, 4, 1> =
+        // Room for four subscribers, and four wait on other threads: each has a waker slot
+        // of its own, and one submit wakes them all.
+        static STORE: storecast::fixed::DataStore<u64, 4> = storecast::fixed::DataStore::new();
+        static QUEUE: storecast::fixed::QueueStore<u64, 4, 4> =
             storecast::fixed::QueueStore::new(Overflow::Wait);
         let readers: Vec<_> = (0..4)
             .map(|_| {

@@ -6,17 +6,18 @@ use core::task::{Context, Poll};
 
 use futures_core::Stream;
 
-use super::wakers::WakerList;
-use super::{Item, Message};
+use super::mutex::{DefaultRawMutex, Locked, RawMutex};
+use super::wakers::{SubscriberWakers, WakerList};
+use super::{Item, Message, SubscriberLimit};
 use crate::position::Seen;
-use crate::sync::Mutex;
 use crate::{Epoch, Position, Start, SubmitError};
 
 /// A latest-value store with no allocator: the same contract as
 /// [`crate::DataStore`] (current value first, then newer ones,
 /// maybe skipping some, never repeating or going back, always ending with the last), with
-/// the value kept inline and up to `WAKERS` waiting subscribers remembered (see the
-/// [module documentation](crate::fixed) for what happens beyond that).
+/// the value kept inline, up to `SUBSCRIBERS` subscribers (each with a waker slot of its
+/// own; one more is refused at subscribe time), and the lock `M` (see the
+/// [module documentation](crate::fixed)).
 ///
 /// ```
 /// use futures_lite::{future::block_on, StreamExt};
@@ -37,36 +38,37 @@ use crate::{Epoch, Position, Start, SubmitError};
 ///     assert_eq!(last, Some(21));
 /// });
 /// ```
-pub struct DataStore<T, const WAKERS: usize = 8> {
-    state: Mutex<State<T, WAKERS>>,
+pub struct DataStore<T, const SUBSCRIBERS: usize = 8, M: RawMutex = DefaultRawMutex> {
+    state: Locked<M, State<T, SUBSCRIBERS>>,
     /// The identity every position of this store carries.
     epoch: Epoch,
 }
 
-struct State<T, const WAKERS: usize> {
+struct State<T, const SUBSCRIBERS: usize> {
     /// The current value; `None` until the first submit.
     current: Option<T>,
     /// The position of `current` (0: none yet).
     position: u64,
     closed: bool,
-    subscribers: usize,
-    /// Subscribers waiting for a newer value.
-    waiting: WakerList<WAKERS>,
+    /// Subscribers, and the wakers of those waiting for a newer value.
+    subscribers: SubscriberWakers<SUBSCRIBERS>,
+    /// Tasks awaiting `closed()`.
+    others: WakerList<SUBSCRIBERS>,
 }
 
-impl<T, const WAKERS: usize> State<T, WAKERS> {
+impl<T, const SUBSCRIBERS: usize> State<T, SUBSCRIBERS> {
     const fn new(current: Option<T>) -> Self {
         State {
             position: if current.is_some() { 1 } else { 0 },
             current,
             closed: false,
-            subscribers: 0,
-            waiting: WakerList::new(),
+            subscribers: SubscriberWakers::new(),
+            others: WakerList::new(),
         }
     }
 }
 
-impl<T, const WAKERS: usize> DataStore<T, WAKERS> {
+impl<T, const SUBSCRIBERS: usize, M: RawMutex> DataStore<T, SUBSCRIBERS, M> {
     /// An empty store of epoch 0 (for a store whose positions never leave the device;
     /// see [`with_epoch`](DataStore::with_epoch)): subscribers wait for the first value.
     #[cfg(not(loom))]
@@ -80,7 +82,7 @@ impl<T, const WAKERS: usize> DataStore<T, WAKERS> {
     #[cfg(not(loom))]
     pub const fn with_epoch(epoch: Epoch) -> Self {
         DataStore {
-            state: Mutex::new(State::new(None)),
+            state: Locked::new(State::new(None)),
             epoch,
         }
     }
@@ -89,7 +91,7 @@ impl<T, const WAKERS: usize> DataStore<T, WAKERS> {
     #[cfg(not(loom))]
     pub const fn with_value(value: T) -> Self {
         DataStore {
-            state: Mutex::new(State::new(Some(value))),
+            state: Locked::new(State::new(Some(value))),
             epoch: Epoch::new(0),
         }
     }
@@ -98,7 +100,7 @@ impl<T, const WAKERS: usize> DataStore<T, WAKERS> {
     #[cfg(loom)]
     pub fn new() -> Self {
         DataStore {
-            state: Mutex::new(State::new(None)),
+            state: Locked::new(State::new(None)),
             epoch: Epoch::new(0),
         }
     }
@@ -111,24 +113,35 @@ impl<T, const WAKERS: usize> DataStore<T, WAKERS> {
     /// Makes `value` the current value and wakes subscribers. Never waits; fails only on
     /// a closed store, handing the value back.
     pub fn submit(&self, value: T) -> Result<Position, SubmitError<T>> {
-        let (position, replaced, to_wake) = {
-            let mut state = self.state.lock();
+        let (position, replaced, readers, others) = self.state.lock(|state| {
             if state.closed {
                 return Err(SubmitError::Closed(value));
             }
             state.position += 1;
             let replaced = state.current.replace(value);
-            (state.position, replaced, state.waiting.take())
-        };
+            Ok((
+                state.position,
+                replaced,
+                state.subscribers.take(),
+                state.others.take(),
+            ))
+        })?;
         drop(replaced);
-        to_wake.wake();
+        readers.wake();
+        others.wake();
         Ok(Position::new(self.epoch, position))
     }
 
     /// Subscribes as a new subscriber: the current value first, then newer ones.
+    ///
+    /// # Panics
+    ///
+    /// If the store already has `SUBSCRIBERS` subscribers (see
+    /// [`try_subscribe_from`](DataStore::try_subscribe_from)).
     pub fn subscribe(&self) -> DataSubscriber<'_, T>
     where
         T: Clone + Send,
+        M: Sync,
     {
         self.subscribe_from(Start::Now)
     }
@@ -136,54 +149,78 @@ impl<T, const WAKERS: usize> DataStore<T, WAKERS> {
     /// Subscribes from `start`: [`Start::After`] a position yields only newer values; a
     /// position the store cannot place (another epoch, or ahead) yields
     /// [`RecvError::Reset`](crate::RecvError::Reset) first, then the current value.
+    ///
+    /// # Panics
+    ///
+    /// If the store already has `SUBSCRIBERS` subscribers (see
+    /// [`try_subscribe_from`](DataStore::try_subscribe_from)).
     pub fn subscribe_from(&self, start: Start) -> DataSubscriber<'_, T>
     where
         T: Clone + Send,
+        M: Sync,
     {
-        let mut state = self.state.lock();
-        state.subscribers += 1;
-        let placed = start.place_in_latest(self.epoch, state.position);
-        DataSubscriber {
+        self.try_subscribe_from(start)
+            .unwrap_or_else(|limit| panic!("{limit}"))
+    }
+
+    /// Subscribes from `start`, or says that the store already has `SUBSCRIBERS`
+    /// subscribers.
+    pub fn try_subscribe_from(&self, start: Start) -> Result<DataSubscriber<'_, T>, SubscriberLimit>
+    where
+        T: Clone + Send,
+        M: Sync,
+    {
+        let (slot, placed) = self.state.lock(|state| {
+            let slot = state
+                .subscribers
+                .join()
+                .ok_or(SubscriberLimit { limit: SUBSCRIBERS })?;
+            Ok((slot, start.place_in_latest(self.epoch, state.position)))
+        })?;
+        Ok(DataSubscriber {
             store: self,
+            slot,
             seen: Seen::new(placed),
-        }
+        })
     }
 
     /// Closes the store: submits fail from now on; subscribers get the last value if they
     /// have not seen it, then their streams end.
     pub fn close(&self) {
-        let to_wake = {
-            let mut state = self.state.lock();
+        let (readers, others) = self.state.lock(|state| {
             state.closed = true;
-            state.waiting.take()
-        };
-        to_wake.wake();
+            (state.subscribers.take(), state.others.take())
+        });
+        readers.wake();
+        others.wake();
     }
 
     /// Whether the store is closed.
     pub fn is_closed(&self) -> bool {
-        self.state.lock().closed
+        self.state.lock(|state| state.closed)
     }
 
     /// Waits until the store is closed.
     pub async fn closed(&self) {
         core::future::poll_fn(|cx| {
-            let mut state = self.state.lock();
-            if state.closed {
-                return Poll::Ready(());
+            let to_wake = self.state.lock(|state| {
+                // Woken on every submit, and on close.
+                (!state.closed).then(|| state.others.register(cx.waker()))
+            });
+            match to_wake {
+                None => Poll::Ready(()),
+                Some(to_wake) => {
+                    to_wake.wake();
+                    Poll::Pending
+                }
             }
-            // Woken with the waiting subscribers (on every submit, and on close).
-            let to_wake = state.waiting.register(cx.waker());
-            drop(state);
-            to_wake.wake();
-            Poll::Pending
         })
         .await
     }
 
     /// How many subscribers are registered now.
     pub fn subscriber_count(&self) -> usize {
-        self.state.lock().subscribers
+        self.state.lock(|state| state.subscribers.count())
     }
 
     /// The current value and its position, without subscribing.
@@ -191,64 +228,79 @@ impl<T, const WAKERS: usize> DataStore<T, WAKERS> {
     where
         T: Clone,
     {
-        let state = self.state.lock();
-        state.current.clone().map(|value| Message {
-            position: Position::new(self.epoch, state.position),
-            value,
+        self.state.lock(|state| {
+            state.current.clone().map(|value| Message {
+                position: Position::new(self.epoch, state.position),
+                value,
+            })
         })
     }
 }
 
-impl<T, const WAKERS: usize> fmt::Debug for DataStore<T, WAKERS> {
+impl<T, const SUBSCRIBERS: usize, M: RawMutex> fmt::Debug for DataStore<T, SUBSCRIBERS, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = self.state.lock();
+        let (position, subscribers, closed) = self
+            .state
+            .lock(|state| (state.position, state.subscribers.count(), state.closed));
         f.debug_struct("fixed::DataStore")
             .field("epoch", &self.epoch)
-            .field("position", &state.position)
-            .field("subscribers", &state.subscribers)
-            .field("closed", &state.closed)
+            .field("position", &position)
+            .field("subscribers", &subscribers)
+            .field("closed", &closed)
             .finish()
     }
 }
 
-impl<T, const WAKERS: usize> Default for DataStore<T, WAKERS> {
+impl<T, const SUBSCRIBERS: usize, M: RawMutex> Default for DataStore<T, SUBSCRIBERS, M> {
     fn default() -> Self {
         DataStore::new()
     }
 }
 
-/// What a subscriber needs of its store, without the store's `WAKERS` in its type.
+/// What a subscriber needs of its store, without the store's sizes and lock in its type.
 trait Latest<T>: Sync {
-    fn poll_newer(&self, seen: &mut Seen, cx: Option<&mut Context<'_>>) -> Poll<Option<Item<T>>>;
-    fn leave(&self);
+    fn poll_newer(
+        &self,
+        slot: usize,
+        seen: &mut Seen,
+        cx: Option<&mut Context<'_>>,
+    ) -> Poll<Option<Item<T>>>;
+    fn leave(&self, slot: usize);
     fn epoch(&self) -> Epoch;
 }
 
-impl<T: Clone + Send, const WAKERS: usize> Latest<T> for DataStore<T, WAKERS> {
-    fn poll_newer(&self, seen: &mut Seen, cx: Option<&mut Context<'_>>) -> Poll<Option<Item<T>>> {
-        let mut state = self.state.lock();
-        if state.position > seen.offset() {
-            if let Some(value) = state.current.clone() {
-                seen.set(state.position);
-                let position = Position::new(self.epoch, state.position);
-                return Poll::Ready(Some(Ok(Message { position, value })));
+impl<T: Clone + Send, const SUBSCRIBERS: usize, M: RawMutex + Sync> Latest<T>
+    for DataStore<T, SUBSCRIBERS, M>
+{
+    fn poll_newer(
+        &self,
+        slot: usize,
+        seen: &mut Seen,
+        cx: Option<&mut Context<'_>>,
+    ) -> Poll<Option<Item<T>>> {
+        self.state.lock(|state| {
+            if state.position > seen.offset() {
+                if let Some(value) = state.current.clone() {
+                    seen.set(state.position);
+                    let position = Position::new(self.epoch, state.position);
+                    return Poll::Ready(Some(Ok(Message { position, value })));
+                }
             }
-        }
-        if state.closed {
-            return Poll::Ready(None);
-        }
-        // Registered under the same lock `submit` takes: no wake-up can slip between.
-        let to_wake = match cx {
-            Some(cx) => state.waiting.register(cx.waker()),
-            None => Default::default(),
-        };
-        drop(state);
-        to_wake.wake();
-        Poll::Pending
+            if state.closed {
+                return Poll::Ready(None);
+            }
+            // Registered under the same lock `submit` takes: no wake-up can slip between.
+            // The slot is this subscriber's own: registering never evicts another.
+            if let Some(cx) = cx {
+                state.subscribers.register(slot, cx.waker());
+            }
+            Poll::Pending
+        })
     }
 
-    fn leave(&self) {
-        self.state.lock().subscribers -= 1;
+    fn leave(&self, slot: usize) {
+        let waker = self.state.lock(|state| state.subscribers.leave(slot));
+        drop(waker);
     }
 
     fn epoch(&self) -> Epoch {
@@ -260,6 +312,8 @@ impl<T: Clone + Send, const WAKERS: usize> Latest<T> for DataStore<T, WAKERS> {
 /// Dropping it deregisters it.
 pub struct DataSubscriber<'a, T> {
     store: &'a dyn Latest<T>,
+    /// This subscriber's waker slot in the store.
+    slot: usize,
     /// The position of the last value yielded (0: none yet).
     seen: Seen,
 }
@@ -270,7 +324,7 @@ impl<T> DataSubscriber<'_, T> {
         if let Some(news) = self.seen.take_news() {
             return Some(Err(news));
         }
-        match self.store.poll_newer(&mut self.seen, None) {
+        match self.store.poll_newer(self.slot, &mut self.seen, None) {
             Poll::Ready(item) => item,
             Poll::Pending => None,
         }
@@ -290,13 +344,13 @@ impl<T> Stream for DataSubscriber<'_, T> {
         if let Some(news) = this.seen.take_news() {
             return Poll::Ready(Some(Err(news)));
         }
-        this.store.poll_newer(&mut this.seen, Some(cx))
+        this.store.poll_newer(this.slot, &mut this.seen, Some(cx))
     }
 }
 
 impl<T> Drop for DataSubscriber<'_, T> {
     fn drop(&mut self) {
-        self.store.leave();
+        self.store.leave(self.slot);
     }
 }
 

@@ -1,23 +1,41 @@
 //! Fixed-capacity stores: the same two semantics with no allocator at all.
 //!
 //! [`DataStore`] and [`QueueStore`] here keep their values inline (a queue's ring is an
-//! array of `CAPACITY` slots) and their waiting tasks in a fixed list of `WAKERS` entries,
-//! so they can live in a `static`, built by a `const fn new()`. Positions, [`Start`],
-//! [`Overflow`] policies, closing and errors are those of the heap-backed stores; the
-//! difference is that a subscriber receives a *clone* of each value (`T: Clone`), since
-//! there is no `Arc` to share it through, and that subscribers borrow their store.
+//! array of `CAPACITY` slots) and a waker slot for each of up to `SUBSCRIBERS`
+//! subscribers, so they can live in a `static`, built by a `const fn new()`. Positions,
+//! [`Start`], [`Overflow`] policies, closing and errors are those of the heap-backed
+//! stores; the difference is that a subscriber receives a *clone* of each value
+//! (`T: Clone`), since there is no `Arc` to share it through, and that subscribers borrow
+//! their store.
 //!
-//! Each store sits behind one lock (a spin lock without `std`; every critical section is
-//! a few assignments and a clone of `T`), which keeps them small and obviously correct:
-//! on the targets they are for, contention is rare.
+//! # Locking, and interrupts
 //!
-//! # When the waker list is full
+//! Each store sits behind one lock, named by its last type parameter `M` (a [`RawMutex`],
+//! as in embassy-sync). Every critical section is a few assignments and a clone of `T`;
+//! wakers are woken after the lock is released. [`DefaultRawMutex`] is the operating
+//! system's lock with `std`, a spin lock without it, and a critical section on targets
+//! with no compare-and-swap (Cortex-M0/M0+, `riscv32imc`). A store that an interrupt
+//! handler submits to needs `CriticalSectionRawMutex` (feature `critical-section`):
+//! with a spin lock, a handler that interrupts the lock's holder would spin forever.
 //!
-//! A store remembers at most `WAKERS` waiting tasks (subscribers waiting for a message,
-//! submitters waiting for room). When one more task waits, every remembered task is woken
-//! to make room, and each registers again when it is polled. A full list therefore costs
-//! spurious wake-ups, never a lost one. Size `WAKERS` to the number of tasks that wait at
-//! once to avoid them.
+//! ```ignore
+//! use storecast::fixed::{CriticalSectionRawMutex, QueueStore};
+//! use storecast::Overflow;
+//! // 32 readings, up to 2 subscribers, safe to submit to from an interrupt handler.
+//! static READINGS: QueueStore<u16, 32, 2, CriticalSectionRawMutex> =
+//!     QueueStore::new(Overflow::DropOldest);
+//! ```
+//!
+//! # The subscriber limit
+//!
+//! A store has room for `SUBSCRIBERS` subscribers (default 8), each with a waker slot of
+//! its own, so a parked subscriber is woken only by a submit or a close, and never to make
+//! room for another: no number of idle subscribers makes a store busy. One more subscriber
+//! is refused: `subscribe` panics with a message naming the limit, and
+//! `try_subscribe_from` returns [`SubscriberLimit`]. Other waiting tasks (submitters
+//! waiting for room under [`Overflow::Wait`](crate::Overflow::Wait), tasks awaiting `closed()`) share a list of
+//! `SUBSCRIBERS` entries; more of those at once than that are woken to make room (spurious
+//! wake-ups, never a lost one).
 //!
 //! ```
 //! use futures_lite::{future::block_on, StreamExt};
@@ -40,10 +58,20 @@
 //! [`Overflow`]: crate::Overflow
 
 mod data_store;
+mod mutex;
 mod queue_store;
 mod wakers;
 
 pub use data_store::{DataStore, DataSubscriber};
+#[cfg(any(feature = "critical-section", not(target_has_atomic = "8")))]
+pub use mutex::CriticalSectionRawMutex;
+#[cfg(loom)]
+pub use mutex::LoomRawMutex;
+#[cfg(all(not(loom), target_has_atomic = "8"))]
+pub use mutex::SpinRawMutex;
+#[cfg(all(not(loom), feature = "std"))]
+pub use mutex::StdRawMutex;
+pub use mutex::{DefaultRawMutex, RawMutex};
 pub use queue_store::{QueueStore, QueueSubscriber};
 
 use core::fmt;
@@ -91,6 +119,28 @@ impl<T: fmt::Debug> fmt::Debug for Message<T> {
 /// some.
 pub type Item<T> = Result<Message<T>, RecvError>;
 
+/// A fixed-capacity store refused a subscriber: it already has as many as its
+/// `SUBSCRIBERS` parameter allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SubscriberLimit {
+    /// The store's `SUBSCRIBERS`.
+    pub limit: usize,
+}
+
+impl fmt::Display for SubscriberLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "this fixed-capacity store already has {} subscribers, its limit: raise its \
+             SUBSCRIBERS parameter (QueueStore<T, CAPACITY, SUBSCRIBERS> or \
+             DataStore<T, SUBSCRIBERS>), or drop a subscriber first",
+            self.limit
+        )
+    }
+}
+
+impl core::error::Error for SubscriberLimit {}
+
 #[cfg(feature = "alloc")]
 mod store {
     //! With an allocator, a fixed-capacity store in a `static` is a [`Store`] like any
@@ -103,7 +153,7 @@ mod store {
 
     use futures_core::Stream;
 
-    use super::{DataStore, DataSubscriber, QueueStore, QueueSubscriber};
+    use super::{DataStore, DataSubscriber, QueueStore, QueueSubscriber, RawMutex};
     use crate::{Item, Message, Position, Start, Store, SubmitError, TrySubmitError};
 
     /// A fixed-capacity subscriber seen through the [`Store`] trait: its clones, shared.
@@ -123,10 +173,11 @@ mod store {
         }
     }
 
-    impl<T, const CAPACITY: usize, const WAKERS: usize> Store
-        for &'static QueueStore<T, CAPACITY, WAKERS>
+    impl<T, const CAPACITY: usize, const SUBSCRIBERS: usize, M> Store
+        for &'static QueueStore<T, CAPACITY, SUBSCRIBERS, M>
     where
         T: Clone + Send + Sync + 'static,
+        M: RawMutex + Send + Sync + 'static,
     {
         type Value = T;
         type Subscriber = Shared<QueueSubscriber<'static, T>>;
@@ -163,9 +214,10 @@ mod store {
         }
     }
 
-    impl<T, const WAKERS: usize> Store for &'static DataStore<T, WAKERS>
+    impl<T, const SUBSCRIBERS: usize, M> Store for &'static DataStore<T, SUBSCRIBERS, M>
     where
         T: Clone + Send + Sync + 'static,
+        M: RawMutex + Send + Sync + 'static,
     {
         type Value = T;
         type Subscriber = Shared<DataSubscriber<'static, T>>;

@@ -6,10 +6,10 @@ use core::task::{Context, Poll};
 
 use futures_core::Stream;
 
-use super::wakers::{ToWake, WakerList};
-use super::{Item, Message};
+use super::mutex::{DefaultRawMutex, Locked, RawMutex};
+use super::wakers::{SubscriberWakers, ToWake, WakerList};
+use super::{Item, Message, SubscriberLimit};
 use crate::position::oldest_retained;
-use crate::sync::Mutex;
 use crate::{
     Epoch, Overflow, Position, RecvError, ResetReason, Start, SubmitError, TrySubmitError,
 };
@@ -18,8 +18,9 @@ use crate::{
 /// [`crate::QueueStore`] (every message after subscribing, in
 /// order, none twice; the last `CAPACITY` messages retained; an [`Overflow`] policy for a
 /// subscriber `CAPACITY` behind; resume from a retained position), with the ring inline
-/// and up to `WAKERS` waiting tasks remembered (see the [module documentation](crate::fixed) for
-/// what happens beyond that).
+/// inline, up to `SUBSCRIBERS` subscribers (each with a waker slot of its own; one more is
+/// refused at subscribe time), and the lock `M` (see the
+/// [module documentation](crate::fixed)).
 ///
 /// Under [`Overflow::Wait`] a submitter waits exactly when the slowest subscriber is
 /// `CAPACITY` messages behind.
@@ -40,24 +41,30 @@ use crate::{
 ///     assert_eq!(*late.next().await.unwrap().unwrap(), 3);
 /// });
 /// ```
-pub struct QueueStore<T, const CAPACITY: usize, const WAKERS: usize = 8> {
-    state: Mutex<State<T, CAPACITY, WAKERS>>,
+pub struct QueueStore<
+    T,
+    const CAPACITY: usize,
+    const SUBSCRIBERS: usize = 8,
+    M: RawMutex = DefaultRawMutex,
+> {
+    state: Locked<M, State<T, CAPACITY, SUBSCRIBERS>>,
     overflow: Overflow,
     /// The identity every position of this store carries.
     epoch: Epoch,
 }
 
-struct State<T, const CAPACITY: usize, const WAKERS: usize> {
+struct State<T, const CAPACITY: usize, const SUBSCRIBERS: usize> {
     /// The ring: message at position `p` lives in slot `p % CAPACITY`.
     slots: [Slot<T>; CAPACITY],
     /// The position of the newest message.
     last: u64,
+    /// How many subscribers the slots' `unread` counts are for.
     subscribers: usize,
     closed: bool,
-    /// Subscribers waiting for a message.
-    readers: WakerList<WAKERS>,
-    /// Submitters waiting for room (under `Wait`).
-    writers: WakerList<WAKERS>,
+    /// Subscribers, and the wakers of those waiting for a message.
+    readers: SubscriberWakers<SUBSCRIBERS>,
+    /// Submitters waiting for room (under `Wait`), and tasks awaiting `closed()`.
+    others: WakerList<SUBSCRIBERS>,
 }
 
 struct Slot<T> {
@@ -76,7 +83,7 @@ impl<T> Slot<T> {
     };
 }
 
-impl<T, const CAPACITY: usize, const WAKERS: usize> State<T, CAPACITY, WAKERS> {
+impl<T, const CAPACITY: usize, const SUBSCRIBERS: usize> State<T, CAPACITY, SUBSCRIBERS> {
     const fn new() -> Self {
         assert!(CAPACITY > 0, "a QueueStore needs a capacity of at least 1");
         State {
@@ -84,8 +91,8 @@ impl<T, const CAPACITY: usize, const WAKERS: usize> State<T, CAPACITY, WAKERS> {
             last: 0,
             subscribers: 0,
             closed: false,
-            readers: WakerList::new(),
-            writers: WakerList::new(),
+            readers: SubscriberWakers::new(),
+            others: WakerList::new(),
         }
     }
 
@@ -94,7 +101,9 @@ impl<T, const CAPACITY: usize, const WAKERS: usize> State<T, CAPACITY, WAKERS> {
     }
 }
 
-impl<T, const CAPACITY: usize, const WAKERS: usize> QueueStore<T, CAPACITY, WAKERS> {
+impl<T, const CAPACITY: usize, const SUBSCRIBERS: usize, M: RawMutex>
+    QueueStore<T, CAPACITY, SUBSCRIBERS, M>
+{
     /// An empty queue with the given overflow policy, of epoch 0: for a store whose
     /// positions never leave the device. Positions that outlive a restart (sent to
     /// another machine, kept in flash) need [`with_epoch`](QueueStore::with_epoch).
@@ -117,7 +126,7 @@ impl<T, const CAPACITY: usize, const WAKERS: usize> QueueStore<T, CAPACITY, WAKE
     #[cfg(not(loom))]
     pub const fn with_epoch(overflow: Overflow, epoch: Epoch) -> Self {
         QueueStore {
-            state: Mutex::new(State::new()),
+            state: Locked::new(State::new()),
             overflow,
             epoch,
         }
@@ -127,7 +136,7 @@ impl<T, const CAPACITY: usize, const WAKERS: usize> QueueStore<T, CAPACITY, WAKE
     #[cfg(loom)]
     pub fn new(overflow: Overflow) -> Self {
         QueueStore {
-            state: Mutex::new(State::new()),
+            state: Locked::new(State::new()),
             overflow,
             epoch: Epoch::new(0),
         }
@@ -150,14 +159,13 @@ impl<T, const CAPACITY: usize, const WAKERS: usize> QueueStore<T, CAPACITY, WAKE
 
     /// The position of the newest message (offset 0 if none yet).
     pub fn last_position(&self) -> Position {
-        Position::new(self.epoch, self.state.lock().last)
+        Position::new(self.epoch, self.state.lock(|state| state.last))
     }
 
     /// Submits a message if there is room now; under [`Overflow::Wait`] a full queue hands
     /// it back in [`TrySubmitError::Full`].
     pub fn try_submit(&self, value: T) -> Result<Position, TrySubmitError<T>> {
-        let (position, replaced, to_wake) = {
-            let mut state = self.state.lock();
+        let (position, replaced, readers, others) = self.state.lock(|state| {
             if state.closed {
                 return Err(TrySubmitError::Closed(value));
             }
@@ -171,10 +179,17 @@ impl<T, const CAPACITY: usize, const WAKERS: usize> QueueStore<T, CAPACITY, WAKE
             slot.unread = subscribers;
             let replaced = slot.value.replace(value);
             state.last = position;
-            (position, replaced, state.readers.take())
-        };
+            // `closed()` waiters are woken too: they cannot tell a submit from a close.
+            Ok((
+                position,
+                replaced,
+                state.readers.take(),
+                state.others.take(),
+            ))
+        })?;
         drop(replaced);
-        to_wake.wake();
+        readers.wake();
+        others.wake();
         Ok(Position::new(self.epoch, position))
     }
 
@@ -187,17 +202,15 @@ impl<T, const CAPACITY: usize, const WAKERS: usize> QueueStore<T, CAPACITY, WAKE
                 Ok(position) => Poll::Ready(Ok(position)),
                 Err(TrySubmitError::Closed(v)) => Poll::Ready(Err(SubmitError::Closed(v))),
                 Err(TrySubmitError::Full(v) | TrySubmitError::WouldBlock(v)) => {
-                    let mut state = self.state.lock();
-                    let position = state.last + 1;
-                    let still_full = !state.closed && state.slot(position).unread > 0;
-                    if !still_full {
+                    let to_wake = self.state.lock(|state| {
+                        let position = state.last + 1;
+                        let still_full = !state.closed && state.slot(position).unread > 0;
+                        still_full.then(|| state.others.register(cx.waker()))
+                    });
+                    match to_wake {
+                        Some(to_wake) => to_wake.wake(),
                         // Room was made (or the store closed) since: try again now.
-                        drop(state);
-                        cx.waker().wake_by_ref();
-                    } else {
-                        let to_wake = state.writers.register(cx.waker());
-                        drop(state);
-                        to_wake.wake();
+                        None => cx.waker().wake_by_ref(),
                     }
                     value = Some(v);
                     Poll::Pending
@@ -208,9 +221,15 @@ impl<T, const CAPACITY: usize, const WAKERS: usize> QueueStore<T, CAPACITY, WAKE
     }
 
     /// Subscribes as a new subscriber: messages submitted from now on.
+    ///
+    /// # Panics
+    ///
+    /// If the store already has `SUBSCRIBERS` subscribers (see
+    /// [`try_subscribe_from`](QueueStore::try_subscribe_from)).
     pub fn subscribe(&self) -> QueueSubscriber<'_, T>
     where
         T: Clone + Send,
+        M: Sync,
     {
         self.subscribe_from(Start::Now)
     }
@@ -218,81 +237,110 @@ impl<T, const CAPACITY: usize, const WAKERS: usize> QueueStore<T, CAPACITY, WAKE
     /// Subscribes from `start`: now, the oldest retained message, or right after a
     /// position. A position no longer retained yields [`RecvError::Lagged`] first; one
     /// the store cannot place (another epoch, or ahead) [`RecvError::Reset`].
+    ///
+    /// # Panics
+    ///
+    /// If the store already has `SUBSCRIBERS` subscribers (see
+    /// [`try_subscribe_from`](QueueStore::try_subscribe_from)).
     pub fn subscribe_from(&self, start: Start) -> QueueSubscriber<'_, T>
     where
         T: Clone + Send,
+        M: Sync,
     {
-        let mut state = self.state.lock();
-        let last = state.last;
-        let placed = start.place_in_queue(self.epoch, last, CAPACITY as u64);
-        let next = placed.next;
-        if self.overflow == Overflow::Wait {
-            // The backlog this subscriber will read must wait for it too.
-            for position in next..=last {
-                state.slot(position).unread += 1;
+        self.try_subscribe_from(start)
+            .unwrap_or_else(|limit| panic!("{limit}"))
+    }
+
+    /// Subscribes from `start`, or says that the store already has `SUBSCRIBERS`
+    /// subscribers.
+    pub fn try_subscribe_from(
+        &self,
+        start: Start,
+    ) -> Result<QueueSubscriber<'_, T>, SubscriberLimit>
+    where
+        T: Clone + Send,
+        M: Sync,
+    {
+        let (slot, placed) = self.state.lock(|state| {
+            let slot = state
+                .readers
+                .join()
+                .ok_or(SubscriberLimit { limit: SUBSCRIBERS })?;
+            let last = state.last;
+            let placed = start.place_in_queue(self.epoch, last, CAPACITY as u64);
+            if self.overflow == Overflow::Wait {
+                // The backlog this subscriber will read must wait for it too.
+                for position in placed.next..=last {
+                    state.slot(position).unread += 1;
+                }
             }
-        }
-        state.subscribers += 1;
-        QueueSubscriber {
+            state.subscribers += 1;
+            Ok((slot, placed))
+        })?;
+        Ok(QueueSubscriber {
             store: self,
             cursor: Cursor {
-                next,
+                slot,
+                next: placed.next,
                 missed: placed.missed,
                 reset: placed.reset,
                 ended: false,
                 registered: true,
             },
-        }
+        })
     }
 
     /// Closes the store: submits are refused from now on (waiting ones too); subscribers
     /// read what is left, then their streams end.
     pub fn close(&self) {
-        let (readers, writers) = {
-            let mut state = self.state.lock();
+        let (readers, others) = self.state.lock(|state| {
             state.closed = true;
-            (state.readers.take(), state.writers.take())
-        };
+            (state.readers.take(), state.others.take())
+        });
         readers.wake();
-        writers.wake();
+        others.wake();
     }
 
     /// Whether the store is closed.
     pub fn is_closed(&self) -> bool {
-        self.state.lock().closed
+        self.state.lock(|state| state.closed)
     }
 
     /// Waits until the store is closed.
     pub async fn closed(&self) {
         core::future::poll_fn(|cx| {
-            let mut state = self.state.lock();
-            if state.closed {
-                return Poll::Ready(());
+            let to_wake = self.state.lock(|state| {
+                // Woken on every submit, and on close.
+                (!state.closed).then(|| state.others.register(cx.waker()))
+            });
+            match to_wake {
+                None => Poll::Ready(()),
+                Some(to_wake) => {
+                    to_wake.wake();
+                    Poll::Pending
+                }
             }
-            // Woken with the waiting subscribers (on every submit, and on close).
-            let to_wake = state.readers.register(cx.waker());
-            drop(state);
-            to_wake.wake();
-            Poll::Pending
         })
         .await
     }
 
     /// How many subscribers are registered now.
     pub fn subscriber_count(&self) -> usize {
-        self.state.lock().subscribers
+        self.state.lock(|state| state.subscribers)
     }
 
     /// Removes a subscriber from the accounting (once); returns the submitters to wake.
     fn deregister(
         &self,
-        state: &mut State<T, CAPACITY, WAKERS>,
+        state: &mut State<T, CAPACITY, SUBSCRIBERS>,
         cursor: &mut Cursor,
-    ) -> ToWake<WAKERS> {
+    ) -> ToWake<SUBSCRIBERS> {
         if !core::mem::replace(&mut cursor.registered, false) {
             return ToWake::default();
         }
         state.subscribers -= 1;
+        // Dropped under the lock: a waker of this subscriber's own, nobody is woken.
+        drop(state.readers.leave(cursor.slot));
         if self.overflow == Overflow::Wait {
             for position in cursor.next..=state.last {
                 let slot = state.slot(position);
@@ -301,20 +349,24 @@ impl<T, const CAPACITY: usize, const WAKERS: usize> QueueStore<T, CAPACITY, WAKE
                 }
             }
         }
-        state.writers.take()
+        state.others.take()
     }
 }
 
-impl<T, const CAPACITY: usize, const WAKERS: usize> fmt::Debug for QueueStore<T, CAPACITY, WAKERS> {
+impl<T, const CAPACITY: usize, const SUBSCRIBERS: usize, M: RawMutex> fmt::Debug
+    for QueueStore<T, CAPACITY, SUBSCRIBERS, M>
+{
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = self.state.lock();
+        let (last, subscribers, closed) = self
+            .state
+            .lock(|state| (state.last, state.subscribers, state.closed));
         f.debug_struct("fixed::QueueStore")
             .field("epoch", &self.epoch)
             .field("capacity", &CAPACITY)
             .field("overflow", &self.overflow)
-            .field("last", &state.last)
-            .field("subscribers", &state.subscribers)
-            .field("closed", &state.closed)
+            .field("last", &last)
+            .field("subscribers", &subscribers)
+            .field("closed", &closed)
             .finish()
     }
 }
@@ -322,6 +374,8 @@ impl<T, const CAPACITY: usize, const WAKERS: usize> fmt::Debug for QueueStore<T,
 /// Where a subscriber is in the ring.
 #[derive(Debug)]
 struct Cursor {
+    /// This subscriber's waker slot in the store.
+    slot: usize,
     /// The position this subscriber reads next.
     next: u64,
     /// Messages lost before `next` that have not been reported yet.
@@ -342,8 +396,8 @@ trait Ring<T>: Sync {
     fn epoch(&self) -> Epoch;
 }
 
-impl<T: Clone + Send, const CAPACITY: usize, const WAKERS: usize> Ring<T>
-    for QueueStore<T, CAPACITY, WAKERS>
+impl<T: Clone + Send, const CAPACITY: usize, const SUBSCRIBERS: usize, M: RawMutex + Sync> Ring<T>
+    for QueueStore<T, CAPACITY, SUBSCRIBERS, M>
 {
     fn poll_read(
         &self,
@@ -360,63 +414,65 @@ impl<T: Clone + Send, const CAPACITY: usize, const WAKERS: usize> Ring<T>
             let missed = core::mem::take(&mut cursor.missed);
             return Poll::Ready(Some(Err(RecvError::Lagged { missed })));
         }
-        let mut state = self.state.lock();
-        if cursor.next > state.last {
-            if state.closed {
-                cursor.ended = true;
-                return Poll::Ready(None);
+        let (item, to_wake) = self.state.lock(|state| {
+            if cursor.next > state.last {
+                if state.closed {
+                    cursor.ended = true;
+                    return (Poll::Ready(None), ToWake::default());
+                }
+                // Registered under the lock `try_submit` takes: no wake-up slips between.
+                // The slot is this subscriber's own: registering never evicts another.
+                if let Some(cx) = cx {
+                    state.readers.register(cursor.slot, cx.waker());
+                }
+                return (Poll::Pending, ToWake::default());
             }
-            // Registered under the lock `try_submit` takes: no wake-up slips between.
-            let to_wake = match cx {
-                Some(cx) => state.readers.register(cx.waker()),
-                None => ToWake::default(),
-            };
-            drop(state);
-            to_wake.wake();
-            return Poll::Pending;
-        }
-        let next = cursor.next;
-        let overflow = self.overflow;
-        let slot = state.slot(next);
-        if slot.position == next {
-            let value = slot.value.clone().expect("a written slot holds a value");
-            let freed = overflow == Overflow::Wait && {
-                slot.unread -= 1;
-                slot.unread == 0
-            };
-            let to_wake = if freed {
-                state.writers.take()
-            } else {
-                ToWake::default()
-            };
-            drop(state);
-            to_wake.wake();
-            cursor.next += 1;
-            let position = Position::new(self.epoch, next);
-            return Poll::Ready(Some(Ok(Message { position, value })));
-        }
-        // Overwritten: under a lossy policy the ring moved on without this subscriber.
-        match overflow {
-            Overflow::DropOldest => {
-                let oldest = oldest_retained(state.last, CAPACITY as u64);
-                cursor.next = oldest;
-                Poll::Ready(Some(Err(RecvError::Lagged {
-                    missed: oldest - next,
-                })))
+            let next = cursor.next;
+            let overflow = self.overflow;
+            let slot = state.slot(next);
+            if slot.position == next {
+                let value = slot.value.clone().expect("a written slot holds a value");
+                let freed = overflow == Overflow::Wait && {
+                    slot.unread -= 1;
+                    slot.unread == 0
+                };
+                let to_wake = if freed {
+                    state.others.take()
+                } else {
+                    ToWake::default()
+                };
+                cursor.next += 1;
+                let position = Position::new(self.epoch, next);
+                return (Poll::Ready(Some(Ok(Message { position, value }))), to_wake);
             }
-            Overflow::Disconnect => {
-                cursor.ended = true;
-                let to_wake = self.deregister(&mut state, cursor);
-                drop(state);
-                to_wake.wake();
-                Poll::Ready(Some(Err(RecvError::FellBehind { capacity: CAPACITY })))
+            // Overwritten: under a lossy policy the ring moved on without this subscriber.
+            match overflow {
+                Overflow::DropOldest => {
+                    let oldest = oldest_retained(state.last, CAPACITY as u64);
+                    cursor.next = oldest;
+                    let missed = oldest - next;
+                    (
+                        Poll::Ready(Some(Err(RecvError::Lagged { missed }))),
+                        ToWake::default(),
+                    )
+                }
+                Overflow::Disconnect => {
+                    cursor.ended = true;
+                    let to_wake = self.deregister(state, cursor);
+                    let fell_behind = RecvError::FellBehind { capacity: CAPACITY };
+                    (Poll::Ready(Some(Err(fell_behind))), to_wake)
+                }
+                Overflow::Wait => {
+                    unreachable!("a lossless ring never overwrites an unread message")
+                }
             }
-            Overflow::Wait => unreachable!("a lossless ring never overwrites an unread message"),
-        }
+        });
+        to_wake.wake();
+        item
     }
 
     fn leave(&self, cursor: &mut Cursor) {
-        let to_wake = self.deregister(&mut self.state.lock(), cursor);
+        let to_wake = self.state.lock(|state| self.deregister(state, cursor));
         to_wake.wake();
     }
 
