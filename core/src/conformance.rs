@@ -59,7 +59,10 @@ use core::time::Duration;
 use futures_lite::StreamExt;
 use futures_lite::future::{or, yield_now, zip};
 
-use crate::{Item, Overflow, Position, RecvError, ResetReason, Start, Store, TrySubmitError};
+use crate::{
+    Item, Overflow, Position, RecvError, ResetReason, Start, Store, Subscriber, TryRecvError,
+    TrySubmitError,
+};
 
 /// How long a check waits for something that should happen before calling it a failure.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -70,9 +73,9 @@ const QUIET: Duration = Duration::from_millis(100);
 const NEVER_DROPPED: &str = "the factory says its stores are never dropped";
 
 /// How many latest-value checks [`check_latest`] runs.
-pub const LATEST_CHECKS: usize = 11;
+pub const LATEST_CHECKS: usize = 12;
 /// How many queue checks [`check_queue`] runs (counting each policy a check runs under).
-pub const QUEUE_CHECKS: usize = 13 * 3 + 5;
+pub const QUEUE_CHECKS: usize = 14 * 3 + 5;
 
 /// Every overflow policy, in the order the suite runs them.
 const POLICIES: [Overflow; 3] = [Overflow::Wait, Overflow::DropOldest, Overflow::Disconnect];
@@ -398,6 +401,75 @@ pub fn thread_sleep(duration: Duration) -> impl Future<Output = ()> + Send {
 // Both
 // ---------------------------------------------------------------------------------------
 
+/// `recv` and `try_recv` say what the stream says, and tell "nothing yet" from "nothing
+/// ever again".
+async fn recv_and_try_recv_tell_empty_from_closed<H: Harness, S: Store<Value: Sample>>(
+    h: &H,
+    store: S,
+) -> Outcome {
+    let mut sub = store.subscribe();
+    match sub.try_recv() {
+        Err(TryRecvError::Empty) => {}
+        Err(e) => {
+            return Err(format!(
+                "try_recv on an open store with nothing new: `{e:?}`"
+            ));
+        }
+        Ok(m) => {
+            return Err(format!(
+                "try_recv found a message never submitted, at {}",
+                m.position()
+            ));
+        }
+    }
+    submit(&store, 1).await?;
+    match within(h, "recv", sub.recv()).await? {
+        Ok(m) => ensure!(number(&*m)? == 1, "recv: expected message 1"),
+        Err(e) => return Err(format!("recv: expected message 1, got `{e:?}`")),
+    }
+    submit(&store, 2).await?;
+    // A store with a transport may take a moment to have it here.
+    let found = within(h, "try_recv to find message 2", async {
+        loop {
+            match sub.try_recv() {
+                Err(TryRecvError::Empty) => h.sleep(Duration::from_millis(5)).await,
+                found => return found,
+            }
+        }
+    })
+    .await?;
+    match found {
+        Ok(m) => ensure!(number(&*m)? == 2, "try_recv: expected message 2"),
+        Err(e) => return Err(format!("try_recv: expected message 2, got `{e:?}`")),
+    }
+    store.close();
+    match within(h, "recv after close", sub.recv()).await? {
+        Err(RecvError::Closed) => {}
+        other => {
+            return Err(format!(
+                "recv on a closed, drained store: `{:?}`",
+                other.map(|m| m.position())
+            ));
+        }
+    }
+    match sub.try_recv() {
+        Err(TryRecvError::Closed) => {}
+        other => {
+            return Err(format!(
+                "try_recv on a closed, drained store: `{:?}`",
+                other.map(|m| m.position())
+            ));
+        }
+    }
+    ensure!(
+        within(h, "the end of the stream", sub.next())
+            .await?
+            .is_none(),
+        "the stream went on after recv said Closed"
+    );
+    Ok(None)
+}
+
 async fn subscriber_count_follows_subscribers<S: Store>(store: S) -> Outcome {
     ensure!(
         store.subscriber_count() == 0,
@@ -562,6 +634,12 @@ pub async fn check_latest<F: LatestFactory>(f: &F) -> Result<Report, Failure> {
         (
             "latest_subscriber_count_follows_subscribers",
             Box::pin(async { subscriber_count_follows_subscribers(f.latest_store().await).await })
+        ),
+        (
+            "latest_recv_and_try_recv_tell_empty_from_closed",
+            Box::pin(async {
+                recv_and_try_recv_tell_empty_from_closed(f, f.latest_store().await).await
+            })
         ),
     ];
     run(checks
@@ -779,7 +857,7 @@ type QueueCheck<'a, F> = fn(&'a F, Overflow) -> Check<'a>;
 /// Runs every queue check against stores from `factory`: the checks that apply to any
 /// policy once per policy, then those of one policy.
 pub async fn check_queue<F: QueueFactory>(f: &F) -> Result<Report, Failure> {
-    let every_policy: [(&'static str, QueueCheck<'_, F>); 13] = [
+    let every_policy: [(&'static str, QueueCheck<'_, F>); 14] = [
         (
             "queue_delivers_every_message_in_order_to_every_subscriber",
             |f, o| Box::pin(queue_delivers_every_message_in_order(f, o)),
@@ -833,6 +911,11 @@ pub async fn check_queue<F: QueueFactory>(f: &F) -> Result<Report, Failure> {
         }),
         ("queue_news_is_never_empty", |f, o| {
             Box::pin(queue_news_is_never_empty(f, o))
+        }),
+        ("queue_recv_and_try_recv_tell_empty_from_closed", |f, o| {
+            Box::pin(async move {
+                recv_and_try_recv_tell_empty_from_closed(f, f.queue_store(8, o).await).await
+            })
         }),
     ];
     let one_policy: [(&'static str, Overflow, QueueCheck<'_, F>); 5] = [

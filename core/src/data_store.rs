@@ -12,11 +12,12 @@ use futures_core::Stream;
 
 use crate::notify::{Parking, Published, Wakers};
 use crate::position::Seen;
+use crate::recv::Recv;
 use crate::slot::{Miss, Slot};
-use crate::store::{Item, Message, Store};
+use crate::store::{Item, Message, Store, Subscriber};
 use crate::sync::{AtomicBool, AtomicUsize, CachePadded, Mutex, Ordering};
 use crate::wait::poll_until;
-use crate::{Epoch, Position, Start, SubmitError, TrySubmitError};
+use crate::{Epoch, Position, Start, SubmitError, TryRecvError, TrySubmitError};
 
 /// A latest-value store (Tornadose's `DataStore`): it holds one current value, and its
 /// subscribers see the newest one.
@@ -34,8 +35,13 @@ use crate::{Epoch, Position, Start, SubmitError, TrySubmitError};
 ///
 /// # Submitting
 ///
-/// [`submit`](DataStore::submit) never waits and never fails for lack of subscribers; it
-/// fails only once the store is closed, and then hands the value back.
+/// [`try_submit`](DataStore::try_submit) never waits and never fails for lack of
+/// subscribers; it fails only once the store is closed, and then hands the value back.
+/// [`submit`](DataStore::submit) is the same call as a future that is ready at once, with
+/// the signature of [`Store::submit`] and of the queue's `submit`.
+/// [`submit_modify`](DataStore::submit_modify) and
+/// [`submit_if_modified`](DataStore::submit_if_modified) make the new value from the
+/// current one, atomically.
 ///
 /// # Closing
 ///
@@ -50,10 +56,10 @@ use crate::{Epoch, Position, Start, SubmitError, TrySubmitError};
 /// use storecast::DataStore;
 ///
 /// let store = DataStore::new();
-/// store.submit("warming up").unwrap();
+/// store.try_submit("warming up").unwrap();
 ///
 /// let mut subscriber = store.subscribe();
-/// store.submit("ready").unwrap();
+/// store.try_submit("ready").unwrap();
 /// store.close();
 ///
 /// block_on(async {
@@ -113,7 +119,7 @@ impl<T> DataStore<T> {
     /// use storecast::{DataStore, Epoch};
     ///
     /// let store = DataStore::with_epoch(Epoch::new(7));
-    /// assert_eq!(store.submit("x").unwrap().epoch(), Epoch::new(7));
+    /// assert_eq!(store.try_submit("x").unwrap().epoch(), Epoch::new(7));
     /// ```
     pub fn with_epoch(epoch: Epoch) -> Self {
         DataStore::build(epoch, None)
@@ -136,23 +142,150 @@ impl<T> DataStore<T> {
         }
     }
 
-    /// Makes `value` the current value and wakes subscribers. Never waits.
-    pub fn submit(&self, value: T) -> Result<Position, SubmitError<T>> {
-        self.submit_arc(Arc::new(value))
-            .map_err(|value| SubmitError::Closed(unwrap_unshared(value)))
+    /// Makes `value` the current value and wakes subscribers. Never waits: the future is
+    /// ready at once (the same call as [`Store::submit`], for code that also serves
+    /// queues); [`try_submit`](DataStore::try_submit) is the same without the `.await`.
+    ///
+    /// ```
+    /// use futures_lite::future::block_on;
+    /// use storecast::DataStore;
+    ///
+    /// let store = DataStore::new();
+    /// let position = block_on(store.submit("hello")).unwrap();
+    /// assert_eq!(position.offset(), 1);
+    /// ```
+    pub async fn submit(&self, value: T) -> Result<Position, SubmitError<T>> {
+        self.try_submit(value)
+            .map_err(|e| SubmitError::Closed(e.into_inner()))
     }
 
-    /// Makes an already shared value the current value; on a closed store the value is
-    /// handed back.
-    pub fn submit_arc(&self, value: Arc<T>) -> Result<Position, Arc<T>> {
+    /// Makes `value` the current value and wakes subscribers, from any context (an
+    /// interrupt handler, a plain thread). Fails only once the store is closed
+    /// ([`TrySubmitError::Closed`], with the value handed back): a latest-value store is
+    /// never full.
+    ///
+    /// ```
+    /// use storecast::DataStore;
+    ///
+    /// let store = DataStore::new();
+    /// store.try_submit(21).unwrap();
+    /// assert_eq!(*store.current().unwrap(), 21);
+    /// store.close();
+    /// assert_eq!(store.try_submit(22).unwrap_err().into_inner(), 22);
+    /// ```
+    pub fn try_submit(&self, value: T) -> Result<Position, TrySubmitError<T>> {
+        self.try_submit_arc(Arc::new(value))
+            .map_err(|e| TrySubmitError::Closed(unwrap_unshared(e.into_inner())))
+    }
+
+    /// Makes an already shared value the current value; see
+    /// [`submit`](DataStore::submit).
+    pub async fn submit_arc(&self, value: Arc<T>) -> Result<Position, SubmitError<Arc<T>>> {
+        self.try_submit_arc(value)
+            .map_err(|e| SubmitError::Closed(e.into_inner()))
+    }
+
+    /// Makes an already shared value the current value; see
+    /// [`try_submit`](DataStore::try_submit).
+    pub fn try_submit_arc(&self, value: Arc<T>) -> Result<Position, TrySubmitError<Arc<T>>> {
+        let mut value = Some(value);
+        match self.submit_with(|_| value.take()) {
+            Ok(position) => Ok(position.expect("a value was given")),
+            Err(()) => Err(TrySubmitError::Closed(value.take().expect("never taken"))),
+        }
+    }
+
+    /// Replaces the current value with one made from it, atomically: no other submit
+    /// comes between reading the current value and submitting the new one, so concurrent
+    /// updaters never lose each other's changes (tokio's `watch::Sender::send_modify`).
+    /// `modify` gets the current value (`None` before the first) and returns the new one.
+    ///
+    /// `modify` runs under the lock that orders submitters, so keep it short; subscribers
+    /// never take that lock, so they are not held up. On a closed store `modify` is not
+    /// called and is handed back.
+    ///
+    /// ```
+    /// use storecast::DataStore;
+    ///
+    /// let counter = DataStore::new();
+    /// let threads: Vec<_> = (0..4)
+    ///     .map(|_| {
+    ///         let counter = counter.clone();
+    ///         std::thread::spawn(move || {
+    ///             for _ in 0..1000 {
+    ///                 counter.submit_modify(|n| n.copied().unwrap_or(0) + 1).ok().unwrap();
+    ///             }
+    ///         })
+    ///     })
+    ///     .collect();
+    /// threads.into_iter().for_each(|t| t.join().unwrap());
+    /// assert_eq!(*counter.current().unwrap(), 4000);
+    /// ```
+    pub fn submit_modify<F>(&self, modify: F) -> Result<Position, SubmitError<F>>
+    where
+        F: FnOnce(Option<&T>) -> T,
+    {
+        let mut modify = Some(modify);
+        let made = self.submit_with(|current| {
+            let modify = modify.take().expect("called once");
+            Some(Arc::new(modify(current)))
+        });
+        match made {
+            Ok(position) => Ok(position.expect("a value was made")),
+            Err(()) => Err(SubmitError::Closed(modify.take().expect("not called"))),
+        }
+    }
+
+    /// Like [`submit_modify`](DataStore::submit_modify), but `modify` may decline:
+    /// returning `None` leaves the current value as it is, submits nothing and wakes
+    /// nobody (tokio's `send_if_modified`). Returns the new value's position, or `None`
+    /// if `modify` declined.
+    ///
+    /// ```
+    /// use storecast::DataStore;
+    ///
+    /// let highest = DataStore::with_value(10);
+    /// let raise = |reading: u32| {
+    ///     highest
+    ///         .submit_if_modified(|now| now.is_none_or(|&n| reading > n).then_some(reading))
+    ///         .ok()
+    ///         .unwrap()
+    /// };
+    /// assert!(raise(7).is_none()); // not higher: nothing submitted
+    /// assert!(raise(12).is_some());
+    /// assert_eq!(*highest.current().unwrap(), 12);
+    /// ```
+    pub fn submit_if_modified<F>(&self, modify: F) -> Result<Option<Position>, SubmitError<F>>
+    where
+        F: FnOnce(Option<&T>) -> Option<T>,
+    {
+        let mut modify = Some(modify);
+        self.submit_with(|current| {
+            let modify = modify.take().expect("called once");
+            modify(current).map(Arc::new)
+        })
+        .map_err(|()| SubmitError::Closed(modify.take().expect("not called")))
+    }
+
+    /// Under the submitters' lock: hands `make` the current value, and submits what it
+    /// returns (if anything). `Err` if the store is closed (`make` not called).
+    fn submit_with(
+        &self,
+        make: impl FnOnce(Option<&T>) -> Option<Arc<T>>,
+    ) -> Result<Option<Position>, ()> {
         let shared = &*self.shared;
         let (position, replaced, parked) = {
             let _submitting = shared.submitting.lock();
             // Checked under the lock so that no submit lands after `close` has woken
             // everyone for the last time.
             if shared.closed.load(Ordering::Relaxed) {
-                return Err(value);
+                return Err(());
             }
+            let current = shared.load();
+            let Some(value) = make(current.as_deref()) else {
+                return Ok(None);
+            };
+            drop(current);
             let position = Position::new(shared.epoch, shared.position.load() + 1);
             let replaced = shared.current.write_guarded(position.offset(), value);
             // Published after the value is in place: a subscriber that sees the new
@@ -165,7 +298,7 @@ impl<T> DataStore<T> {
         if parked {
             shared.wakers.wake_all();
         }
-        Ok(position)
+        Ok(Some(position))
     }
 
     /// The identity every position of this store carries.
@@ -294,11 +427,11 @@ impl<T: Send + Sync + 'static> Store for DataStore<T> {
     type Subscriber = DataSubscriber<T>;
 
     fn submit(&self, value: T) -> impl Future<Output = Result<Position, SubmitError<T>>> + Send {
-        core::future::ready(DataStore::submit(self, value))
+        DataStore::submit(self, value)
     }
 
     fn try_submit(&self, value: T) -> Result<Position, TrySubmitError<T>> {
-        DataStore::submit(self, value).map_err(TrySubmitError::from)
+        DataStore::try_submit(self, value)
     }
 
     fn subscribe_from(&self, start: Start) -> DataSubscriber<T> {
@@ -337,13 +470,68 @@ pub struct DataSubscriber<T> {
 }
 
 impl<T> DataSubscriber<T> {
-    /// The newest value not yet seen (or news to tell first), without waiting; `None` if
-    /// there is none.
-    pub fn try_next(&mut self) -> Option<Item<T>> {
+    /// Waits for a value newer than the last one received (the current value, first),
+    /// or [`RecvError::Closed`](crate::RecvError::Closed) once the store is closed and the last value was received.
+    ///
+    /// ```
+    /// use futures_lite::future::block_on;
+    /// use storecast::{DataStore, RecvError};
+    ///
+    /// let store = DataStore::with_value("first");
+    /// let mut subscriber = store.subscribe();
+    /// block_on(async {
+    ///     assert_eq!(*subscriber.recv().await.unwrap(), "first");
+    ///     store.close();
+    ///     assert_eq!(subscriber.recv().await.unwrap_err(), RecvError::Closed);
+    /// });
+    /// ```
+    pub fn recv(&mut self) -> Recv<'_, Self> {
+        Recv::new(self)
+    }
+
+    /// The newest value not yet received, without waiting: [`TryRecvError::Empty`] when
+    /// there is none yet, [`TryRecvError::Closed`] when none will come.
+    ///
+    /// ```
+    /// use storecast::{DataStore, TryRecvError};
+    ///
+    /// let store = DataStore::new();
+    /// let mut subscriber = store.subscribe();
+    /// assert_eq!(subscriber.try_recv().unwrap_err(), TryRecvError::Empty);
+    /// store.try_submit(1).unwrap();
+    /// store.try_submit(2).unwrap();
+    /// assert_eq!(*subscriber.try_recv().unwrap(), 2); // the newest; 1 was skipped
+    /// ```
+    pub fn try_recv(&mut self) -> Result<Message<T>, TryRecvError> {
         if let Some(news) = self.seen.take_news() {
-            return Some(Err(news));
+            return Err(news.into());
         }
-        self.shared.newer_than(&mut self.seen).map(Ok)
+        if let Some(message) = self.shared.newer_than(&mut self.seen) {
+            return Ok(message);
+        }
+        if self.shared.finished(self.seen) {
+            Err(TryRecvError::Closed)
+        } else {
+            Err(TryRecvError::Empty)
+        }
+    }
+
+    /// [`recv`](DataSubscriber::recv) for a thread outside any async runtime: parks the
+    /// thread until a newer value comes. Inside a runtime's task it would block the
+    /// runtime's thread: use `recv().await` there.
+    ///
+    /// ```
+    /// use storecast::DataStore;
+    ///
+    /// let store = DataStore::new();
+    /// let mut subscriber = store.subscribe();
+    /// let reader = std::thread::spawn(move || *subscriber.recv_blocking().unwrap());
+    /// store.try_submit("ready").unwrap();
+    /// assert_eq!(reader.join().unwrap(), "ready");
+    /// ```
+    #[cfg(feature = "std")]
+    pub fn recv_blocking(&mut self) -> Result<Message<T>, crate::RecvError> {
+        crate::recv::block_on(self.recv())
     }
 
     /// The position of the last value this subscriber received.
@@ -413,6 +601,14 @@ impl<T> Stream for DataSubscriber<T> {
             shared.wakers.park(parking, cx.waker(), &shared.position);
             parked = true;
         }
+    }
+}
+
+impl<T: Send + Sync> Subscriber for DataSubscriber<T> {
+    type Value = T;
+
+    fn try_recv(&mut self) -> Result<Message<T>, TryRecvError> {
+        DataSubscriber::try_recv(self)
     }
 }
 

@@ -2,11 +2,46 @@
 
 use core::fmt;
 
-/// A subscriber's news that it did not get everything: an item of its stream.
+/// A subscriber's news that it did not get everything (an item of its stream), or, from
+/// `recv`, that there is nothing more to get.
 ///
-/// Lag is reported as data, never swallowed. After [`Lagged`](RecvError::Lagged) and
-/// [`Interrupted`](RecvError::Interrupted) the stream goes on; after
-/// [`FellBehind`](RecvError::FellBehind) it ends.
+/// Lag is reported as data, never swallowed. After [`Lagged`](RecvError::Lagged),
+/// [`Interrupted`](RecvError::Interrupted) and [`Reset`](RecvError::Reset) the
+/// subscriber goes on; after [`FellBehind`](RecvError::FellBehind) and
+/// [`Closed`](RecvError::Closed) it has nothing more ([`ends_stream`](RecvError::ends_stream)).
+///
+/// Which store says what:
+///
+/// | variant | in-memory queue | in-memory latest value | Redis stores |
+/// |---|---|---|---|
+/// | `Lagged` | `DropOldest` laggard, or a resume from a position no longer kept | never | queue: as in memory |
+/// | `FellBehind` | `Disconnect` laggard | never | queue: as in memory |
+/// | `Reset` | a resume from another epoch or ahead | the same | the same, and a loss in Redis (`Lost`) |
+/// | `Interrupted` | never | never | the connection to Redis was lost and restored |
+/// | `Closed` | from `recv` only, once closed and drained | the same | the same |
+///
+/// The enum is `#[non_exhaustive]`, so a `match` needs a last arm anyway; an in-memory
+/// user can treat that arm as unreachable news, or branch on
+/// [`ends_stream`](RecvError::ends_stream) alone.
+///
+/// ```
+/// use futures_lite::future::block_on;
+/// use storecast::{QueueStore, RecvError};
+///
+/// let store = QueueStore::<u32>::new(8);
+/// let mut subscriber = store.subscribe();
+/// store.try_submit(1).unwrap();
+/// store.close();
+/// block_on(async {
+///     loop {
+///         match subscriber.recv().await {
+///             Ok(message) => assert_eq!(*message, 1),
+///             Err(e) if e.ends_stream() => break,
+///             Err(news) => eprintln!("{news}"),
+///         }
+///     }
+/// });
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum RecvError {
@@ -40,7 +75,87 @@ pub enum RecvError {
         /// Why the store could not place the subscriber's position.
         reason: ResetReason,
     },
+    /// The store is closed and this subscriber has received everything it will: what
+    /// `recv` says where the [`Stream`](futures_core::Stream) ends with `None` (a stream
+    /// never yields this item).
+    Closed,
 }
+
+impl RecvError {
+    /// Whether the subscriber has nothing more after this ([`FellBehind`](RecvError::FellBehind)
+    /// or [`Closed`](RecvError::Closed)); the other variants are news, and reading goes on.
+    pub const fn ends_stream(&self) -> bool {
+        matches!(self, RecvError::FellBehind { .. } | RecvError::Closed)
+    }
+
+    /// How many messages this subscriber will never see, where that is known
+    /// ([`Lagged`](RecvError::Lagged)).
+    pub const fn missed(&self) -> Option<u64> {
+        match self {
+            RecvError::Lagged { missed } => Some(*missed),
+            _ => None,
+        }
+    }
+}
+
+/// Why `try_recv` returned no message: nothing yet, nothing ever again, or news of what
+/// the subscriber missed (the same news [`RecvError`] carries, which `recv` and the stream
+/// yield).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TryRecvError {
+    /// Nothing new yet; the store is open. Try again later, or `recv().await`.
+    Empty,
+    /// The store is closed and this subscriber has received everything.
+    Closed,
+    /// See [`RecvError::Lagged`].
+    Lagged {
+        /// How many messages this subscriber will never see.
+        missed: u64,
+    },
+    /// See [`RecvError::FellBehind`]; nothing more comes after it.
+    FellBehind {
+        /// The capacity of the queue it fell behind.
+        capacity: usize,
+    },
+    /// See [`RecvError::Interrupted`].
+    Interrupted,
+    /// See [`RecvError::Reset`].
+    Reset {
+        /// Why the store could not place the subscriber's position.
+        reason: ResetReason,
+    },
+}
+
+impl From<RecvError> for TryRecvError {
+    fn from(e: RecvError) -> Self {
+        match e {
+            RecvError::Lagged { missed } => TryRecvError::Lagged { missed },
+            RecvError::FellBehind { capacity } => TryRecvError::FellBehind { capacity },
+            RecvError::Interrupted => TryRecvError::Interrupted,
+            RecvError::Reset { reason } => TryRecvError::Reset { reason },
+            RecvError::Closed => TryRecvError::Closed,
+        }
+    }
+}
+
+impl fmt::Display for TryRecvError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TryRecvError::Empty => f.write_str("no new message yet"),
+            TryRecvError::Closed => RecvError::Closed.fmt(f),
+            TryRecvError::Lagged { missed } => RecvError::Lagged { missed: *missed }.fmt(f),
+            TryRecvError::FellBehind { capacity } => RecvError::FellBehind {
+                capacity: *capacity,
+            }
+            .fmt(f),
+            TryRecvError::Interrupted => RecvError::Interrupted.fmt(f),
+            TryRecvError::Reset { reason } => RecvError::Reset { reason: *reason }.fmt(f),
+        }
+    }
+}
+
+impl core::error::Error for TryRecvError {}
 
 /// Why a subscriber's position could not be placed in its store (see
 /// [`RecvError::Reset`]).
@@ -130,6 +245,9 @@ impl fmt::Display for RecvError {
                 f,
                 "the subscriber's position could not be placed ({reason}); going on with \
                  what the store holds"
+            ),
+            RecvError::Closed => f.write_str(
+                "the store is closed and the subscriber has received every message it will",
             ),
         }
     }

@@ -45,6 +45,7 @@
 //! | `alloc` only | [`DataStore`], [`QueueStore`] (values shared in `Arc`s), the [`Store`] trait; `#![no_std]` with a global allocator | kernels, embedded with a heap |
 //! | neither | [`fixed::DataStore`], [`fixed::QueueStore`]: capacity and subscriber limit as const generics, `const fn new()` for a `static`, values cloned into each subscriber, a lock of your choice ([`fixed::RawMutex`]); no allocator at all | microcontrollers: Cortex-M0/M0+, M3, M4F, RISC-V 32 |
 //! | `critical-section` | `fixed::CriticalSectionRawMutex`, for stores that interrupt handlers submit to | interrupts |
+//! | `sink` | [`sink::StoreSink`]: a store as a `futures_sink::Sink`, for `stream.forward(sink)` | feeding a store from a stream |
 //! | `conformance` | `storecast::conformance`: the executor-agnostic checks any store must pass | testing a store |
 //!
 //! Positions, [`Start`], [`Overflow`], closing and the errors are the same in every row.
@@ -70,15 +71,19 @@ extern crate std;
 mod error;
 mod overflow;
 mod position;
+mod recv;
 
-pub use error::{RecvError, ResetReason, SubmitError, TrySubmitError};
+pub use error::{RecvError, ResetReason, SubmitError, TryRecvError, TrySubmitError};
 pub use overflow::Overflow;
 pub use position::{Epoch, ParsePositionError, Position, Start};
+pub use recv::Recv;
 
 pub mod fixed;
 
 #[cfg(feature = "alloc")]
 mod backpressure;
+#[cfg(feature = "alloc")]
+mod boxed;
 #[cfg(feature = "alloc")]
 mod data_store;
 #[cfg(feature = "alloc")]
@@ -87,6 +92,8 @@ pub mod drive;
 mod notify;
 #[cfg(feature = "alloc")]
 mod queue_store;
+#[cfg(feature = "sink")]
+pub mod sink;
 #[cfg(feature = "alloc")]
 mod slot;
 #[cfg(feature = "alloc")]
@@ -100,11 +107,13 @@ mod wait;
 pub mod websocket;
 
 #[cfg(feature = "alloc")]
+pub use boxed::{BoxStore, BoxSubscriber};
+#[cfg(feature = "alloc")]
 pub use data_store::{DataStore, DataSubscriber};
 #[cfg(feature = "alloc")]
 pub use queue_store::{QueueStore, QueueSubscriber};
 #[cfg(feature = "alloc")]
-pub use store::{Item, Message, Store};
+pub use store::{Item, Message, Store, Subscriber};
 
 #[cfg(feature = "conformance")]
 pub mod conformance;

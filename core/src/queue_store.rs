@@ -15,12 +15,14 @@ use futures_core::Stream;
 use crate::backpressure::Backpressure;
 use crate::notify::{Parking, Published, Wakers};
 use crate::position::oldest_retained;
+use crate::recv::Recv;
 use crate::slot::{Miss, Slot};
-use crate::store::{Item, Message, Store};
+use crate::store::{Item, Message, Store, Subscriber};
 use crate::sync::{AtomicBool, AtomicUsize, CachePadded, Mutex, Ordering};
 use crate::wait::poll_until;
 use crate::{
-    Epoch, Overflow, Position, RecvError, ResetReason, Start, SubmitError, TrySubmitError,
+    Epoch, Overflow, Position, RecvError, ResetReason, Start, SubmitError, TryRecvError,
+    TrySubmitError,
 };
 
 /// A queue store (Tornadose's `QueueStore`, with bounded memory): every subscriber gets
@@ -263,6 +265,39 @@ impl<T> QueueStore<T> {
                 TrySubmitError::Closed(v) => TrySubmitError::Closed(unwrap_unshared(v)),
                 TrySubmitError::WouldBlock(v) => TrySubmitError::WouldBlock(unwrap_unshared(v)),
             })
+    }
+
+    /// Submits an already shared value if there is room now; see
+    /// [`try_submit`](QueueStore::try_submit).
+    pub fn try_submit_arc(&self, value: Arc<T>) -> Result<Position, TrySubmitError<Arc<T>>> {
+        self.shared.try_publish(value)
+    }
+
+    /// [`submit`](QueueStore::submit) for a thread outside any async runtime: parks the
+    /// thread while a lossless queue is full. Inside a runtime's task it would block the
+    /// runtime's thread: use `submit().await` there.
+    ///
+    /// ```
+    /// use storecast::QueueStore;
+    ///
+    /// let store = QueueStore::new(1);
+    /// let mut subscriber = store.subscribe();
+    /// let writer = {
+    ///     let store = store.clone();
+    ///     std::thread::spawn(move || {
+    ///         for n in 0..100 {
+    ///             store.submit_blocking(n).unwrap(); // waits for the reader each time
+    ///         }
+    ///     })
+    /// };
+    /// for n in 0..100 {
+    ///     assert_eq!(*subscriber.recv_blocking().unwrap(), n);
+    /// }
+    /// writer.join().unwrap();
+    /// ```
+    #[cfg(feature = "std")]
+    pub fn submit_blocking(&self, value: T) -> Result<Position, SubmitError<T>> {
+        crate::recv::block_on(self.submit(value))
     }
 
     /// Whether a message could be submitted now without waiting: always under
@@ -518,13 +553,66 @@ enum Read<T> {
 }
 
 impl<T> QueueSubscriber<T> {
-    /// The next item if one is ready, without waiting: `None` when there is nothing new
-    /// (or the stream has ended).
-    pub fn try_next(&mut self) -> Option<Item<T>> {
+    /// Waits for the next message: every message in order, with news of any it missed as
+    /// `Err` ([`RecvError::Lagged`], [`RecvError::FellBehind`], [`RecvError::Reset`]),
+    /// and [`RecvError::Closed`] once the store is closed and everything is read.
+    ///
+    /// ```
+    /// use futures_lite::future::block_on;
+    /// use storecast::{QueueStore, RecvError};
+    ///
+    /// let store = QueueStore::new(4);
+    /// let mut subscriber = store.subscribe();
+    /// store.try_submit("one").unwrap();
+    /// store.close();
+    /// block_on(async {
+    ///     assert_eq!(*subscriber.recv().await.unwrap(), "one");
+    ///     assert_eq!(subscriber.recv().await.unwrap_err(), RecvError::Closed);
+    /// });
+    /// ```
+    pub fn recv(&mut self) -> Recv<'_, Self> {
+        Recv::new(self)
+    }
+
+    /// The next message if one is ready, without waiting:
+    /// [`TryRecvError::Empty`] when nothing is new yet, [`TryRecvError::Closed`] when
+    /// nothing more will come, and the same news as [`recv`](QueueSubscriber::recv).
+    ///
+    /// ```
+    /// use storecast::{QueueStore, TryRecvError};
+    ///
+    /// let store = QueueStore::new(4);
+    /// let mut subscriber = store.subscribe();
+    /// assert_eq!(subscriber.try_recv().unwrap_err(), TryRecvError::Empty);
+    /// store.try_submit(7).unwrap();
+    /// assert_eq!(*subscriber.try_recv().unwrap(), 7);
+    /// store.close();
+    /// assert_eq!(subscriber.try_recv().unwrap_err(), TryRecvError::Closed);
+    /// ```
+    pub fn try_recv(&mut self) -> Result<Message<T>, TryRecvError> {
         match self.shared.read(&mut self.cursor) {
-            Read::Item(item) => Some(item),
-            Read::Empty | Read::Ended => None,
+            Read::Item(item) => item.map_err(TryRecvError::from),
+            Read::Empty => Err(TryRecvError::Empty),
+            Read::Ended => Err(TryRecvError::Closed),
         }
+    }
+
+    /// [`recv`](QueueSubscriber::recv) for a thread outside any async runtime: parks the
+    /// thread until a message comes. Inside a runtime's task it would block the runtime's
+    /// thread: use `recv().await` there.
+    ///
+    /// ```
+    /// use storecast::QueueStore;
+    ///
+    /// let store = QueueStore::new(4);
+    /// let mut subscriber = store.subscribe();
+    /// let reader = std::thread::spawn(move || *subscriber.recv_blocking().unwrap());
+    /// store.submit_blocking(42).unwrap();
+    /// assert_eq!(reader.join().unwrap(), 42);
+    /// ```
+    #[cfg(feature = "std")]
+    pub fn recv_blocking(&mut self) -> Result<Message<T>, RecvError> {
+        crate::recv::block_on(self.recv())
     }
 
     /// The position of the next message this subscriber will read.
@@ -648,6 +736,14 @@ impl<T> Stream for QueueSubscriber<T> {
                 }
             }
         }
+    }
+}
+
+impl<T: Send + Sync> Subscriber for QueueSubscriber<T> {
+    type Value = T;
+
+    fn try_recv(&mut self) -> Result<Message<T>, TryRecvError> {
+        QueueSubscriber::try_recv(self)
     }
 }
 

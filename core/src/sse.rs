@@ -384,6 +384,8 @@ pub fn encode_item_into<T: Payload>(
                 .event(event_types::RESET)?
                 .encode_into(out);
         }
+        // The end of the stream: no event; the response ends.
+        Err(RecvError::Closed) => {}
     }
     Ok(())
 }

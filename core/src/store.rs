@@ -7,7 +7,8 @@ use core::ops::Deref;
 
 use futures_core::Stream;
 
-use crate::{Position, RecvError, Start, SubmitError, TrySubmitError};
+use crate::recv::Recv;
+use crate::{Position, RecvError, Start, SubmitError, TryRecvError, TrySubmitError};
 
 /// A message as a subscriber receives it: the value, shared with every other subscriber
 /// (never cloned), and its [`Position`].
@@ -88,6 +89,59 @@ impl<T: Eq> Eq for Message<T> {}
 /// What a subscriber's stream yields: a message, or news that it missed some.
 pub type Item<T> = Result<Message<T>, RecvError>;
 
+/// A store's subscription, as generic code sees it: a [`Stream`] of [`Item`]s (ending with
+/// `None` once the store is closed and drained), plus the calls a channel's receiver has.
+///
+/// Every subscriber type of this crate and of the adapters implements it, and has the same
+/// calls as inherent methods, so they work without importing this trait.
+///
+/// ```
+/// use futures_lite::future::block_on;
+/// use storecast::{QueueStore, RecvError, Store, Subscriber, TryRecvError};
+///
+/// async fn first_word<S: Store<Value = &'static str>>(store: &S) -> &'static str {
+///     let mut subscriber = store.subscribe();
+///     store.submit("hello").await.unwrap();
+///     *subscriber.recv().await.unwrap()
+/// }
+///
+/// let store = QueueStore::new(4);
+/// assert_eq!(block_on(first_word(&store)), "hello");
+/// let mut late = store.subscribe();
+/// assert_eq!(late.try_recv().unwrap_err(), TryRecvError::Empty);
+/// store.close();
+/// assert_eq!(late.try_recv().unwrap_err(), TryRecvError::Closed);
+/// assert_eq!(block_on(late.recv()).unwrap_err(), RecvError::Closed);
+/// ```
+pub trait Subscriber: Stream<Item = Item<Self::Value>> + Send + Unpin {
+    /// The type of the values received.
+    type Value;
+
+    /// Waits for the next message; its `Err` is news of what was missed (the stream's
+    /// `Err` items), or [`RecvError::Closed`] once the store is closed and drained.
+    fn recv(&mut self) -> Recv<'_, Self>
+    where
+        Self: Sized,
+    {
+        Recv::new(self)
+    }
+
+    /// The next message if one is ready, without waiting; [`TryRecvError`] tells "nothing
+    /// yet" ([`Empty`](TryRecvError::Empty)) from "nothing ever again"
+    /// ([`Closed`](TryRecvError::Closed)), and carries the same news as `recv`.
+    ///
+    /// The provided method polls the stream once with a waker that does nothing; the
+    /// stores of this crate look without polling.
+    fn try_recv(&mut self) -> Result<Message<Self::Value>, TryRecvError> {
+        let mut cx = core::task::Context::from_waker(core::task::Waker::noop());
+        match core::pin::Pin::new(self).poll_next(&mut cx) {
+            core::task::Poll::Ready(Some(item)) => item.map_err(TryRecvError::from),
+            core::task::Poll::Ready(None) => Err(TryRecvError::Closed),
+            core::task::Poll::Pending => Err(TryRecvError::Empty),
+        }
+    }
+}
+
 /// A store: something that holds data and sends what is submitted to its subscribers
 /// (Tornadose's `BaseStore`).
 ///
@@ -106,7 +160,7 @@ pub trait Store: Send + Sync {
     type Value: Send + Sync + 'static;
 
     /// A subscription: a stream of messages (or lag reports) that deregisters on drop.
-    type Subscriber: Stream<Item = Item<Self::Value>> + Send + Unpin + 'static;
+    type Subscriber: Subscriber<Value = Self::Value> + 'static;
 
     /// Submits a message, waiting for room if the store's policy is to wait. Returns the
     /// message's position, or hands it back if the store is closed.

@@ -62,6 +62,8 @@ pub fn encode_item<T: Payload>(item: &Item<T>) -> String {
                 reason.as_str()
             );
         }
+        // The end of the stream: no frame (the connection is closed instead).
+        Err(RecvError::Closed) => {}
     }
     out
 }

@@ -18,7 +18,7 @@ use futures_lite::future::block_on;
 use storecast::conformance::{self, Harness, LatestFactory, QueueFactory};
 use storecast::{
     DataStore, Item, Message, Overflow, Position, QueueStore, RecvError, Start, Store, SubmitError,
-    TrySubmitError,
+    TryRecvError, TrySubmitError,
 };
 
 /// What a broken store gets wrong.
@@ -50,6 +50,8 @@ enum Bug {
     MiscountsSubscribers,
     /// Something keeps a handle: dropping the user's last one does not close the store.
     NeverClosesOnDrop,
+    /// `try_recv` says `Closed` when there is nothing yet.
+    EmptyIsClosed,
 }
 
 /// A real store with a bug.
@@ -188,6 +190,20 @@ struct BrokenSubscriber<S> {
     /// Items to yield before the next from `inner`.
     held: VecDeque<Item<String>>,
     done: bool,
+}
+
+impl<S: Stream<Item = Item<String>> + Send + Unpin> storecast::Subscriber for BrokenSubscriber<S> {
+    type Value = String;
+
+    fn try_recv(&mut self) -> Result<Message<String>, TryRecvError> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match Pin::new(&mut *self).poll_next(&mut cx) {
+            Poll::Ready(Some(item)) => item.map_err(TryRecvError::from),
+            Poll::Ready(None) => Err(TryRecvError::Closed),
+            Poll::Pending if self.bug == Bug::EmptyIsClosed => Err(TryRecvError::Closed),
+            Poll::Pending => Err(TryRecvError::Empty),
+        }
+    }
 }
 
 impl<S: Stream<Item = Item<String>> + Unpin> Stream for BrokenSubscriber<S> {
@@ -477,5 +493,21 @@ fn a_latest_store_that_miscounts_subscribers_is_rejected() {
     assert_eq!(
         latest_rejects(Bug::MiscountsSubscribers),
         "latest_subscriber_count_follows_subscribers"
+    );
+}
+
+#[test]
+fn a_queue_whose_try_recv_takes_empty_for_closed_is_rejected() {
+    assert_eq!(
+        queue_rejects(Bug::EmptyIsClosed),
+        "queue_recv_and_try_recv_tell_empty_from_closed (Wait)"
+    );
+}
+
+#[test]
+fn a_latest_store_whose_try_recv_takes_empty_for_closed_is_rejected() {
+    assert_eq!(
+        latest_rejects(Bug::EmptyIsClosed),
+        "latest_recv_and_try_recv_tell_empty_from_closed"
     );
 }

@@ -86,7 +86,7 @@ fn parked_subscribers_and_closed_waiters_stay_asleep_with_nothing_submitted() {
     );
 
     // A submit wakes each waiting task once.
-    LATEST.submit(1).unwrap();
+    LATEST.try_submit(1).unwrap();
     QUEUE.try_submit(1).unwrap();
     let polls = executor.run_until_quiet(100_000);
     assert_eq!(polls, 34);

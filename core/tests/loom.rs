@@ -9,7 +9,7 @@
 use futures_lite::StreamExt;
 use loom::future::block_on;
 use loom::thread;
-use storecast::{DataStore, Message, Overflow, QueueStore, RecvError};
+use storecast::{DataStore, Message, Overflow, QueueStore, RecvError, TryRecvError};
 
 /// Runs a loom model (up to 3 preemptions) and checks that it explored more than one
 /// interleaving (a model that explores one proves nothing).
@@ -148,8 +148,15 @@ fn drop_oldest_overwrite_racing_a_read_is_reported_never_torn() {
         // The first read races the submits (it may land between them, or see both).
         let mut seen = vec![block_on(sub.next()).unwrap()];
         submitter.join().unwrap();
-        while let Some(item) = sub.try_next() {
-            seen.push(item);
+        loop {
+            match sub.try_recv() {
+                Ok(m) => seen.push(Ok(m)),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Lagged { missed }) => {
+                    seen.push(Err(RecvError::Lagged { missed }))
+                }
+                Err(other) => panic!("unexpected {other}"),
+            }
         }
         // Every message is either received intact at its own position, or counted as
         // missed; together they account for both messages exactly once.
@@ -184,8 +191,8 @@ fn latest_value_write_racing_a_read_never_goes_back_and_ends_with_last() {
         // The first read races the submits (it may land between them, or see both).
         let mut seen = vec![*block_on(sub.next()).unwrap().unwrap()];
         submitter.join().unwrap();
-        while let Some(m) = sub.try_next() {
-            seen.push(*m.unwrap());
+        while let Ok(m) = sub.try_recv() {
+            seen.push(*m);
         }
         assert!(seen.windows(2).all(|w| w[0] < w[1]), "went back: {seen:?}");
         assert_eq!(seen.last(), Some(&2));

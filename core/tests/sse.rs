@@ -190,7 +190,7 @@ mod items {
         let mut parser = Parser::new();
         let mut events = Vec::new();
         for _ in 0..3 {
-            let item = sub.try_next().unwrap();
+            let item = block_on(sub.next()).unwrap();
             events.extend(parser.feed(&sse::encode_item(&item).unwrap()));
         }
         assert_eq!(events[0].event, sse::event_types::LAGGED);

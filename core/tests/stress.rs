@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures_lite::StreamExt;
 use futures_lite::future::block_on;
-use storecast::{DataStore, Overflow, Position, QueueStore, RecvError, Start};
+use storecast::{DataStore, Overflow, Position, QueueStore, RecvError, Start, TryRecvError};
 
 /// Runs `test` on a thread and fails if it does not finish in time (a stall is a bug).
 fn within(seconds: u64, test: impl FnOnce() + Send + 'static) {
@@ -96,9 +96,12 @@ fn subscribers_joining_and_leaving_mid_stream_never_stall_or_skip() {
                         let mut sub = store.subscribe_from(start);
                         let mut previous: Option<u64> = None;
                         for _ in 0..next_random() % 200 {
-                            let Some(item) = sub.try_next() else {
-                                thread::yield_now();
-                                continue;
+                            let item = match sub.try_recv() {
+                                Err(TryRecvError::Empty) => {
+                                    thread::yield_now();
+                                    continue;
+                                }
+                                item => item,
                             };
                             match item {
                                 Ok(m) => {
@@ -110,7 +113,7 @@ fn subscribers_joining_and_leaving_mid_stream_never_stall_or_skip() {
                                 }
                                 // Resuming after a position no longer retained is reported
                                 // once, before anything is read.
-                                Err(RecvError::Lagged { .. }) => assert!(previous.is_none()),
+                                Err(TryRecvError::Lagged { .. }) => assert!(previous.is_none()),
                                 Err(e) => panic!("unexpected {e}"),
                             }
                         }
@@ -218,7 +221,7 @@ fn latest_value_threads_never_go_back_and_all_end_with_the_last() {
             })
             .collect();
         for n in 1..=COUNT {
-            store.submit(n).unwrap();
+            store.try_submit(n).unwrap();
         }
         store.close();
         for r in readers {
@@ -246,7 +249,7 @@ fn fixed_store_with_every_subscriber_slot_taken_wakes_everyone() {
             })
             .collect();
         thread::sleep(Duration::from_millis(50));
-        STORE.submit(7).unwrap();
+        STORE.try_submit(7).unwrap();
         QUEUE.try_submit(8).unwrap();
         for r in readers {
             assert_eq!(r.join().unwrap(), (7, 8));

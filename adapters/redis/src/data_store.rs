@@ -10,8 +10,8 @@ use std::task::{Context, Poll};
 use futures_lite::{Stream, StreamExt};
 use redis::{RedisError, Script};
 use storecast::{
-    DataStore, DataSubscriber, Item, Message, Position, RecvError, Start, Store, SubmitError,
-    TrySubmitError,
+    DataStore, DataSubscriber, Item, Message, Position, Recv, RecvError, Start, Store, SubmitError,
+    Subscriber, TryRecvError, TrySubmitError,
 };
 
 use crate::codec::Codec;
@@ -194,25 +194,33 @@ impl<T: Codec> RedisStore<T> {
         })
     }
 
+    /// Makes `value` the current value here at once and publishes it in the background:
+    /// [`try_submit`](RedisStore::try_submit) as a future that is ready at once (the
+    /// signature of [`Store::submit`]).
+    pub async fn submit(&self, value: T) -> Result<Position, SubmitError<T>> {
+        self.try_submit(value)
+            .map_err(|e| SubmitError::Closed(e.into_inner()))
+    }
+
     /// Makes `value` the current value here at once and publishes it in the background.
-    /// Never waits; fails only on a closed store.
-    pub fn submit(&self, value: T) -> Result<Position, SubmitError<T>> {
+    /// Never waits; fails only on a closed store ([`TrySubmitError::Closed`]).
+    pub fn try_submit(&self, value: T) -> Result<Position, TrySubmitError<T>> {
         let shared = &*self.handle.shared;
         let value = Arc::new(value);
         let _submitting = shared.submitting.lock().expect("submit lock");
-        let position = match shared.local.submit_arc(Arc::clone(&value)) {
+        let position = match shared.local.try_submit_arc(Arc::clone(&value)) {
             Ok(position) => position,
             Err(refused) => {
                 drop(refused);
                 let value = Arc::try_unwrap(value)
                     .ok()
                     .expect("a refused value was never shared");
-                return Err(SubmitError::Closed(value));
+                return Err(TrySubmitError::Closed(value));
             }
         };
         shared.last_own.store(position.offset(), Ordering::Release);
         // Fails only if the store closed meanwhile; the value was delivered here anyway.
-        let _ = shared.outbox.submit(Outgoing {
+        let _ = shared.outbox.try_submit(Outgoing {
             position,
             value,
             bytes: Vec::new(),
@@ -263,11 +271,11 @@ impl<T: Codec> Store for RedisStore<T> {
     type Subscriber = RedisSubscriber<T>;
 
     async fn submit(&self, value: T) -> Result<Position, SubmitError<T>> {
-        RedisStore::submit(self, value)
+        RedisStore::submit(self, value).await
     }
 
     fn try_submit(&self, value: T) -> Result<Position, TrySubmitError<T>> {
-        RedisStore::submit(self, value).map_err(TrySubmitError::from)
+        RedisStore::try_submit(self, value)
     }
 
     fn subscribe_from(&self, start: Start) -> RedisSubscriber<T> {
@@ -330,6 +338,29 @@ pub struct RedisSubscriber<T> {
 }
 
 impl<T> RedisSubscriber<T> {
+    /// Waits for a value newer than the last one received, or news
+    /// ([`RecvError::Interrupted`] after the connection to Redis was lost), or
+    /// [`RecvError::Closed`] once the store is closed and the last value was received.
+    pub fn recv(&mut self) -> Recv<'_, Self> {
+        Recv::new(self)
+    }
+
+    /// The newest value not yet received, without waiting: [`TryRecvError::Empty`] when
+    /// there is none yet, [`TryRecvError::Closed`] when none will come.
+    pub fn try_recv(&mut self) -> Result<Message<T>, TryRecvError> {
+        if let Some(Err(news)) = self.interrupted() {
+            return Err(news.into());
+        }
+        self.inner.try_recv()
+    }
+
+    /// [`recv`](RedisSubscriber::recv) for a thread outside any async runtime (the
+    /// store's tasks run on the runtime it was opened on): parks the thread until a
+    /// newer value comes.
+    pub fn recv_blocking(&mut self) -> Result<Message<T>, RecvError> {
+        futures_lite::future::block_on(self.recv())
+    }
+
     /// `Interrupted`, if the subscription was lost since this subscriber last looked.
     fn interrupted(&mut self) -> Option<Item<T>> {
         let now = self.shared.interruptions.load(Ordering::SeqCst);
@@ -356,6 +387,14 @@ impl<T> Stream for RedisSubscriber<T> {
                 .map_or(Poll::Pending, |news| Poll::Ready(Some(news))),
             ready => ready,
         }
+    }
+}
+
+impl<T: Send + Sync> Subscriber for RedisSubscriber<T> {
+    type Value = T;
+
+    fn try_recv(&mut self) -> Result<Message<T>, TryRecvError> {
+        RedisSubscriber::try_recv(self)
     }
 }
 
@@ -421,7 +460,7 @@ impl<T: Codec> Shared<T> {
     fn take_foreign(&self, bytes: &[u8]) {
         match T::decode(bytes) {
             Ok(value) => {
-                if let Ok(position) = self.local.submit(value) {
+                if let Ok(position) = self.local.try_submit(value) {
                     self.last_foreign
                         .store(position.offset(), Ordering::Release);
                 }
@@ -478,7 +517,7 @@ impl<T: Codec> Listener for Shared<T> {
                 if self.last_foreign.load(Ordering::Acquire) > position
                     && self.last_own.load(Ordering::Acquire) == position
                 {
-                    let _ = self.local.submit_arc(own.value);
+                    let _ = self.local.try_submit_arc(own.value);
                 }
             }
             None => self.take_foreign(newest),
@@ -518,7 +557,7 @@ async fn publish<T: Codec>(shared: Arc<Shared<T>>, mut outgoing: DataSubscriber<
         };
         let Some(message) = next else { return };
         // Newer values waiting supersede this one.
-        let message = outgoing.try_next().and_then(Result::ok).unwrap_or(message);
+        let message = outgoing.try_recv().unwrap_or(message);
         let out = message.value();
         let bytes = out.value.encode().into_owned();
         shared.expect_echo(Outgoing {

@@ -14,8 +14,8 @@ use futures_lite::Stream;
 use redis::aio::ConnectionManager;
 use redis::{RedisError, Script, Value};
 use storecast::{
-    Epoch, Item, Message, Overflow, Position, QueueStore, QueueSubscriber, RecvError, ResetReason,
-    Start, Store, SubmitError, TrySubmitError,
+    Epoch, Item, Message, Overflow, Position, QueueStore, QueueSubscriber, Recv, RecvError,
+    ResetReason, Start, Store, SubmitError, Subscriber, TryRecvError, TrySubmitError,
 };
 
 use crate::codec::Codec;
@@ -1374,6 +1374,35 @@ pub struct RedisQueueSubscriber<T> {
     /// count when the first batch comes.
     resume: Option<Position>,
     shared: Arc<Shared<T>>,
+}
+
+impl<T: Codec> RedisQueueSubscriber<T> {
+    /// Waits for the next message: every entry in order, with news as `Err` (entries lost
+    /// to trimming as [`RecvError::Lagged`], a loss in Redis as [`RecvError::Reset`], a
+    /// read that failed as [`RecvError::Interrupted`]), and [`RecvError::Closed`] once
+    /// the store is closed and everything is read.
+    pub fn recv(&mut self) -> Recv<'_, Self> {
+        Recv::new(self)
+    }
+
+    /// The next message if one is here already, without waiting:
+    /// [`TryRecvError::Empty`] when none is (a subscriber catching up reads Redis in the
+    /// background meanwhile), [`TryRecvError::Closed`] when none will come.
+    pub fn try_recv(&mut self) -> Result<Message<T>, TryRecvError> {
+        <Self as Subscriber>::try_recv(self)
+    }
+
+    /// [`recv`](RedisQueueSubscriber::recv) for a thread outside any async runtime (the
+    /// store's tasks run on the runtime it was opened on): parks the thread until a
+    /// message comes.
+    pub fn recv_blocking(&mut self) -> Result<Message<T>, RecvError> {
+        futures_lite::future::block_on(self.recv())
+    }
+}
+
+/// `try_recv` is the provided one: a poll that does not wait.
+impl<T: Codec> Subscriber for RedisQueueSubscriber<T> {
+    type Value = T;
 }
 
 impl<T: Codec> Stream for RedisQueueSubscriber<T> {

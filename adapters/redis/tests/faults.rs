@@ -94,7 +94,7 @@ async fn a_store_opened_later_starts_from_the_latest_value_key() {
     let redis = Redis::connect(&server.url()).await.unwrap();
     let first = redis.data_store::<String>("prices").await.unwrap();
     let mut watcher = first.subscribe();
-    first.submit("42".to_string()).unwrap();
+    first.try_submit("42".to_string()).unwrap();
     assert_eq!(next_value(&mut watcher).await.0, "42");
     eventually("the key to be set", PATIENCE, || {
         server.cli(&["GET", "prices:latest"]) == "42"
@@ -123,7 +123,7 @@ async fn a_value_submitted_in_one_process_reaches_another_once() {
         .unwrap();
     let mut local = here.subscribe();
     let mut remote = there.subscribe();
-    here.submit("one".to_string()).unwrap();
+    here.try_submit("one".to_string()).unwrap();
     assert_eq!(next_value(&mut remote).await.0, "one");
     assert_eq!(next_value(&mut local).await.0, "one");
     // Its own echo is not delivered a second time.
@@ -152,13 +152,13 @@ async fn processes_publishing_at_once_end_with_the_same_value() {
     let (ra, rb) = (a.clone(), b.clone());
     let publish_a = tokio::spawn(async move {
         for n in 0..500 {
-            ra.submit(format!("a{n}")).unwrap();
+            ra.try_submit(format!("a{n}")).unwrap();
             tokio::task::yield_now().await;
         }
     });
     let publish_b = tokio::spawn(async move {
         for n in 0..500 {
-            rb.submit(format!("b{n}")).unwrap();
+            rb.try_submit(format!("b{n}")).unwrap();
             tokio::task::yield_now().await;
         }
     });

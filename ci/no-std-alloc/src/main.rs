@@ -66,7 +66,7 @@ fn poll<S: Stream + Unpin>(stream: &mut S) -> Poll<Option<S::Item>> {
 fn run() -> Result<(), i32> {
     // No std, so no randomness: each store is given its epoch.
     let latest = DataStore::with_epoch(Epoch::new(1));
-    latest.submit(String::from("first")).map_err(|_| 1)?;
+    latest.try_submit(String::from("first")).map_err(|_| 1)?;
     let mut sub = latest.subscribe();
     match poll(&mut sub) {
         Poll::Ready(Some(Ok(m))) if *m == "first" => {}

@@ -8,9 +8,10 @@ use futures_core::Stream;
 
 use super::mutex::{DefaultRawMutex, Locked, RawMutex};
 use super::wakers::{SubscriberWakers, WakerList};
-use super::{Item, Message, SubscriberLimit};
+use super::{FixedItem, FixedMessage, SubscriberLimit};
 use crate::position::Seen;
-use crate::{Epoch, Position, Start, SubmitError};
+use crate::recv::Recv;
+use crate::{Epoch, Position, Start, SubmitError, TryRecvError, TrySubmitError};
 
 /// A latest-value store with no allocator: the same contract as
 /// [`crate::DataStore`] (current value first, then newer ones,
@@ -25,9 +26,9 @@ use crate::{Epoch, Position, Start, SubmitError};
 ///
 /// static TEMPERATURE: DataStore<i16> = DataStore::new();
 ///
-/// TEMPERATURE.submit(19).unwrap();
+/// TEMPERATURE.try_submit(19).unwrap();
 /// let mut display = TEMPERATURE.subscribe();
-/// TEMPERATURE.submit(21).unwrap();
+/// TEMPERATURE.try_submit(21).unwrap();
 /// TEMPERATURE.close();
 /// block_on(async {
 ///     // 19 may be skipped; 21, the last, never is.
@@ -110,12 +111,14 @@ impl<T, const SUBSCRIBERS: usize, M: RawMutex> DataStore<T, SUBSCRIBERS, M> {
         self.epoch
     }
 
-    /// Makes `value` the current value and wakes subscribers. Never waits; fails only on
-    /// a closed store, handing the value back.
-    pub fn submit(&self, value: T) -> Result<Position, SubmitError<T>> {
+    /// Makes `value` the current value and wakes subscribers, from any context (an
+    /// interrupt handler too, with a [`CriticalSectionRawMutex`](crate::fixed)). Never
+    /// waits; fails only on a closed store ([`TrySubmitError::Closed`]), handing the
+    /// value back.
+    pub fn try_submit(&self, value: T) -> Result<Position, TrySubmitError<T>> {
         let (position, replaced, readers, others) = self.state.lock(|state| {
             if state.closed {
-                return Err(SubmitError::Closed(value));
+                return Err(TrySubmitError::Closed(value));
             }
             state.position += 1;
             let replaced = state.current.replace(value);
@@ -130,6 +133,13 @@ impl<T, const SUBSCRIBERS: usize, M: RawMutex> DataStore<T, SUBSCRIBERS, M> {
         readers.wake();
         others.wake();
         Ok(Position::new(self.epoch, position))
+    }
+
+    /// [`try_submit`](DataStore::try_submit) as a future that is ready at once: the
+    /// signature of the queue's `submit` and of [`Store::submit`](crate::Store::submit).
+    pub async fn submit(&self, value: T) -> Result<Position, SubmitError<T>> {
+        self.try_submit(value)
+            .map_err(|e| SubmitError::Closed(e.into_inner()))
     }
 
     /// Subscribes as a new subscriber: the current value first, then newer ones.
@@ -224,12 +234,12 @@ impl<T, const SUBSCRIBERS: usize, M: RawMutex> DataStore<T, SUBSCRIBERS, M> {
     }
 
     /// The current value and its position, without subscribing.
-    pub fn current(&self) -> Option<Message<T>>
+    pub fn current(&self) -> Option<FixedMessage<T>>
     where
         T: Clone,
     {
         self.state.lock(|state| {
-            state.current.clone().map(|value| Message {
+            state.current.clone().map(|value| FixedMessage {
                 position: Position::new(self.epoch, state.position),
                 value,
             })
@@ -264,7 +274,7 @@ trait Latest<T>: Sync {
         slot: usize,
         seen: &mut Seen,
         cx: Option<&mut Context<'_>>,
-    ) -> Poll<Option<Item<T>>>;
+    ) -> Poll<Option<FixedItem<T>>>;
     fn leave(&self, slot: usize);
     fn epoch(&self) -> Epoch;
 }
@@ -277,13 +287,13 @@ impl<T: Clone + Send, const SUBSCRIBERS: usize, M: RawMutex + Sync> Latest<T>
         slot: usize,
         seen: &mut Seen,
         cx: Option<&mut Context<'_>>,
-    ) -> Poll<Option<Item<T>>> {
+    ) -> Poll<Option<FixedItem<T>>> {
         self.state.lock(|state| {
             if state.position > seen.offset() {
                 if let Some(value) = state.current.clone() {
                     seen.set(state.position);
                     let position = Position::new(self.epoch, state.position);
-                    return Poll::Ready(Some(Ok(Message { position, value })));
+                    return Poll::Ready(Some(Ok(FixedMessage { position, value })));
                 }
             }
             if state.closed {
@@ -319,15 +329,42 @@ pub struct DataSubscriber<'a, T> {
 }
 
 impl<T> DataSubscriber<'_, T> {
-    /// The newest value not yet seen (or news to tell first), without waiting.
-    pub fn try_next(&mut self) -> Option<Item<T>> {
+    /// Waits for a value newer than the last one received (the current value, first),
+    /// or [`RecvError::Closed`](crate::RecvError::Closed) once the store is closed and the last
+    /// value was received.
+    pub fn recv(&mut self) -> Recv<'_, Self> {
+        Recv::new(self)
+    }
+
+    /// The newest value not yet received, without waiting: [`TryRecvError::Empty`] when
+    /// there is none yet, [`TryRecvError::Closed`] when none will come.
+    ///
+    /// ```
+    /// use storecast::fixed::DataStore;
+    /// use storecast::TryRecvError;
+    ///
+    /// static LEVEL: DataStore<u8> = DataStore::new();
+    /// let mut subscriber = LEVEL.subscribe();
+    /// assert_eq!(subscriber.try_recv().unwrap_err(), TryRecvError::Empty);
+    /// LEVEL.try_submit(3).unwrap();
+    /// assert_eq!(*subscriber.try_recv().unwrap(), 3);
+    /// ```
+    pub fn try_recv(&mut self) -> Result<FixedMessage<T>, TryRecvError> {
         if let Some(news) = self.seen.take_news() {
-            return Some(Err(news));
+            return Err(news.into());
         }
         match self.store.poll_newer(self.slot, &mut self.seen, None) {
-            Poll::Ready(item) => item,
-            Poll::Pending => None,
+            Poll::Ready(Some(item)) => item.map_err(TryRecvError::from),
+            Poll::Ready(None) => Err(TryRecvError::Closed),
+            Poll::Pending => Err(TryRecvError::Empty),
         }
+    }
+
+    /// [`recv`](DataSubscriber::recv) for a thread outside any async runtime: parks the
+    /// thread until a newer value comes.
+    #[cfg(feature = "std")]
+    pub fn recv_blocking(&mut self) -> Result<FixedMessage<T>, crate::RecvError> {
+        crate::recv::block_on(self.recv())
     }
 
     /// The position of the last value this subscriber received.
@@ -337,9 +374,9 @@ impl<T> DataSubscriber<'_, T> {
 }
 
 impl<T> Stream for DataSubscriber<'_, T> {
-    type Item = Item<T>;
+    type Item = FixedItem<T>;
 
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item<T>>> {
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<FixedItem<T>>> {
         let this = self.get_mut();
         if let Some(news) = this.seen.take_news() {
             return Poll::Ready(Some(Err(news)));

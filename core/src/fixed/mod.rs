@@ -82,12 +82,12 @@ use crate::{Position, RecvError};
 /// A message as a subscriber of a fixed-capacity store receives it: its own clone of the
 /// value, and the value's [`Position`].
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Message<T> {
+pub struct FixedMessage<T> {
     position: Position,
     value: T,
 }
 
-impl<T> Message<T> {
+impl<T> FixedMessage<T> {
     /// Where this message sits in its store.
     pub fn position(&self) -> Position {
         self.position
@@ -99,16 +99,16 @@ impl<T> Message<T> {
     }
 }
 
-impl<T> Deref for Message<T> {
+impl<T> Deref for FixedMessage<T> {
     type Target = T;
     fn deref(&self) -> &T {
         &self.value
     }
 }
 
-impl<T: fmt::Debug> fmt::Debug for Message<T> {
+impl<T: fmt::Debug> fmt::Debug for FixedMessage<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Message")
+        f.debug_struct("FixedMessage")
             .field("position", &self.position)
             .field("value", &self.value)
             .finish()
@@ -117,7 +117,7 @@ impl<T: fmt::Debug> fmt::Debug for Message<T> {
 
 /// What a fixed-capacity store's subscriber yields: a message, or news that it missed
 /// some.
-pub type Item<T> = Result<Message<T>, RecvError>;
+pub type FixedItem<T> = Result<FixedMessage<T>, RecvError>;
 
 /// A fixed-capacity store refused a subscriber: it already has as many as its
 /// `SUBSCRIBERS` parameter allows.
@@ -153,23 +153,47 @@ mod store {
 
     use futures_core::Stream;
 
+    use super::FixedMessage;
     use super::{DataStore, DataSubscriber, QueueStore, QueueSubscriber, RawMutex};
-    use crate::{Item, Message, Position, Start, Store, SubmitError, TrySubmitError};
+    use crate::{
+        Item, Message, Position, Start, Store, SubmitError, Subscriber, TryRecvError,
+        TrySubmitError,
+    };
 
     /// A fixed-capacity subscriber seen through the [`Store`] trait: its clones, shared.
     #[derive(Debug)]
     pub struct Shared<S>(S);
 
+    fn share<T>(message: FixedMessage<T>) -> Message<T> {
+        Message::new(message.position(), message.into_inner())
+    }
+
     impl<T, S> Stream for Shared<S>
     where
-        S: Stream<Item = super::Item<T>> + Unpin,
+        S: Stream<Item = super::FixedItem<T>> + Unpin,
     {
         type Item = Item<T>;
 
         fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item<T>>> {
-            Pin::new(&mut self.get_mut().0).poll_next(cx).map(|item| {
-                item.map(|item| item.map(|m| Message::new(m.position(), m.into_inner())))
-            })
+            Pin::new(&mut self.get_mut().0)
+                .poll_next(cx)
+                .map(|item| item.map(|item| item.map(share)))
+        }
+    }
+
+    impl<T: Clone + Send + Sync> Subscriber for Shared<QueueSubscriber<'static, T>> {
+        type Value = T;
+
+        fn try_recv(&mut self) -> Result<Message<T>, TryRecvError> {
+            self.0.try_recv().map(share)
+        }
+    }
+
+    impl<T: Clone + Send + Sync> Subscriber for Shared<DataSubscriber<'static, T>> {
+        type Value = T;
+
+        fn try_recv(&mut self) -> Result<Message<T>, TryRecvError> {
+            self.0.try_recv().map(share)
         }
     }
 
@@ -226,11 +250,11 @@ mod store {
             &self,
             value: T,
         ) -> impl Future<Output = Result<Position, SubmitError<T>>> + Send {
-            core::future::ready(DataStore::submit(*self, value))
+            DataStore::submit(*self, value)
         }
 
         fn try_submit(&self, value: T) -> Result<Position, TrySubmitError<T>> {
-            DataStore::submit(*self, value).map_err(TrySubmitError::from)
+            DataStore::try_submit(*self, value)
         }
 
         fn subscribe_from(&self, start: Start) -> Self::Subscriber {

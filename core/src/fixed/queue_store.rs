@@ -8,10 +8,12 @@ use futures_core::Stream;
 
 use super::mutex::{DefaultRawMutex, Locked, RawMutex};
 use super::wakers::{SubscriberWakers, ToWake, WakerList};
-use super::{Item, Message, SubscriberLimit};
+use super::{FixedItem, FixedMessage, SubscriberLimit};
 use crate::position::oldest_retained;
+use crate::recv::Recv;
 use crate::{
-    Epoch, Overflow, Position, RecvError, ResetReason, Start, SubmitError, TrySubmitError,
+    Epoch, Overflow, Position, RecvError, ResetReason, Start, SubmitError, TryRecvError,
+    TrySubmitError,
 };
 
 /// A queue store with no allocator: the same contract as
@@ -220,6 +222,13 @@ impl<T, const CAPACITY: usize, const SUBSCRIBERS: usize, M: RawMutex>
         .await
     }
 
+    /// [`submit`](QueueStore::submit) for a thread outside any async runtime: parks the
+    /// thread while a lossless queue is full.
+    #[cfg(feature = "std")]
+    pub fn submit_blocking(&self, value: T) -> Result<Position, SubmitError<T>> {
+        crate::recv::block_on(self.submit(value))
+    }
+
     /// Subscribes as a new subscriber: messages submitted from now on.
     ///
     /// # Panics
@@ -390,8 +399,11 @@ struct Cursor {
 
 /// What a subscriber needs of its store, without the store's sizes in its type.
 trait Ring<T>: Sync {
-    fn poll_read(&self, cursor: &mut Cursor, cx: Option<&mut Context<'_>>)
-    -> Poll<Option<Item<T>>>;
+    fn poll_read(
+        &self,
+        cursor: &mut Cursor,
+        cx: Option<&mut Context<'_>>,
+    ) -> Poll<Option<FixedItem<T>>>;
     fn leave(&self, cursor: &mut Cursor);
     fn epoch(&self) -> Epoch;
 }
@@ -403,7 +415,7 @@ impl<T: Clone + Send, const CAPACITY: usize, const SUBSCRIBERS: usize, M: RawMut
         &self,
         cursor: &mut Cursor,
         cx: Option<&mut Context<'_>>,
-    ) -> Poll<Option<Item<T>>> {
+    ) -> Poll<Option<FixedItem<T>>> {
         if cursor.ended {
             return Poll::Ready(None);
         }
@@ -443,7 +455,10 @@ impl<T: Clone + Send, const CAPACITY: usize, const SUBSCRIBERS: usize, M: RawMut
                 };
                 cursor.next += 1;
                 let position = Position::new(self.epoch, next);
-                return (Poll::Ready(Some(Ok(Message { position, value }))), to_wake);
+                return (
+                    Poll::Ready(Some(Ok(FixedMessage { position, value }))),
+                    to_wake,
+                );
             }
             // Overwritten: under a lossy policy the ring moved on without this subscriber.
             match overflow {
@@ -489,12 +504,40 @@ pub struct QueueSubscriber<'a, T> {
 }
 
 impl<T> QueueSubscriber<'_, T> {
-    /// The next item if one is ready, without waiting.
-    pub fn try_next(&mut self) -> Option<Item<T>> {
+    /// Waits for the next message, with news of any it missed as `Err`, and
+    /// [`RecvError::Closed`] once the store is closed and everything is read.
+    pub fn recv(&mut self) -> Recv<'_, Self> {
+        Recv::new(self)
+    }
+
+    /// The next message if one is ready, without waiting: [`TryRecvError::Empty`] when
+    /// nothing is new yet, [`TryRecvError::Closed`] when nothing more will come.
+    ///
+    /// ```
+    /// use storecast::fixed::QueueStore;
+    /// use storecast::{Overflow, TryRecvError};
+    ///
+    /// static EVENTS: QueueStore<u8, 4> = QueueStore::new(Overflow::Wait);
+    /// let mut subscriber = EVENTS.subscribe();
+    /// assert_eq!(subscriber.try_recv().unwrap_err(), TryRecvError::Empty);
+    /// EVENTS.try_submit(1).unwrap();
+    /// assert_eq!(*subscriber.try_recv().unwrap(), 1);
+    /// EVENTS.close();
+    /// assert_eq!(subscriber.try_recv().unwrap_err(), TryRecvError::Closed);
+    /// ```
+    pub fn try_recv(&mut self) -> Result<FixedMessage<T>, TryRecvError> {
         match self.store.poll_read(&mut self.cursor, None) {
-            Poll::Ready(item) => item,
-            Poll::Pending => None,
+            Poll::Ready(Some(item)) => item.map_err(TryRecvError::from),
+            Poll::Ready(None) => Err(TryRecvError::Closed),
+            Poll::Pending => Err(TryRecvError::Empty),
         }
+    }
+
+    /// [`recv`](QueueSubscriber::recv) for a thread outside any async runtime: parks the
+    /// thread until a message comes.
+    #[cfg(feature = "std")]
+    pub fn recv_blocking(&mut self) -> Result<FixedMessage<T>, RecvError> {
+        crate::recv::block_on(self.recv())
     }
 
     /// The position of the next message this subscriber will read.
@@ -504,9 +547,9 @@ impl<T> QueueSubscriber<'_, T> {
 }
 
 impl<T> Stream for QueueSubscriber<'_, T> {
-    type Item = Item<T>;
+    type Item = FixedItem<T>;
 
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item<T>>> {
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<FixedItem<T>>> {
         let this = self.get_mut();
         this.store.poll_read(&mut this.cursor, Some(cx))
     }

@@ -12,7 +12,7 @@ use futures_lite::Stream;
 use storecast::sse::Payload;
 use storecast::{
     DataStore, DataSubscriber, Item, Position, QueueStore, QueueSubscriber, RecvError, Start,
-    Store, SubmitError, TrySubmitError,
+    Store, SubmitError, Subscriber, TrySubmitError,
 };
 use storecast_redis::{
     Codec, DecodeError, QueueOptions, Redis, RedisQueueStore, RedisQueueSubscriber, RedisStore,
@@ -404,9 +404,9 @@ impl Store for Topic {
 
     async fn submit(&self, value: HubMessage) -> Result<Position, SubmitError<HubMessage>> {
         let submitted = match &self.kind {
-            Kind::Latest(store) => store.submit(value),
+            Kind::Latest(store) => store.submit(value).await,
             Kind::Queue(store) => store.submit(value).await,
-            Kind::RedisLatest(store) => store.submit(value),
+            Kind::RedisLatest(store) => store.submit(value).await,
             Kind::RedisQueue(store) => store.submit(value).await,
         };
         if submitted.is_ok() {
@@ -515,6 +515,11 @@ impl Stream for TopicSubscriber {
         }
         polled
     }
+}
+
+/// `try_recv` is the provided one, through `poll_next`, so that it is counted too.
+impl Subscriber for TopicSubscriber {
+    type Value = HubMessage;
 }
 
 impl Drop for TopicSubscriber {

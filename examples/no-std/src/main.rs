@@ -37,7 +37,7 @@ fn poll<S: Stream + Unpin>(stream: &mut S) -> Poll<Option<S::Item>> {
 /// Runs the scenario; the error is the number of the check that failed.
 fn run() -> Result<(), i32> {
     // Latest value: a display that subscribes late still gets the current reading.
-    TEMPERATURE.submit(215).map_err(|_| 1)?;
+    TEMPERATURE.try_submit(215).map_err(|_| 1)?;
     let mut display = TEMPERATURE.subscribe();
     match poll(&mut display) {
         Poll::Ready(Some(Ok(reading))) if *reading == 215 => {}
@@ -46,7 +46,7 @@ fn run() -> Result<(), i32> {
     if poll(&mut display).is_ready() {
         return Err(3); // nothing newer yet: it waits
     }
-    TEMPERATURE.submit(221).map_err(|_| 4)?;
+    TEMPERATURE.try_submit(221).map_err(|_| 4)?;
     match poll(&mut display) {
         Poll::Ready(Some(Ok(reading))) if *reading == 221 => {}
         _ => return Err(5),

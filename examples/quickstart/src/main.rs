@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures_lite::StreamExt;
 use futures_lite::future::block_on;
-use storecast::{DataStore, Overflow, QueueStore, RecvError, Start};
+use storecast::{DataStore, Overflow, QueueStore, Start, TryRecvError};
 
 fn main() {
     latest_value();
@@ -35,7 +35,7 @@ fn latest_value() {
         println!("   the watcher saw {seen} of 10001 prices, ending with {last:.2}");
     });
     for tick in 1..=10_000 {
-        price.submit(100.0 + tick as f64 / 100.0).unwrap();
+        price.try_submit(100.0 + tick as f64 / 100.0).unwrap();
     }
     price.close();
     reader.join().unwrap();
@@ -88,14 +88,14 @@ fn overflow() {
     for n in 1..=10 {
         ticks.try_submit(n).unwrap();
     }
-    match laggard.try_next() {
-        Some(Err(RecvError::Lagged { missed })) => {
+    match laggard.try_recv() {
+        Err(TryRecvError::Lagged { missed }) => {
             println!("   DropOldest: missed {missed}, then goes on")
         }
         other => panic!("expected a lag report, got {other:?}"),
     }
-    let rest: Vec<u32> = std::iter::from_fn(|| laggard.try_next())
-        .map(|m| *m.unwrap())
+    let rest: Vec<u32> = std::iter::from_fn(|| laggard.try_recv().ok())
+        .map(|m| *m)
         .collect();
     println!("   ...with {rest:?}");
 
@@ -104,7 +104,7 @@ fn overflow() {
     for n in 1..=10 {
         strict.try_submit(n).unwrap();
     }
-    if let Some(Err(e)) = laggard.try_next() {
+    if let Err(e) = laggard.try_recv() {
         println!("   Disconnect: {e}");
     }
 }

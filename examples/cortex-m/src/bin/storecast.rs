@@ -50,7 +50,7 @@ const STALL_UNTIL: u32 = STALL_AFTER + 8 + 5;
 #[exception]
 fn SysTick() {
     let reading = TICKS.load(Ordering::Relaxed) + 1;
-    if READINGS.try_submit(reading).is_err() || LATEST.submit(reading).is_err() {
+    if READINGS.try_submit(reading).is_err() || LATEST.try_submit(reading).is_err() {
         REFUSED.store(true, Ordering::Relaxed);
     }
     TICKS.store(reading, Ordering::Release);
