@@ -15,8 +15,9 @@
 //! offset that only grows. A subscriber can resume after a position it saw (SSE
 //! `Last-Event-ID`) with [`Start::After`]; a position the store cannot place (another
 //! epoch, such as a server that restarted, or ahead) is told as [`RecvError::Reset`],
-//! never taken as "now". Subscribers are [`Stream`](futures_core::Stream)s of [`Item`]s;
-//! dropping one deregisters it. After [`close`](Store::close), or once the last handle to
+//! never taken as "now". Subscribers have `recv().await`, `try_recv()` and (with `std`)
+//! `recv_blocking()`, and are [`Stream`](futures_core::Stream)s of [`Item`]s; dropping
+//! one deregisters it. After [`close`](Store::close), or once the last handle to
 //! a store is dropped, subscribers receive what is left and then their streams end.
 //! Values are shared (`Arc`), never cloned per subscriber, so `T` needs no `Clone`.
 //!
@@ -25,14 +26,14 @@
 //! runtime tasks, HTTP handlers and Redis-backed stores on top.
 //!
 //! ```
-//! use futures_lite::{future::block_on, StreamExt};
-//! use storecast::{QueueStore, Store};
+//! use futures_lite::future::block_on;
+//! use storecast::QueueStore;
 //!
 //! let store = QueueStore::new(64);
 //! let mut subscriber = store.subscribe();
 //! block_on(async {
 //!     store.submit("hello").await.unwrap();
-//!     let message = subscriber.next().await.unwrap().unwrap();
+//!     let message = subscriber.recv().await.unwrap();
 //!     assert_eq!((*message, message.position().offset()), ("hello", 1));
 //! });
 //! ```
@@ -45,7 +46,7 @@
 //! | `alloc` only | [`DataStore`], [`QueueStore`] (values shared in `Arc`s), the [`Store`] trait; `#![no_std]` with a global allocator | kernels, embedded with a heap |
 //! | neither | [`fixed::DataStore`], [`fixed::QueueStore`]: capacity and subscriber limit as const generics, `const fn new()` for a `static`, values cloned into each subscriber, a lock of your choice ([`fixed::RawMutex`]); no allocator at all | microcontrollers: Cortex-M0/M0+, M3, M4F, RISC-V 32 |
 //! | `critical-section` | `fixed::CriticalSectionRawMutex`, for stores that interrupt handlers submit to | interrupts |
-//! | `sink` | [`sink::StoreSink`]: a store as a `futures_sink::Sink`, for `stream.forward(sink)` | feeding a store from a stream |
+//! | `sink` | `sink::StoreSink`: a store as a `futures_sink::Sink`, for `stream.forward(sink)` | feeding a store from a stream |
 //! | `conformance` | `storecast::conformance`: the executor-agnostic checks any store must pass | testing a store |
 //!
 //! Positions, [`Start`], [`Overflow`], closing and the errors are the same in every row.
@@ -54,7 +55,8 @@
 //! Without `std` the heap stores' locks spin, and so does a fixed store's default lock
 //! (a critical section where the target has no compare-and-swap); a fixed store that an
 //! interrupt handler submits to names `CriticalSectionRawMutex` (see [`fixed`]). Every
-//! critical section is a few assignments and a clone, never user callbacks.
+//! critical section is a few assignments and a clone, never user callbacks (but for the
+//! closure of `DataStore::submit_modify`, which runs under the submitters' lock).
 //! `ci/no-std.sh` links and runs a no-allocator binary and an alloc-only one, and
 //! `ci/embedded.sh` builds the core for four microcontroller targets and runs a program
 //! whose interrupt handler feeds static stores in QEMU, on every CI run.

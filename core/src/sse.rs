@@ -433,7 +433,7 @@ pub fn resume_from(last_event_id: Option<&str>) -> (crate::Start, Option<crate::
 /// use storecast::{sse, DataStore, RecvError, ResetReason};
 ///
 /// let store = DataStore::new();
-/// store.submit("current").unwrap();
+/// store.try_submit("current").unwrap();
 /// let mut client = sse::subscribe(&store, Some("garbage"));
 /// block_on(async {
 ///     let reset = RecvError::Reset { reason: ResetReason::Unreadable };

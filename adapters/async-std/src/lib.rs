@@ -18,7 +18,7 @@
 //!
 //! # async_std::task::block_on(async {
 //! let numbers = DataStore::new();
-//! numbers.submit(String::from("42")).unwrap();
+//! numbers.try_submit(String::from("42")).unwrap();
 //! let source = EventSource::new(numbers);
 //! let listener = async_std::net::TcpListener::bind("127.0.0.1:8000").await?;
 //! serve(listener, move |request| {

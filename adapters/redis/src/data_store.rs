@@ -81,7 +81,7 @@ return redis.call('PUBLISH', ARGV[1], ARGV[2])
 /// // The channel `tornadose`, as Tornadose names it.
 /// let store: RedisStore<String> = RedisStore::connect("redis://127.0.0.1:6379").await?;
 /// let mut subscriber = store.subscribe();
-/// store.submit("from this process".to_string())?;
+/// store.try_submit("from this process".to_string())?;
 /// // `redis-cli PUBLISH tornadose "from elsewhere"` arrives here too.
 /// while let Some(Ok(message)) = subscriber.next().await {
 ///     println!("{} at {}", *message, message.position());

@@ -43,7 +43,7 @@
 //! let queue = redis.queue_store::<String>("jobs", QueueOptions::default()).await?;
 //!
 //! let mut subscriber = latest.subscribe();
-//! latest.submit("hello".to_string())?;
+//! latest.try_submit("hello".to_string())?;
 //! assert_eq!(*subscriber.next().await.unwrap()?, "hello");
 //! queue.submit("job 1".to_string()).await?;
 //! # Ok(()) }
