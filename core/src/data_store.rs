@@ -188,11 +188,18 @@ impl<T> DataStore<T> {
     /// Makes an already shared value the current value; see
     /// [`try_submit`](DataStore::try_submit).
     pub fn try_submit_arc(&self, value: Arc<T>) -> Result<Position, TrySubmitError<Arc<T>>> {
-        let mut value = Some(value);
-        match self.submit_with(|_| value.take()) {
-            Ok(position) => Ok(position.expect("a value was given")),
-            Err(()) => Err(TrySubmitError::Closed(value.take().expect("never taken"))),
-        }
+        let shared = &*self.shared;
+        let (position, replaced, parked) = {
+            let _submitting = shared.submitting.lock();
+            // Checked under the lock so that no submit lands after `close` has woken
+            // everyone for the last time.
+            if shared.closed.load(Ordering::Relaxed) {
+                return Err(TrySubmitError::Closed(value));
+            }
+            shared.publish(value)
+        };
+        shared.published(replaced, parked);
+        Ok(position)
     }
 
     /// Replaces the current value with one made from it, atomically: no other submit
@@ -276,28 +283,18 @@ impl<T> DataStore<T> {
         let shared = &*self.shared;
         let (position, replaced, parked) = {
             let _submitting = shared.submitting.lock();
-            // Checked under the lock so that no submit lands after `close` has woken
-            // everyone for the last time.
             if shared.closed.load(Ordering::Relaxed) {
                 return Err(());
             }
+            // Read under the lock: no other submit can come between this read and ours.
             let current = shared.load();
             let Some(value) = make(current.as_deref()) else {
                 return Ok(None);
             };
             drop(current);
-            let position = Position::new(shared.epoch, shared.position.load() + 1);
-            let replaced = shared.current.write_guarded(position.offset(), value);
-            // Published after the value is in place: a subscriber that sees the new
-            // position finds a value at least this new.
-            let parked = shared.position.publish(position.offset());
-            (position, replaced, parked)
+            shared.publish(value)
         };
-        // The old value's destructor runs outside the lock.
-        drop(replaced);
-        if parked {
-            shared.wakers.wake_all();
-        }
+        shared.published(replaced, parked);
         Ok(Some(position))
     }
 
@@ -541,6 +538,26 @@ impl<T> DataSubscriber<T> {
 }
 
 impl<T> Shared<T> {
+    /// Makes `value` the current value; called under `submitting`, on an open store.
+    /// Returns its position, the value it replaced and whether anyone is parked.
+    fn publish(&self, value: Arc<T>) -> (Position, Option<Arc<T>>, bool) {
+        let position = Position::new(self.epoch, self.position.load() + 1);
+        let replaced = self.current.write_guarded(position.offset(), value);
+        // Published after the value is in place: a subscriber that sees the new
+        // position finds a value at least this new.
+        let parked = self.position.publish(position.offset());
+        (position, replaced, parked)
+    }
+
+    /// After `publish`, outside the lock: the old value's destructor runs, and parked
+    /// subscribers wake.
+    fn published(&self, replaced: Option<Arc<T>>, parked: bool) {
+        drop(replaced);
+        if parked {
+            self.wakers.wake_all();
+        }
+    }
+
     /// The current value, if any.
     fn load(&self) -> Option<Message<T>> {
         loop {
