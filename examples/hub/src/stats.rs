@@ -71,7 +71,8 @@ impl Snapshots {
                 .event(EVENT)
                 .expect("a fixed event type")
                 .encode_into(&mut event);
-            self.frames.send_replace(Frame::Snapshot(Bytes::from(event)));
+            self.frames
+                .send_replace(Frame::Snapshot(Bytes::from(event)));
         }
     }
 

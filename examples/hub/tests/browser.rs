@@ -227,7 +227,11 @@ async fn topic_rows(session: &str) -> Vec<TopicRow> {
 }
 
 /// Waits until the topic list satisfies `ok`; returns it.
-async fn wait_for_rows(session: &str, what: &str, ok: impl Fn(&[TopicRow]) -> bool) -> Vec<TopicRow> {
+async fn wait_for_rows(
+    session: &str,
+    what: &str,
+    ok: impl Fn(&[TopicRow]) -> bool,
+) -> Vec<TopicRow> {
     let mut rows = Vec::new();
     for _ in 0..100 {
         rows = topic_rows(session).await;
@@ -264,7 +268,11 @@ async fn log_entries(session: &str) -> Vec<LogEntry> {
 }
 
 /// Waits until the log satisfies `ok`; returns it.
-async fn wait_for_log(session: &str, what: &str, ok: impl Fn(&[LogEntry]) -> bool) -> Vec<LogEntry> {
+async fn wait_for_log(
+    session: &str,
+    what: &str,
+    ok: impl Fn(&[LogEntry]) -> bool,
+) -> Vec<LogEntry> {
     let mut entries = Vec::new();
     for _ in 0..100 {
         entries = log_entries(session).await;
@@ -339,7 +347,10 @@ async fn the_page_lists_topics_live_and_shows_history_live_messages_and_lag() {
     let kinds: Vec<_> = rows.iter().map(|r| r.kind.as_str()).collect();
     assert_eq!(kinds, ["queue", "latest", "queue"]);
     assert_eq!((rows[0].messages, rows[1].messages), (12, 1));
-    assert!(rows.iter().all(|r| r.subscribers == 0 && r.lagged == 0), "{rows:?}");
+    assert!(
+        rows.iter().all(|r| r.subscribers == 0 && r.lagged == 0),
+        "{rows:?}"
+    );
     let seen = rows[2].messages;
     assert!(seen > 0, "{rows:?}");
     let rows = wait_for_rows(&session, "ticks counting up at a rate", |rows| {

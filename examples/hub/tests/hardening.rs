@@ -355,7 +355,11 @@ async fn stats_need_the_metrics_token_and_stream_each_topic_s_counts() {
     let hub = Hub::start(&["--metrics-token", "look", "--latest", "prices"]);
     let refused = client().get(hub.url("/stats")).send().await.unwrap();
     assert_eq!(refused.status(), 401);
-    let wrong = client().get(hub.url("/stats?token=guess")).send().await.unwrap();
+    let wrong = client()
+        .get(hub.url("/stats?token=guess"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(wrong.status(), 401);
     for n in 1..=3 {
         hub.published("orders", &format!("order {n}")).await;
@@ -376,7 +380,10 @@ async fn stats_need_the_metrics_token_and_stream_each_topic_s_counts() {
         (&"queue".into(), &3.into(), &3.into())
     );
     let prices = list.iter().find(|t| t["name"] == "prices").unwrap();
-    assert_eq!((&prices["kind"], &prices["messages"]), (&"latest".into(), &1.into()));
+    assert_eq!(
+        (&prices["kind"], &prices["messages"]),
+        (&"latest".into(), &1.into())
+    );
 
     // A second a snapshot, never faster, with the counts as they grow.
     hub.published("orders", "order 4").await;
