@@ -156,24 +156,40 @@ async fn run(session: &str, script: &str) -> Value {
 
 /// Clicks the element `css` finds, as a user would (WebDriver's own click).
 async fn click(session: &str, css: &str) {
-    let element = call(
-        reqwest::Method::POST,
-        format!("{session}/element"),
-        Some(json!({ "using": "css selector", "value": css })),
-    )
-    .await;
-    let id = element
-        .as_object()
-        .and_then(|o| o.values().next())
-        .and_then(Value::as_str)
-        .expect("an element reference")
-        .to_owned();
+    let id = element(session, css).await;
     call(
         reqwest::Method::POST,
         format!("{session}/element/{id}/click"),
         Some(json!({})),
     )
     .await;
+}
+
+/// Focuses the element `css` finds and presses Enter there, as a keyboard user would.
+async fn press_enter(session: &str, css: &str) {
+    let id = element(session, css).await;
+    call(
+        reqwest::Method::POST,
+        format!("{session}/element/{id}/value"),
+        Some(json!({ "text": "\u{E007}" })),
+    )
+    .await;
+}
+
+/// The WebDriver reference of the element `css` finds.
+async fn element(session: &str, css: &str) -> String {
+    let element = call(
+        reqwest::Method::POST,
+        format!("{session}/element"),
+        Some(json!({ "using": "css selector", "value": css })),
+    )
+    .await;
+    element
+        .as_object()
+        .and_then(|o| o.values().next())
+        .and_then(Value::as_str)
+        .expect("an element reference")
+        .to_owned()
 }
 
 /// Sets the browser window's size in CSS pixels.
@@ -361,8 +377,9 @@ async fn the_page_lists_topics_live_and_shows_history_live_messages_and_lag() {
     assert!(rows[2].rate <= 30.0, "{rows:?}");
     assert_eq!(rows[0].rate, 0.0, "{rows:?}");
 
-    // Opening a topic: what it retains first, newest at the top, with ids and times.
-    click(&session, "tr[data-topic='orders'] button").await;
+    // Opening a topic (from the keyboard): what it retains first, newest at the top, with
+    // ids and times.
+    press_enter(&session, "tr[data-topic='orders'] button").await;
     wait_for_text(
         &session,
         "return document.getElementById('status').dataset.state",
@@ -394,6 +411,16 @@ async fn the_page_lists_topics_live_and_shows_history_live_messages_and_lag() {
         rows.first().is_some_and(|r| r.subscribers == 1)
     })
     .await;
+    // The list's updates leave the keyboard's focus where it was.
+    assert_eq!(
+        run(
+            &session,
+            "const focused = document.activeElement; \
+             return focused.closest('tr')?.dataset.topic ?? focused.tagName"
+        )
+        .await,
+        "orders"
+    );
 
     // Resuming from an order no longer kept: the hub says how many were missed, and the
     // page shows that as a lag report, not as a message.
@@ -497,6 +524,29 @@ async fn the_page_shows_published_messages_live_and_publishes_itself() {
         "{:?}",
         entries[0]
     );
+
+    // The hub goes away: the page says it is trying again, as its EventSources do.
+    drop(hub);
+    for state in ["status", "hub-state"] {
+        wait_for_text(
+            &session,
+            &format!(
+                "const e = document.getElementById('{state}'); \
+                 return e.dataset.state + ': ' + e.textContent"
+            ),
+            "connecting: ",
+        )
+        .await;
+        let shown = run(
+            &session,
+            &format!("return document.getElementById('{state}').textContent"),
+        )
+        .await;
+        assert!(
+            shown.as_str().unwrap().contains("reconnecting"),
+            "{state}: {shown}"
+        );
+    }
 
     call(reqwest::Method::DELETE, session, None).await;
     let _ = std::fs::remove_dir_all(profile);
