@@ -346,7 +346,7 @@ async fn the_page_lists_topics_live_and_shows_history_live_messages_and_lag() {
     call(
         reqwest::Method::POST,
         format!("{session}/url"),
-        Some(json!({ "url": hub.url("/") })),
+        Some(json!({ "url": hub.url("/?topic=prices") })),
     )
     .await;
     wait_for_text(
@@ -363,9 +363,17 @@ async fn the_page_lists_topics_live_and_shows_history_live_messages_and_lag() {
     let kinds: Vec<_> = rows.iter().map(|r| r.kind.as_str()).collect();
     assert_eq!(kinds, ["queue", "latest", "queue"]);
     assert_eq!((rows[0].messages, rows[1].messages), (12, 1));
-    assert!(
-        rows.iter().all(|r| r.subscribers == 0 && r.lagged == 0),
-        "{rows:?}"
+    assert!(rows.iter().all(|r| r.lagged == 0), "{rows:?}");
+    // The page itself listens to the topic it opened first, a latest-value topic: it
+    // shows its current value.
+    wait_for_rows(&session, "the page subscribed to prices", |rows| {
+        rows.iter().map(|r| r.subscribers).collect::<Vec<_>>() == [0, 1, 0]
+    })
+    .await;
+    let entries = wait_for_log(&session, "the current price", |e| e.len() == 1).await;
+    assert_eq!(
+        (entries[0].text.as_str(), entries[0].meta[2].as_str()),
+        ("EUR/USD 1.0832", "retained")
     );
     let seen = rows[2].messages;
     assert!(seen > 0, "{rows:?}");
