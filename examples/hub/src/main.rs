@@ -10,6 +10,7 @@ mod config;
 mod metrics;
 mod routes;
 mod server;
+mod stats;
 mod topics;
 
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use tracing_subscriber::EnvFilter;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::routes::Hub;
+use crate::stats::Snapshots;
 use crate::topics::Topics;
 
 #[tokio::main]
@@ -71,6 +73,7 @@ async fn main() -> std::process::ExitCode {
         topics: Topics::new(config.clone(), Arc::clone(&metrics), redis),
         config,
         metrics,
+        stats: Snapshots::default(),
     });
     // Printed on stdout (logs go to stderr) so that scripts and tests can find the port.
     println!("listening on http://{address}");
@@ -95,6 +98,14 @@ async fn main() -> std::process::ExitCode {
             }
         }
     });
+    // One snapshot a second for every `/stats` stream, taken only while one listens.
+    let snapshots = Arc::clone(&hub);
+    tokio::spawn(async move {
+        let hub = &*snapshots;
+        hub.stats
+            .run(&hub.topics, &hub.metrics, routes::TOPIC_SERIES)
+            .await;
+    });
     let app = routes::router(Arc::clone(&hub));
     let closing = Arc::clone(&hub);
     server::serve(
@@ -108,7 +119,10 @@ async fn main() -> std::process::ExitCode {
             tracing::info!("shutting down: ending every stream");
         },
         // Subscribers get what is left, then their streams end, so connections close.
-        move || closing.topics.close_all(),
+        move || {
+            closing.topics.close_all();
+            closing.stats.close();
+        },
     )
     .await;
     tracing::info!("stopped");

@@ -12,15 +12,17 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
-use storecast::{Store, SubmitError};
+use storecast::{Start, Store, SubmitError};
 use storecast_tokio::{EventSource, WebSocketSubscriber, last_event_id};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::stats::Snapshots;
 use crate::topics::{HubMessage, Topic, TopicError, Topics};
 
-/// How many topics `/metrics` shows series for (those with the most subscribers).
-const TOPIC_SERIES: usize = 100;
+/// How many topics `/metrics` and `/stats` show figures for (those with the most
+/// subscribers).
+pub const TOPIC_SERIES: usize = 100;
 
 /// What every handler shares.
 #[derive(Debug)]
@@ -28,6 +30,8 @@ pub struct Hub {
     pub config: Config,
     pub topics: Topics,
     pub metrics: Arc<Metrics>,
+    /// What `/stats` streams send.
+    pub stats: Snapshots,
 }
 
 type Shared = State<Arc<Hub>>;
@@ -38,6 +42,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/", get(page))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
+        .route("/stats", get(stats))
         .route("/publish/{topic}", post(publish))
         .route("/events/{topic}", get(events))
         .route("/ws/{topic}", get(websocket))
@@ -88,6 +93,9 @@ struct Params {
     token: Option<String>,
     #[serde(rename = "lastEventId")]
     last_event_id: Option<String>,
+    /// Where a new SSE subscriber starts: `oldest` (the oldest retained message) or
+    /// `now` (the default).
+    from: Option<String>,
 }
 
 /// Whether the request carries `expected`: as `Authorization: Bearer TOKEN` (the scheme in
@@ -309,6 +317,16 @@ async fn events(
         }
         return response;
     }
+    let oldest = match params.from.as_deref() {
+        None | Some("now") => false,
+        Some("oldest") => true,
+        Some(other) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!("from={other:?}: use from=oldest (what the topic retains) or from=now"),
+            );
+        }
+    };
     let topic = match admit(&hub, &headers, &params, &name).await {
         Ok(topic) => topic,
         Err(refusal) => return refusal.into_response(),
@@ -317,7 +335,11 @@ async fn events(
     if let Some(retry) = hub.config.retry_ms {
         source = source.retry(std::time::Duration::from_millis(retry));
     }
-    source.respond(last_event_id(&headers, params.last_event_id.as_deref()))
+    match last_event_id(&headers, params.last_event_id.as_deref()) {
+        // A reconnecting client resumes where it was, whatever it first asked for.
+        None if oldest => source.stream_from(Start::Oldest),
+        resume => source.respond(resume),
+    }
 }
 
 async fn websocket(
@@ -350,6 +372,15 @@ async fn metrics(State(hub): Shared, Query(params): Query<Params>, headers: Head
             .render(hub.topics.len(), &hub.topics.stats(TOPIC_SERIES)),
     )
         .into_response()
+}
+
+/// The hub's figures as SSE, a snapshot a second (see [`crate::stats`]); guarded like
+/// `/metrics`.
+async fn stats(State(hub): Shared, Query(params): Query<Params>, headers: HeaderMap) -> Response {
+    if !authorized(&hub.config.metrics_token, &headers, &params) {
+        return unauthorized("read the stats").into_response();
+    }
+    hub.stats.respond()
 }
 
 async fn not_found(method: Method, uri: axum::http::Uri) -> Response {

@@ -76,11 +76,19 @@ impl Codec for HubMessage {
 
 const EVENT_LINE: &str = "event: ";
 
-/// A topic's figures for `/metrics`.
+/// A topic's figures for `/metrics` and `/stats`.
 #[derive(Debug)]
 pub struct TopicStats {
     pub name: String,
+    /// Whether it is a latest-value topic (else a queue).
+    pub latest: bool,
     pub subscribers: usize,
+    /// Messages published to it through this hub.
+    pub messages: u64,
+    /// The offset of the newest message published through this hub (0: none yet).
+    pub last_offset: u64,
+    /// Lag reports its subscribers were sent (`lagged`, `fell-behind`).
+    pub lagged: u64,
     /// On Redis: whether its connection is up, and how often its subscription was lost.
     pub redis: Option<(bool, u64)>,
 }
@@ -203,6 +211,7 @@ impl Topics {
         let topic = Topic {
             kind,
             metrics: Arc::clone(&self.metrics),
+            counts: Arc::default(),
             last_used: Arc::new(AtomicU64::new(now())),
             retained: Arc::new(Mutex::new(Retained {
                 sizes: VecDeque::new(),
@@ -268,7 +277,11 @@ impl Topics {
             .into_iter()
             .map(|(subscribers, name, topic)| TopicStats {
                 name,
+                latest: matches!(topic.kind, Kind::Latest(_) | Kind::RedisLatest(_)),
                 subscribers,
+                messages: topic.counts.messages.load(Ordering::Relaxed),
+                last_offset: topic.counts.last_offset.load(Ordering::Relaxed),
+                lagged: topic.counts.lagged.load(Ordering::Relaxed),
                 redis: topic.redis_status(),
             })
             .collect();
@@ -309,10 +322,24 @@ impl Topic {
 pub struct Topic {
     kind: Kind,
     metrics: Arc<Metrics>,
+    /// Its own counters, for `/stats`.
+    counts: Arc<TopicCounts>,
     /// When it was last asked for (a publish or a subscription), in the hub's clock.
     last_used: Arc<AtomicU64>,
     /// The sizes of the messages it retains, for the hub's memory budget.
     retained: Arc<Mutex<Retained>>,
+}
+
+/// A topic's own counters: a few relaxed atomics, so that `/stats` costs publishers
+/// nothing they would notice.
+#[derive(Debug, Default)]
+struct TopicCounts {
+    /// Messages published through this hub (rates are derived from it).
+    messages: AtomicU64,
+    /// The offset of the newest of them.
+    last_offset: AtomicU64,
+    /// Lag reports sent to its subscribers.
+    lagged: AtomicU64,
 }
 
 /// What a topic retains, as the memory budget counts it: the bodies of the last
@@ -409,8 +436,12 @@ impl Store for Topic {
             Kind::RedisLatest(store) => store.submit(value).await,
             Kind::RedisQueue(store) => store.submit(value).await,
         };
-        if submitted.is_ok() {
+        if let Ok(position) = &submitted {
             self.metrics.messages_in.fetch_add(1, Ordering::Relaxed);
+            self.counts.messages.fetch_add(1, Ordering::Relaxed);
+            self.counts
+                .last_offset
+                .fetch_max(position.offset(), Ordering::Relaxed);
         }
         submitted
     }
@@ -434,6 +465,7 @@ impl Store for Topic {
                 Kind::RedisQueue(store) => Inner::RedisQueue(store.subscribe_from(start)),
             },
             metrics: Arc::clone(&self.metrics),
+            counts: Arc::clone(&self.counts),
             last_used: Arc::clone(&self.last_used),
         }
     }
@@ -486,6 +518,8 @@ enum Inner {
 pub struct TopicSubscriber {
     inner: Inner,
     metrics: Arc<Metrics>,
+    /// Its topic's counters, where its lag reports count.
+    counts: Arc<TopicCounts>,
     /// Its topic's last use, which its leaving renews.
     last_used: Arc<AtomicU64>,
 }
@@ -506,10 +540,14 @@ impl Stream for TopicSubscriber {
                 Ok(_) => &this.metrics.messages_out,
                 Err(RecvError::Lagged { missed }) => {
                     this.metrics.dropped.fetch_add(*missed, Ordering::Relaxed);
+                    this.counts.lagged.fetch_add(1, Ordering::Relaxed);
                     &this.metrics.lagged
                 }
                 Err(RecvError::Reset { .. }) => &this.metrics.resets,
-                Err(_) => &this.metrics.lagged,
+                Err(_) => {
+                    this.counts.lagged.fetch_add(1, Ordering::Relaxed);
+                    &this.metrics.lagged
+                }
             };
             counter.fetch_add(1, Ordering::Relaxed);
         }

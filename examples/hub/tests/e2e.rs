@@ -84,6 +84,30 @@ async fn sse_resumes_after_last_event_id_from_header_or_query() {
 }
 
 #[tokio::test]
+async fn a_new_subscriber_can_start_from_the_oldest_retained_message() {
+    let hub = Hub::start(&["--queue-capacity", "4"]);
+    let mut ids = Vec::new();
+    for n in 1..=6 {
+        ids.push(hub.published("kept", &format!("m{n}")).await);
+    }
+    let mut oldest = hub.events("/events/kept?from=oldest", &[]).await;
+    for n in 3..=6 {
+        assert_eq!(oldest.next().await.data, format!("m{n}"));
+    }
+    // A reconnecting EventSource keeps the URL and adds its Last-Event-ID: it resumes.
+    let mut resumed = hub
+        .events("/events/kept?from=oldest", &[("Last-Event-ID", &ids[4])])
+        .await;
+    assert_eq!(resumed.next().await.data, "m6");
+    let unknown = client()
+        .get(hub.url("/events/kept?from=yesterday"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 400);
+}
+
+#[tokio::test]
 async fn resuming_from_a_position_no_longer_retained_is_told_then_continues() {
     let hub = Hub::start(&["--queue-capacity", "4"]);
     let mut ids = Vec::new();
@@ -422,8 +446,10 @@ async fn a_client_that_stops_reading_slows_nobody_and_is_told_what_it_missed() {
 async fn shutting_down_ends_every_stream_and_exits_cleanly() {
     let mut hub = Hub::start(&[]);
     let mut sse = hub.events("/events/bye", &[]).await;
+    let mut stats = hub.events("/stats", &[]).await;
     hub.published("bye", "last words").await;
     assert_eq!(sse.next().await.data, "last words");
+    assert_eq!(stats.next().await.event, "stats");
     let killed = std::process::Command::new("kill")
         .args(["-TERM", &hub.child.id().to_string()])
         .status()
@@ -432,6 +458,10 @@ async fn shutting_down_ends_every_stream_and_exits_cleanly() {
     assert!(
         sse.ends(Duration::from_secs(10)).await,
         "the stream did not end on shutdown"
+    );
+    assert!(
+        stats.ends(Duration::from_secs(10)).await,
+        "the stats stream did not end on shutdown"
     );
     let status = hub.child.wait().unwrap();
     assert!(status.success(), "the hub exited with {status}");

@@ -349,3 +349,57 @@ async fn an_upgraded_websocket_still_counts_as_a_socket() {
     // The WebSocket, and the connection asking for the metrics.
     assert_eq!(metric(&hub, "storecast_sockets").await, 2);
 }
+
+#[tokio::test]
+async fn stats_need_the_metrics_token_and_stream_each_topic_s_counts() {
+    let hub = Hub::start(&["--metrics-token", "look", "--latest", "prices"]);
+    let refused = client().get(hub.url("/stats")).send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+    let wrong = client()
+        .get(hub.url("/stats?token=guess"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    for n in 1..=3 {
+        hub.published("orders", &format!("order {n}")).await;
+    }
+    hub.published("prices", "1.25").await;
+
+    // An EventSource cannot send headers: the token goes in the query.
+    let mut stats = hub.events("/stats?token=look", &[]).await;
+    let first = stats.next().await;
+    assert_eq!(first.event, "stats");
+    let snapshot: serde_json::Value = serde_json::from_str(&first.data).unwrap();
+    assert_eq!(snapshot["topics"], 2);
+    assert_eq!(snapshot["messages_in"], 4);
+    let list = snapshot["list"].as_array().unwrap();
+    let orders = list.iter().find(|t| t["name"] == "orders").unwrap();
+    assert_eq!(
+        (&orders["kind"], &orders["messages"], &orders["last"]),
+        (&"queue".into(), &3.into(), &3.into())
+    );
+    let prices = list.iter().find(|t| t["name"] == "prices").unwrap();
+    assert_eq!(
+        (&prices["kind"], &prices["messages"]),
+        (&"latest".into(), &1.into())
+    );
+
+    // A second a snapshot, never faster, with the counts as they grow.
+    hub.published("orders", "order 4").await;
+    let mut last = snapshot;
+    for _ in 0..3 {
+        let next: serde_json::Value = serde_json::from_str(&stats.next().await.data).unwrap();
+        assert!(
+            next["time"].as_u64().unwrap() >= last["time"].as_u64().unwrap() + 900,
+            "snapshots are a second apart: {last} then {next}"
+        );
+        let orders = &next["list"].as_array().unwrap()[0];
+        assert_eq!(orders["name"], "orders", "{next}");
+        if orders["messages"] == 4 {
+            return;
+        }
+        last = next;
+    }
+    panic!("the count never grew to 4: {last}");
+}
