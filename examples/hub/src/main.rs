@@ -7,6 +7,7 @@
 //! ```
 
 mod config;
+mod direct_sse;
 mod metrics;
 mod routes;
 mod server;
@@ -108,9 +109,11 @@ async fn main() -> std::process::ExitCode {
     });
     let app = routes::router(Arc::clone(&hub));
     let closing = Arc::clone(&hub);
+    let direct = (!hub.config.no_direct_sse).then(|| Arc::clone(&hub));
     server::serve(
         listener,
         app,
+        direct,
         hub.config.timeouts(),
         Arc::clone(&hub.metrics),
         max_sockets,

@@ -88,20 +88,21 @@ impl IntoResponse for Refusal {
     }
 }
 
+/// The query parameters the hub reads.
 #[derive(Debug, Default, Deserialize)]
-struct Params {
-    token: Option<String>,
+pub struct Params {
+    pub token: Option<String>,
     #[serde(rename = "lastEventId")]
-    last_event_id: Option<String>,
+    pub last_event_id: Option<String>,
     /// Where a new SSE subscriber starts: `oldest` (the oldest retained message) or
     /// `now` (the default).
-    from: Option<String>,
+    pub from: Option<String>,
 }
 
 /// Whether the request carries `expected`: as `Authorization: Bearer TOKEN` (the scheme in
 /// any case), or, only when there is no `Authorization` header at all, as `?token=` (for
 /// clients that cannot set headers). No token configured means anyone may.
-fn authorized(expected: &Option<String>, headers: &HeaderMap, params: &Params) -> bool {
+pub fn authorized(expected: &Option<String>, headers: &HeaderMap, params: &Params) -> bool {
     let Some(expected) = expected else {
         return true;
     };
@@ -213,7 +214,7 @@ async fn publish(
     let Ok(reservation) = topic.reserve(size, hub.config.max_retained_bytes) else {
         return over_budget(&hub);
     };
-    let submitted = topic.submit(HubMessage { event, data }).await;
+    let submitted = topic.submit(HubMessage::new(event, data)).await;
     if submitted.is_err() {
         topic.unreserve(reservation);
     }
@@ -399,17 +400,7 @@ async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
 /// internet should list its origins.)
 async fn cors_and_accounting(State(hub): Shared, request: Request, next: Next) -> Response {
     let origin = request.headers().get(header::ORIGIN).cloned();
-    let origins = &hub.config.cors_origins;
-    let allowed = origin.as_ref().and_then(|origin| {
-        let origin_str = origin.to_str().ok()?;
-        if origins.iter().any(|o| o == "*") {
-            Some(HeaderValue::from_static("*"))
-        } else if origins.iter().any(|o| o == origin_str) {
-            Some(origin.clone())
-        } else {
-            None
-        }
-    });
+    let allowed = allowed_origin(&hub.config.cors_origins, origin.as_ref());
     let acts = request.method() == Method::POST
         || request
             .headers()
@@ -463,6 +454,20 @@ async fn cors_and_accounting(State(hub): Shared, request: Request, next: Next) -
         tracing::debug!(status = %response.status(), "request refused");
     }
     response
+}
+
+/// The `Access-Control-Allow-Origin` a request from `origin` gets, if it is one of
+/// `origins` (`*`: any).
+pub fn allowed_origin(origins: &[String], origin: Option<&HeaderValue>) -> Option<HeaderValue> {
+    let origin = origin?;
+    let origin_str = origin.to_str().ok()?;
+    if origins.iter().any(|o| o == "*") {
+        Some(HeaderValue::from_static("*"))
+    } else if origins.iter().any(|o| o == origin_str) {
+        Some(origin.clone())
+    } else {
+        None
+    }
 }
 
 /// Whether `origin` is the hub itself (its own page): the `Host` the request was sent to.

@@ -19,7 +19,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Sleep;
 
+use crate::direct_sse::{self, Replay, Served};
 use crate::metrics::Metrics;
+use crate::routes::Hub;
 
 /// The clocks of [`serve`].
 #[derive(Debug, Clone, Copy)]
@@ -35,10 +37,13 @@ pub struct Timeouts {
 
 /// Serves `app` on `listener` until `shutdown` resolves; then stops accepting, asks every
 /// connection to finish (`closing` should end the streams), and returns once they are all
-/// closed or `timeouts.shutdown` has passed.
+/// closed or `timeouts.shutdown` has passed. With `direct`, SSE subscriptions are served
+/// on the socket rather than by `app` (see [`direct_sse`]).
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     listener: TcpListener,
     app: Router,
+    direct: Option<Arc<Hub>>,
     timeouts: Timeouts,
     metrics: Arc<Metrics>,
     max_sockets: usize,
@@ -73,43 +78,37 @@ pub async fn serve(
             tokio::spawn(refuse(stream, guard));
             continue;
         }
-        let service = TowerToHyperService::new(app.clone());
-        // The socket carries its count and its share of the shutdown wait with it, also
-        // into a WebSocket that outlives the HTTP connection it was upgraded from.
-        let io = TokioIo::new(WriteTimeout {
-            inner: stream,
-            limit: timeouts.write,
-            stalled: None,
-            metrics: Arc::clone(&metrics),
-            _counted: (guard, open_tx.clone()),
-        });
+        let app = app.clone();
+        let direct = direct.clone();
+        let counted = (guard, open_tx.clone());
         let mut stop = stop_rx.clone();
         let metrics = Arc::clone(&metrics);
         tokio::spawn(async move {
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(timeouts.head)
-                .serve_connection(io, service)
-                .with_upgrades();
-            let mut connection = std::pin::pin!(connection);
-            let mut stopping = false;
-            loop {
-                tokio::select! {
-                    served = connection.as_mut() => {
-                        if let Err(e) = served {
-                            if e.is_timeout() {
-                                metrics.head_timeouts.fetch_add(1, Ordering::Relaxed);
-                            }
-                            tracing::debug!("connection ended: {e}");
-                        }
-                        break;
-                    }
-                    _ = stop.changed(), if !stopping => {
-                        stopping = true;
-                        connection.as_mut().graceful_shutdown();
+            let read = match &direct {
+                Some(hub) => {
+                    let served =
+                        direct_sse::serve(hub, &stream, timeouts.head, timeouts.write, &mut stop);
+                    match served.await {
+                        Served::Done => return,
+                        Served::Elsewhere(read) => read,
                     }
                 }
-            }
+                None => Vec::new(),
+            };
+            // The socket carries its count and its share of the shutdown wait with it,
+            // also into a WebSocket that outlives the HTTP connection it was upgraded from.
+            let io = Replay::new(
+                read,
+                WriteTimeout {
+                    inner: stream,
+                    limit: timeouts.write,
+                    stalled: None,
+                    metrics: Arc::clone(&metrics),
+                    _counted: counted,
+                },
+            );
+            // Boxed: a connection served directly never holds room for hyper's state.
+            Box::pin(serve_http(io, app, timeouts.head, metrics, stop)).await;
         });
     }
     drop(listener);
@@ -131,6 +130,41 @@ pub async fn serve(
             open = metrics.sockets.load(Ordering::Relaxed),
             "connections still open at the shutdown deadline are dropped"
         );
+    }
+}
+
+/// Serves `io` with hyper until the client or `app` ends it, or shutdown (`stop`) finds
+/// it idle.
+async fn serve_http(
+    io: Replay<WriteTimeout>,
+    app: Router,
+    head_timeout: Duration,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<()>,
+) {
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(head_timeout)
+        .serve_connection(TokioIo::new(io), TowerToHyperService::new(app))
+        .with_upgrades();
+    let mut connection = std::pin::pin!(connection);
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            served = connection.as_mut() => {
+                if let Err(e) = served {
+                    if e.is_timeout() {
+                        metrics.head_timeouts.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tracing::debug!("connection ended: {e}");
+                }
+                break;
+            }
+            _ = stop.changed(), if !stopping => {
+                stopping = true;
+                connection.as_mut().graceful_shutdown();
+            }
+        }
     }
 }
 

@@ -4,10 +4,11 @@ use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, RwLock};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use axum::body::Bytes;
 use futures_lite::Stream;
 use storecast::sse::Payload;
 use storecast::{
@@ -27,6 +28,32 @@ use crate::metrics::Metrics;
 pub struct HubMessage {
     pub event: Option<String>,
     pub data: String,
+    /// The message as a framed SSE event at its position, made by the first subscriber
+    /// that sends it and shared by all the others (see [`HubMessage::encoded`]).
+    encoded: OnceLock<(Position, Bytes)>,
+}
+
+impl HubMessage {
+    pub fn new(event: Option<String>, data: String) -> Self {
+        HubMessage {
+            event,
+            data,
+            encoded: OnceLock::new(),
+        }
+    }
+
+    /// The bytes `encode` makes of this message at `position`, made once: a message is
+    /// sent to every subscriber of its topic, and 1,000 subscribers should not format it
+    /// 1,000 times. (A value is only ever at one position; the position is kept anyway,
+    /// so that a store that hands out one value at two could not send a wrong id.)
+    pub fn encoded(&self, position: Position, encode: impl Fn() -> Bytes) -> Bytes {
+        let (at, bytes) = self.encoded.get_or_init(|| (position, encode()));
+        if *at == position {
+            bytes.clone()
+        } else {
+            encode()
+        }
+    }
 }
 
 impl Payload for HubMessage {
@@ -58,18 +85,9 @@ impl Codec for HubMessage {
             .and_then(|rest| rest.split_once('\n'))
             .filter(|(event, _)| !event.is_empty() && !event.contains('\r'));
         Ok(match typed {
-            Some(("message", data)) => HubMessage {
-                event: None,
-                data: data.to_owned(),
-            },
-            Some((event, data)) => HubMessage {
-                event: Some(event.to_owned()),
-                data: data.to_owned(),
-            },
-            None => HubMessage {
-                event: None,
-                data: text.to_owned(),
-            },
+            Some(("message", data)) => HubMessage::new(None, data.to_owned()),
+            Some((event, data)) => HubMessage::new(Some(event.to_owned()), data.to_owned()),
+            None => HubMessage::new(None, text.to_owned()),
         })
     }
 }
@@ -109,6 +127,14 @@ pub enum TopicError {
 fn now() -> u64 {
     static STARTED: LazyLock<Instant> = LazyLock::new(Instant::now);
     STARTED.elapsed().as_millis() as u64
+}
+
+/// Whether `name` can name a topic: 1 to 128 of `A-Z a-z 0-9 . _ -`.
+pub fn valid_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// Every topic of the hub.
@@ -179,11 +205,7 @@ impl Topics {
 
     /// The topic called `name`, created if it is new.
     pub async fn get(&self, name: &str) -> Result<Topic, TopicError> {
-        let valid = (1..=128).contains(&name.len())
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-        if !valid {
+        if !valid_name(name) {
             return Err(TopicError::BadName);
         }
         if let Some(topic) = self.topics.read().expect("topics lock").get(name) {
