@@ -1,25 +1,36 @@
 //! Load benchmark for a running hub (see `ci/load.sh`, which starts one):
 //!
 //! 1. **Idle connections**: opens `--idle` SSE connections, reads the hub's resident memory
-//!    before and after, reports memory per connection, then checks every connection is
-//!    really held by publishing one message and counting who receives it.
+//!    before and after, reports memory per connection (the hub's, and the client's own),
+//!    then publishes `--last` timestamped messages to them, one a second, and reports how
+//!    many connections each reached and how long it took to reach the last of them.
 //! 2. **Fan-out**: opens `--connections` SSE connections and publishes `--rate` 64-byte
 //!    messages per second for `--seconds`; each message carries its send time, so every
 //!    client measures delivery latency. Reports delivered events/s, p50/p99/max latency,
 //!    and how many deliveries were missed (reported as `lagged`).
 //!
-//! The load generator shares the machine with the hub, so the figures include its cost.
+//! On loopback the client's sockets are spread over `--sources` source addresses
+//! (127.0.0.2, 127.0.0.3, ...): one address has some 28,000 ephemeral ports. The load
+//! generator shares the machine with the hub, so the figures include its cost.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::net::{TcpSocket, TcpStream};
 
 struct Options {
     hub: String,
     hub_pid: Option<u32>,
     idle: usize,
+    /// Messages published to the idle connections, one a second, each timed to the last
+    /// client it reaches.
+    last: u64,
+    /// Source addresses the client's sockets are spread over (127.0.0.2, 127.0.0.3, ...),
+    /// each good for some 28,000 ports; 0 for the system's choice.
+    sources: u8,
     connections: usize,
     rate: u64,
     seconds: u64,
@@ -30,6 +41,8 @@ fn options() -> Options {
         hub: "127.0.0.1:8000".into(),
         hub_pid: None,
         idle: 10_000,
+        last: 20,
+        sources: 8,
         connections: 1_000,
         rate: 1_000,
         seconds: 10,
@@ -41,12 +54,15 @@ fn options() -> Options {
             "--hub" => o.hub = value(),
             "--hub-pid" => o.hub_pid = Some(value().parse().expect("a pid")),
             "--idle" => o.idle = value().parse().expect("a count"),
+            "--last" => o.last = value().parse().expect("a count"),
+            "--sources" => o.sources = value().parse().expect("a count up to 250"),
             "--connections" => o.connections = value().parse().expect("a count"),
             "--rate" => o.rate = value().parse().expect("messages per second"),
             "--seconds" => o.seconds = value().parse().expect("seconds"),
             other => panic!(
                 "unknown argument {other:?}; usage: storecast-load --hub ADDR --hub-pid PID \
-                 [--idle N] [--connections N] [--rate MSG_PER_S] [--seconds S]"
+                 [--idle N] [--last N] [--sources N] [--connections N] [--rate MSG_PER_S] \
+                 [--seconds S]"
             ),
         }
     }
@@ -67,9 +83,52 @@ fn unix_nanos() -> u64 {
         .as_nanos() as u64
 }
 
-/// Opens an SSE connection and waits for the response headers.
-async fn subscribe(hub: &str, topic: &str) -> std::io::Result<TcpStream> {
-    let mut stream = TcpStream::connect(hub).await?;
+/// Where connections go, and where they come from.
+#[derive(Clone)]
+struct Target {
+    hub: SocketAddr,
+    /// Source addresses to spread connections over (none: the system's choice).
+    sources: Arc<[IpAddr]>,
+    next: Arc<AtomicUsize>,
+}
+
+impl Target {
+    async fn new(hub: &str, sources: u8) -> Target {
+        let hub = tokio::net::lookup_host(hub)
+            .await
+            .expect("the hub's address resolves")
+            .next()
+            .expect("an address");
+        // One source address has some 28,000 ephemeral ports: more connections to one hub
+        // need more sources, which the loopback range has.
+        let sources: Vec<IpAddr> = if hub.ip().is_loopback() && hub.is_ipv4() {
+            (0..sources).map(|n| Ipv4Addr::new(127, 0, 0, 2 + n).into()).collect()
+        } else {
+            Vec::new()
+        };
+        Target {
+            hub,
+            sources: sources.into(),
+            next: Arc::default(),
+        }
+    }
+
+    async fn connect(&self) -> std::io::Result<TcpStream> {
+        if self.sources.is_empty() {
+            return TcpStream::connect(self.hub).await;
+        }
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let socket = TcpSocket::new_v4()?;
+        socket.set_reuseaddr(true)?;
+        socket.bind(SocketAddr::new(self.sources[n % self.sources.len()], 0))?;
+        socket.connect(self.hub).await
+    }
+}
+
+/// Opens an SSE connection and waits for the response head; returns the stream and
+/// what arrived after the head.
+async fn subscribe(target: &Target, topic: &str) -> std::io::Result<(TcpStream, Vec<u8>)> {
+    let mut stream = target.connect().await?;
     stream
         .write_all(
             format!(
@@ -79,19 +138,23 @@ async fn subscribe(hub: &str, topic: &str) -> std::io::Result<TcpStream> {
         )
         .await?;
     let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if stream.read(&mut byte).await? == 0 {
+    let mut chunk = [0u8; 512];
+    let end = loop {
+        if let Some(at) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
             return Err(std::io::Error::other("closed before the headers"));
         }
-        head.push(byte[0]);
-    }
+        head.extend_from_slice(&chunk[..n]);
+    };
     if !head.starts_with(b"HTTP/1.1 200") {
         return Err(std::io::Error::other(
-            String::from_utf8_lossy(&head).into_owned(),
+            String::from_utf8_lossy(&head[..end]).into_owned(),
         ));
     }
-    Ok(stream)
+    Ok((stream, head.split_off(end)))
 }
 
 /// Reads SSE events from `stream`, calling `each` with every message's `data:` bytes,
@@ -99,18 +162,25 @@ async fn subscribe(hub: &str, topic: &str) -> std::io::Result<TcpStream> {
 /// stream ends. Returns the number of lag reports and of messages they said were missed.
 async fn read_events(
     mut stream: TcpStream,
+    leftover: Vec<u8>,
     mut each: impl FnMut(&[u8]),
     target: u64,
     deadline: tokio::time::Instant,
 ) -> (u64, u64) {
     let mut buffer = vec![0u8; 64 * 1024];
-    let mut pending: Vec<u8> = Vec::new();
+    let mut pending: Vec<u8> = leftover;
     let (mut reports, mut missed, mut received) = (0, 0, 0);
     let mut lag_data_next = false;
+    // What came with the head is parsed before anything is read.
+    let mut parse_first = !pending.is_empty();
     while received + missed < target {
-        let n = match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
-            Ok(Ok(n)) if n > 0 => n,
-            _ => break,
+        let n = if std::mem::take(&mut parse_first) {
+            0
+        } else {
+            match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
+                Ok(Ok(n)) if n > 0 => n,
+                _ => break,
+            }
         };
         pending.extend_from_slice(&buffer[..n]);
         let mut start = 0;
@@ -179,39 +249,25 @@ async fn publish(conn: &mut TcpStream, topic: &str, body: &[u8]) -> std::io::Res
     }
 }
 
-async fn idle_phase(o: &Options) {
+async fn idle_phase(o: &Options, target: &Target) {
     println!("\n## {} idle SSE connections\n", o.idle);
     let before = o.hub_pid.and_then(rss_kib);
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let client_before = rss_kib(std::process::id());
+    let arrivals = Arc::new(Arrivals::new(o.last + 1));
     let mut opened = 0;
     let mut held = Vec::new();
     for chunk in 0..o.idle.div_ceil(500) {
         let batch: Vec<_> = (0..500.min(o.idle - chunk * 500))
             .map(|_| {
-                let hub = o.hub.clone();
-                tokio::spawn(async move { subscribe(&hub, "idle").await })
+                let target = target.clone();
+                tokio::spawn(async move { subscribe(&target, "idle").await })
             })
             .collect();
         for task in batch {
             match task.await.unwrap() {
-                Ok(stream) => {
+                Ok((stream, leftover)) => {
                     opened += 1;
-                    let tx = tx.clone();
-                    held.push(tokio::spawn(async move {
-                        let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
-                        let mut told = false;
-                        read_events(
-                            stream,
-                            |_| {
-                                if !std::mem::replace(&mut told, true) {
-                                    let _ = tx.send(());
-                                }
-                            },
-                            u64::MAX,
-                            deadline,
-                        )
-                        .await;
-                    }));
+                    held.push(tokio::spawn(hold(stream, leftover, Arc::clone(&arrivals))));
                 }
                 Err(e) => eprintln!("connection failed: {e}"),
             }
@@ -219,32 +275,162 @@ async fn idle_phase(o: &Options) {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = o.hub_pid.and_then(rss_kib);
+    let client_after = rss_kib(std::process::id());
     println!("- connections held: {opened} of {}", o.idle);
-    if let (Some(before), Some(after)) = (before, after) {
+    let per_connection = |before: u64, after: u64| {
         let per = (after.saturating_sub(before)) as f64 * 1024.0 / opened.max(1) as f64;
-        println!(
-            "- hub resident memory: {before} KiB before, {after} KiB with them: {per:.0} bytes per connection ({:.2} KiB)",
+        format!(
+            "{before} KiB before, {after} KiB with them: {per:.0} bytes per connection ({:.2} KiB)",
             per / 1024.0
-        );
+        )
+    };
+    if let (Some(before), Some(after)) = (before, after) {
+        println!("- hub resident memory: {}", per_connection(before, after));
     }
-    // Every held connection receives a message published now.
-    let mut conn = TcpStream::connect(&o.hub)
-        .await
-        .expect("publisher connects");
-    publish(&mut conn, "idle", b"ping").await.expect("publish");
-    drop(tx);
-    let mut delivered = 0;
+    if let (Some(before), Some(after)) = (client_before, client_after) {
+        println!("- load client's resident memory: {}", per_connection(before, after));
+    }
+    // Message 0 at once, then one a second: each is timed to the last client it reaches.
+    let mut conn = target.connect().await.expect("publisher connects");
+    conn.set_nodelay(true).expect("TCP_NODELAY");
+    let started = tokio::time::Instant::now();
+    for seq in 0..=o.last {
+        tokio::time::sleep_until(started + Duration::from_secs(seq)).await;
+        let body = format!("{seq} {:020}", unix_nanos());
+        publish(&mut conn, "idle", body.as_bytes())
+            .await
+            .expect("publish");
+    }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while delivered < opened {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some(())) => delivered += 1,
-            _ => break,
-        }
+    while arrivals.reached().min().unwrap_or(0) < opened as u64
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for connection in held {
         connection.abort();
     }
-    println!("- a message published to them reached {delivered} of {opened}");
+    let reached: Vec<u64> = arrivals.reached().collect();
+    println!(
+        "- each of {} messages published to them reached at least {} of {opened}",
+        reached.len(),
+        reached.iter().min().unwrap_or(&0)
+    );
+    let mut last: Vec<u64> = arrivals.slots[1..]
+        .iter()
+        .map(|(_, latest)| latest.load(Ordering::Relaxed))
+        .collect();
+    last.sort_unstable();
+    if let Some(&max) = last.last() {
+        let at = |q: f64| last[((last.len() as f64 * q).ceil() as usize).clamp(1, last.len()) - 1];
+        println!(
+            "- publish to the last client, {} messages at 1/s: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            last.len(),
+            at(0.50) as f64 / 1000.0,
+            at(0.99) as f64 / 1000.0,
+            max as f64 / 1000.0
+        );
+    }
+}
+
+/// What idle connections received of the timed messages (`data: SEQ NANOS`): for each,
+/// how many clients got it, and the latest arrival after its sending, in microseconds.
+struct Arrivals {
+    slots: Vec<(AtomicU64, AtomicU64)>,
+}
+
+impl Arrivals {
+    fn new(messages: u64) -> Self {
+        Arrivals {
+            slots: (0..messages).map(|_| Default::default()).collect(),
+        }
+    }
+
+    fn reached(&self) -> impl Iterator<Item = u64> + '_ {
+        self.slots.iter().map(|(count, _)| count.load(Ordering::Relaxed))
+    }
+
+    /// Counts the messages in `bytes`; `carry` holds a line split between reads.
+    fn scan(&self, carry: &mut Vec<u8>, bytes: &[u8]) {
+        let now = unix_nanos();
+        let mut rest = bytes;
+        while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+            if carry.is_empty() {
+                self.line(&rest[..end], now);
+            } else {
+                carry.extend_from_slice(&rest[..end]);
+                self.line(carry, now);
+                carry.clear();
+            }
+            rest = &rest[end + 1..];
+        }
+        carry.extend_from_slice(rest);
+        if carry.is_empty() {
+            // Nothing kept between messages: the client's memory is the hub's to measure.
+            *carry = Vec::new();
+        }
+    }
+
+    fn line(&self, line: &[u8], now: u64) {
+        let Some(data) = line.strip_prefix(b"data: ") else {
+            return;
+        };
+        let text = std::str::from_utf8(data).unwrap_or("");
+        let Some((seq, sent)) = text.split_once(' ') else {
+            return;
+        };
+        let (Ok(seq), Ok(sent)) = (seq.parse::<usize>(), sent.parse::<u64>()) else {
+            return;
+        };
+        if let Some((count, latest)) = self.slots.get(seq) {
+            count.fetch_add(1, Ordering::Relaxed);
+            latest.fetch_max(now.saturating_sub(sent) / 1000, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Holds an idle connection, counting what it receives, with no buffer of its own between
+/// reads.
+async fn hold(stream: TcpStream, leftover: Vec<u8>, arrivals: Arc<Arrivals>) {
+    let mut carry = Vec::new();
+    arrivals.scan(&mut carry, &leftover);
+    drop(leftover);
+    while stream.readable().await.is_ok() && drain(&stream, &mut carry, &arrivals) {}
+}
+
+/// Reads what `stream` has; false once it ended.
+fn drain(stream: &TcpStream, carry: &mut Vec<u8>, arrivals: &Arrivals) -> bool {
+    let mut buffer = [0u8; 2048];
+    loop {
+        match stream.try_read(&mut buffer) {
+            Ok(0) => return false,
+            Ok(n) => arrivals.scan(carry, &buffer[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Raises the soft limit of open files to the hard limit (each connection is one);
+/// returns the limit now in force.
+fn raise_open_files_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `getrlimit` writes one `rlimit` through a valid pointer to a local.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return None;
+    }
+    let raised = libc::rlimit {
+        rlim_cur: limit.rlim_max,
+        rlim_max: limit.rlim_max,
+    };
+    // SAFETY: `setrlimit` reads one `rlimit` through a valid pointer to a local.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+        limit = raised;
+    }
+    Some(limit.rlim_cur)
 }
 
 /// Latency histogram with 1 µs resolution up to 1 s, and an overflow count.
@@ -292,25 +478,26 @@ impl Histogram {
     }
 }
 
-async fn fan_out_phase(o: &Options) {
+async fn fan_out_phase(o: &Options, target: &Target) {
     println!(
         "\n## {} SSE connections, {} messages/s of 64 bytes for {} s\n",
         o.connections, o.rate, o.seconds
     );
     let mut streams = Vec::new();
     for _ in 0..o.connections {
-        streams.push(subscribe(&o.hub, "load").await.expect("subscribe"));
+        streams.push(subscribe(target, "load").await.expect("subscribe"));
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(o.seconds * 3 + 10);
     let wanted = o.rate * o.seconds / 8 * 8;
     let readers: Vec<_> = streams
         .into_iter()
-        .map(|stream| {
+        .map(|(stream, leftover)| {
             tokio::spawn(async move {
                 let mut histogram = Histogram::new();
                 let mut received = 0u64;
                 let (lagged, missed) = read_events(
                     stream,
+                    leftover,
                     |data| {
                         let sent: u64 = std::str::from_utf8(&data[..20.min(data.len())])
                             .ok()
@@ -337,9 +524,9 @@ async fn fan_out_phase(o: &Options) {
     let started = tokio::time::Instant::now();
     let publishers: Vec<_> = (0..PUBLISHERS)
         .map(|_| {
-            let hub = o.hub.clone();
+            let target = target.clone();
             tokio::spawn(async move {
-                let mut conn = TcpStream::connect(&hub).await.expect("publisher connects");
+                let mut conn = target.connect().await.expect("publisher connects");
                 conn.set_nodelay(true).expect("TCP_NODELAY");
                 let mut ticks = tokio::time::interval(period);
                 ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -393,10 +580,18 @@ async fn fan_out_phase(o: &Options) {
 async fn main() {
     let o = options();
     println!("# storecast hub load benchmark against {}", o.hub);
+    let open_files = raise_open_files_limit().unwrap_or(0);
+    if open_files < (o.idle.max(o.connections) + 100) as u64 {
+        eprintln!(
+            "warning: this process may open {open_files} files, fewer than the connections \
+             asked for (raise the hard limit, ulimit -Hn)"
+        );
+    }
+    let target = Target::new(&o.hub, o.sources).await;
     if o.idle > 0 {
-        idle_phase(&o).await;
+        idle_phase(&o, &target).await;
     }
     if o.connections > 0 {
-        fan_out_phase(&o).await;
+        fan_out_phase(&o, &target).await;
     }
 }

@@ -59,7 +59,7 @@ pub async fn serve(
     write_timeout: Duration,
     stop: &mut watch::Receiver<()>,
 ) -> Served {
-    let read = match read_head(stream, head_timeout, stop).await {
+    let read = match Box::pin(read_head(stream, head_timeout, stop)).await {
         Head::Complete(read) => read,
         Head::Other(read) => return Served::Elsewhere(read),
         Head::TimedOut => {
@@ -71,8 +71,10 @@ pub async fn serve(
     let Some(request) = subscription(hub, &read) else {
         return Served::Elsewhere(read);
     };
-    // Errors (a name over the topic cap, Redis down) are answered by the routes.
-    let Ok(topic) = hub.topics.get(&request.topic).await else {
+    // Errors (a name over the topic cap, Redis down) are answered by the routes. Boxed,
+    // as every step that is over once the stream starts: the connection's task is as
+    // large as the largest of its steps for as long as it lives.
+    let Ok(topic) = Box::pin(hub.topics.get(&request.topic)).await else {
         return Served::Elsewhere(read);
     };
     drop(read);
@@ -92,7 +94,10 @@ pub async fn serve(
     if let Some(news) = news {
         pending.push(frame(&Err(news)));
     }
-    if write_all(stream, &mut pending, write_timeout, hub).await.is_ok() {
+    if Box::pin(write_all(stream, &mut pending, write_timeout, hub))
+        .await
+        .is_ok()
+    {
         stream_events(hub, stream, subscriber, pending, write_timeout).await;
     }
     Served::Done
@@ -357,7 +362,9 @@ async fn write_all(
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if tokio::time::timeout(limit, stream.writable()).await.is_err() {
+                // Boxed: a timer inline would stay in every connection's memory.
+                let writable = Box::pin(tokio::time::timeout(limit, stream.writable()));
+                if writable.await.is_err() {
                     hub.metrics.write_timeouts.fetch_add(1, Ordering::Relaxed);
                     pending.clear();
                     return Err(io::Error::new(
