@@ -403,3 +403,76 @@ async fn stats_need_the_metrics_token_and_stream_each_topic_s_counts() {
     }
     panic!("the count never grew to 4: {last}");
 }
+
+/// The resident memory of process `pid`, in KiB.
+fn resident_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Opens an SSE stream on a raw socket and waits for its response head.
+async fn subscribed(hub: &Hub, topic: &str) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(&hub.address).await.unwrap();
+    let request = format!("GET /events/{topic} HTTP/1.1\r\nHost: hub\r\n\r\n");
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 512];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = socket.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed before the response head");
+        head.extend_from_slice(&chunk[..n]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 200"), "{head:?}");
+    socket
+}
+
+#[tokio::test]
+async fn an_idle_sse_subscriber_costs_the_hub_at_most_6_kib() {
+    const CONNECTIONS: u64 = 2_000;
+    let hub = Hub::start(&[]);
+    // The first subscriber makes the topic; what it costs is not a connection's.
+    let _first = subscribed(&hub, "idle").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = resident_kib(hub.child.id());
+    let mut held = Vec::new();
+    for _ in 0..CONNECTIONS {
+        held.push(subscribed(&hub, "idle").await);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = resident_kib(hub.child.id());
+    assert_eq!(
+        metric(&hub, "storecast_connections").await,
+        CONNECTIONS + 1
+    );
+    let per_connection = after.saturating_sub(before) * 1024 / CONNECTIONS;
+    assert!(
+        per_connection <= 6 * 1024,
+        "{per_connection} bytes per idle SSE connection ({before} KiB before, {after} KiB with {CONNECTIONS})"
+    );
+}
+
+#[tokio::test]
+async fn a_stalled_sse_subscriber_is_dropped_after_the_write_timeout() {
+    let hub = Hub::start(&["--write-timeout-secs", "1"]);
+    let mut stalled = TcpStream::connect(&hub.address).unwrap();
+    write!(stalled, "GET /events/stall HTTP/1.1\r\nHost: hub\r\n\r\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(metric(&hub, "storecast_connections").await, 1);
+    // Far more than the kernel buffers hold, and the client reads none of it.
+    let payload = "x".repeat(60_000);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&hub, "storecast_write_timeouts_total").await == 0 {
+        assert!(Instant::now() < deadline, "the stalled subscriber was never dropped");
+        for _ in 0..20 {
+            hub.published("stall", &payload).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(metric(&hub, "storecast_connections").await, 0);
+    assert!(
+        closed_within(&mut stalled, Duration::from_secs(10)),
+        "the stalled socket was not closed"
+    );
+}
