@@ -76,6 +76,22 @@ fn rss_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// CPU time a process has used in user space and in the kernel, in milliseconds.
+fn cpu_ms(pid: u32) -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which is in parentheses: utime and stime are
+    // the 12th and 13th of them.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    // SAFETY: `sysconf` only reads a configuration value.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some((
+        user as f64 * 1000.0 / per_second,
+        system as f64 * 1000.0 / per_second,
+    ))
+}
+
 fn unix_nanos() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -293,6 +309,8 @@ async fn idle_phase(o: &Options, target: &Target) {
     // Message 0 at once, then one a second: each is timed to the last client it reaches.
     let mut conn = target.connect().await.expect("publisher connects");
     conn.set_nodelay(true).expect("TCP_NODELAY");
+    let cpu = |pid| cpu_ms(pid).unwrap_or_default();
+    let cpu_before = (o.hub_pid.map(cpu).unwrap_or_default(), cpu(std::process::id()));
     let started = tokio::time::Instant::now();
     for seq in 0..=o.last {
         tokio::time::sleep_until(started + Duration::from_secs(seq)).await;
@@ -307,6 +325,7 @@ async fn idle_phase(o: &Options, target: &Target) {
     {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let cpu_after = (o.hub_pid.map(cpu).unwrap_or_default(), cpu(std::process::id()));
     for connection in held {
         connection.abort();
     }
@@ -329,6 +348,22 @@ async fn idle_phase(o: &Options, target: &Target) {
             at(0.50) as f64 / 1000.0,
             at(0.99) as f64 / 1000.0,
             max as f64 / 1000.0
+        );
+        // What one message costs the two processes sharing the machine: with C cores, it
+        // cannot reach the last client sooner than their CPU time over C.
+        let messages = (o.last + 1) as f64;
+        let per_message = |before: (f64, f64), after: (f64, f64)| {
+            format!(
+                "{:.1} ms ({:.1} user, {:.1} kernel)",
+                (after.0 + after.1 - before.0 - before.1) / messages,
+                (after.0 - before.0) / messages,
+                (after.1 - before.1) / messages
+            )
+        };
+        println!(
+            "- CPU time per message sent to all of them: hub {}, load client {}",
+            per_message(cpu_before.0, cpu_after.0),
+            per_message(cpu_before.1, cpu_after.1)
         );
     }
 }
