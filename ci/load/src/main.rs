@@ -118,7 +118,9 @@ impl Target {
         // One source address has some 28,000 ephemeral ports: more connections to one hub
         // need more sources, which the loopback range has.
         let sources: Vec<IpAddr> = if hub.ip().is_loopback() && hub.is_ipv4() {
-            (0..sources).map(|n| Ipv4Addr::new(127, 0, 0, 2 + n).into()).collect()
+            (0..sources)
+                .map(|n| Ipv4Addr::new(127, 0, 0, 2 + n).into())
+                .collect()
         } else {
             Vec::new()
         };
@@ -304,13 +306,19 @@ async fn idle_phase(o: &Options, target: &Target) {
         println!("- hub resident memory: {}", per_connection(before, after));
     }
     if let (Some(before), Some(after)) = (client_before, client_after) {
-        println!("- load client's resident memory: {}", per_connection(before, after));
+        println!(
+            "- load client's resident memory: {}",
+            per_connection(before, after)
+        );
     }
     // Message 0 at once, then one a second: each is timed to the last client it reaches.
     let mut conn = target.connect().await.expect("publisher connects");
     conn.set_nodelay(true).expect("TCP_NODELAY");
     let cpu = |pid| cpu_ms(pid).unwrap_or_default();
-    let cpu_before = (o.hub_pid.map(cpu).unwrap_or_default(), cpu(std::process::id()));
+    let cpu_before = (
+        o.hub_pid.map(cpu).unwrap_or_default(),
+        cpu(std::process::id()),
+    );
     let started = tokio::time::Instant::now();
     for seq in 0..=o.last {
         tokio::time::sleep_until(started + Duration::from_secs(seq)).await;
@@ -325,7 +333,10 @@ async fn idle_phase(o: &Options, target: &Target) {
     {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let cpu_after = (o.hub_pid.map(cpu).unwrap_or_default(), cpu(std::process::id()));
+    let cpu_after = (
+        o.hub_pid.map(cpu).unwrap_or_default(),
+        cpu(std::process::id()),
+    );
     for connection in held {
         connection.abort();
     }
@@ -382,7 +393,9 @@ impl Arrivals {
     }
 
     fn reached(&self) -> impl Iterator<Item = u64> + '_ {
-        self.slots.iter().map(|(count, _)| count.load(Ordering::Relaxed))
+        self.slots
+            .iter()
+            .map(|(count, _)| count.load(Ordering::Relaxed))
     }
 
     /// Counts the messages in `bytes`; `carry` holds a line split between reads.

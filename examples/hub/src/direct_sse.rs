@@ -115,11 +115,7 @@ enum Head {
     Closed,
 }
 
-async fn read_head(
-    stream: &TcpStream,
-    limit: Duration,
-    stop: &mut watch::Receiver<()>,
-) -> Head {
+async fn read_head(stream: &TcpStream, limit: Duration, stop: &mut watch::Receiver<()>) -> Head {
     let deadline = Instant::now() + limit;
     let mut read = Vec::with_capacity(1024);
     loop {

@@ -442,10 +442,7 @@ async fn an_idle_sse_subscriber_costs_the_hub_at_most_6_kib() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = resident_kib(hub.child.id());
-    assert_eq!(
-        metric(&hub, "storecast_connections").await,
-        CONNECTIONS + 1
-    );
+    assert_eq!(metric(&hub, "storecast_connections").await, CONNECTIONS + 1);
     let per_connection = after.saturating_sub(before) * 1024 / CONNECTIONS;
     assert!(
         per_connection <= 6 * 1024,
@@ -464,7 +461,10 @@ async fn a_stalled_sse_subscriber_is_dropped_after_the_write_timeout() {
     let payload = "x".repeat(60_000);
     let deadline = Instant::now() + Duration::from_secs(30);
     while metric(&hub, "storecast_write_timeouts_total").await == 0 {
-        assert!(Instant::now() < deadline, "the stalled subscriber was never dropped");
+        assert!(
+            Instant::now() < deadline,
+            "the stalled subscriber was never dropped"
+        );
         for _ in 0..20 {
             hub.published("stall", &payload).await;
         }
