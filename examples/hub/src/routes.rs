@@ -91,7 +91,9 @@ impl IntoResponse for Refusal {
 /// The query parameters the hub reads.
 #[derive(Debug, Default, Deserialize)]
 pub struct Params {
+    /// A token, for clients that cannot send `Authorization` (see [`authorized`]).
     pub token: Option<String>,
+    /// Where an SSE client resumes, for clients that cannot send `Last-Event-ID`.
     #[serde(rename = "lastEventId")]
     pub last_event_id: Option<String>,
     /// Where a new SSE subscriber starts: `oldest` (the oldest retained message) or

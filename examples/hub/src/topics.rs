@@ -34,6 +34,7 @@ pub struct HubMessage {
 }
 
 impl HubMessage {
+    /// A message of `data`, of the default type unless `event` names one.
     pub fn new(event: Option<String>, data: String) -> Self {
         HubMessage {
             event,
