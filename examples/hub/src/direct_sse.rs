@@ -455,3 +455,90 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Replay<T> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use clap::Parser;
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::metrics::Metrics;
+    use crate::stats::Snapshots;
+    use crate::topics::Topics;
+
+    fn hub(flags: &[&str]) -> Hub {
+        let config =
+            Config::parse_from(std::iter::once("storecast-hub").chain(flags.iter().copied()));
+        let metrics = Arc::new(Metrics::default());
+        Hub {
+            topics: Topics::new(config.clone(), Arc::clone(&metrics), None),
+            config,
+            metrics,
+            stats: Snapshots::default(),
+        }
+    }
+
+    fn served(hub: &Hub, head: &str) -> bool {
+        subscription(hub, head.replace('\n', "\r\n").as_bytes()).is_some()
+    }
+
+    #[test]
+    fn only_plain_subscriptions_the_route_would_stream_are_served_directly() {
+        let open = hub(&[]);
+        assert!(served(&open, "GET /events/demo HTTP/1.1\nHost: hub\n\n"));
+        assert!(served(
+            &open,
+            "GET /events/demo?from=oldest&lastEventId=1-x HTTP/1.1\n\n"
+        ));
+        for other in [
+            "HEAD /events/demo HTTP/1.1\n\n",
+            "GET /events/demo HTTP/1.0\n\n",
+            "GET /events/bad%20name HTTP/1.1\n\n",
+            "GET /events/demo/more HTTP/1.1\n\n",
+            "GET /events/demo?from=yesterday HTTP/1.1\n\n",
+            "GET /events/demo HTTP/1.1\nUpgrade: websocket\n\n",
+            "GET /events/demo HTTP/1.1\nContent-Length: 3\n\nabc",
+            "GET /ws/demo HTTP/1.1\n\n",
+            "POST /publish/demo HTTP/1.1\n\n",
+        ] {
+            assert!(!served(&open, other), "{other:?} was served directly");
+        }
+        let guarded = hub(&["--subscribe-token", "s3cret"]);
+        assert!(served(
+            &guarded,
+            "GET /events/demo HTTP/1.1\nAuthorization: bearer s3cret\n\n"
+        ));
+        assert!(served(
+            &guarded,
+            "GET /events/demo?token=s3cret HTTP/1.1\n\n"
+        ));
+        assert!(!served(&guarded, "GET /events/demo HTTP/1.1\n\n"));
+        assert!(!served(
+            &guarded,
+            "GET /events/demo?token=s3cret HTTP/1.1\nAuthorization: Basic eDp5\n\n"
+        ));
+    }
+
+    #[test]
+    fn the_allowed_origin_is_named_and_caches_are_told_answers_vary_by_origin() {
+        let cors = hub(&["--cors-origin", "https://good.example"]);
+        let origin = |head: &str| subscription(&cors, head.replace('\n', "\r\n").as_bytes());
+        let good = origin("GET /events/x HTTP/1.1\nOrigin: https://good.example\n\n").unwrap();
+        let head = response_head(good.allow_origin.as_ref());
+        assert!(head.contains("access-control-allow-origin: https://good.example\r\n"));
+        assert!(head.contains("vary: origin\r\n"));
+        let other = origin("GET /events/x HTTP/1.1\nOrigin: https://else.example\n\n").unwrap();
+        assert_eq!(other.allow_origin, None);
+    }
+
+    #[tokio::test]
+    async fn hyper_reads_the_bytes_already_read_then_the_socket() {
+        let mut replay = Replay::new(b"GET / HTTP/1.1\r\n".to_vec(), &b"Host: hub\r\n\r\n"[..]);
+        let mut all = String::new();
+        replay.read_to_string(&mut all).await.unwrap();
+        assert_eq!(all, "GET / HTTP/1.1\r\nHost: hub\r\n\r\n");
+    }
+}
