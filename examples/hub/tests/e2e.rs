@@ -466,3 +466,30 @@ async fn shutting_down_ends_every_stream_and_exits_cleanly() {
     let status = hub.child.wait().unwrap();
     assert!(status.success(), "the hub exited with {status}");
 }
+
+#[tokio::test]
+async fn an_idle_stream_gets_the_retry_advice_then_keep_alive_comments() {
+    let hub = Hub::start(&["--keep-alive-secs", "1", "--retry-ms", "2500"]);
+    let mut socket = std::net::TcpStream::connect(&hub.address).unwrap();
+    write!(socket, "GET /events/quiet HTTP/1.1\r\nHost: hub\r\n\r\n").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut received = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_millis(2_600);
+    let mut buffer = [0u8; 1024];
+    while std::time::Instant::now() < deadline {
+        if let Ok(n) = socket.read(&mut buffer) {
+            received.extend_from_slice(&buffer[..n]);
+        }
+    }
+    let text = String::from_utf8(received).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text:?}");
+    assert!(text.contains("retry: 2500\n\n"), "{text:?}");
+    // Each chunk of the body holds one comment, ignored by clients.
+    let comments = text.matches("\r\n:\n\n\r\n").count();
+    assert!(
+        (1..=3).contains(&comments),
+        "{comments} keep-alives: {text:?}"
+    );
+}
