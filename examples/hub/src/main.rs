@@ -7,7 +7,7 @@
 //! ```
 
 mod config;
-mod direct_sse;
+mod direct;
 mod metrics;
 mod routes;
 mod server;

@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Sleep;
 
-use crate::direct_sse::{self, Replay, Served};
+use crate::direct::{self, Replay, Served};
 use crate::metrics::Metrics;
 use crate::routes::Hub;
 
@@ -38,7 +38,7 @@ pub struct Timeouts {
 /// Serves `app` on `listener` until `shutdown` resolves; then stops accepting, asks every
 /// connection to finish (`closing` should end the streams), and returns once they are all
 /// closed or `timeouts.shutdown` has passed. With `direct`, SSE subscriptions are served
-/// on the socket rather than by `app` (see [`direct_sse`]).
+/// on the socket rather than by `app` (see [`direct`]).
 #[allow(clippy::too_many_arguments)]
 pub async fn serve(
     listener: TcpListener,
@@ -87,7 +87,7 @@ pub async fn serve(
             let read = match &direct {
                 Some(hub) => {
                     let served =
-                        direct_sse::serve(hub, &stream, timeouts.head, timeouts.write, &mut stop);
+                        direct::serve(hub, &stream, timeouts.head, timeouts.write, &mut stop);
                     match served.await {
                         Served::Done => return,
                         Served::Elsewhere(read) => read,
