@@ -434,7 +434,7 @@ async fn cors_and_accounting(State(hub): Shared, request: Request, next: Next) -
                 "this origin is not allowed (see --cors-origin)",
             )
         }
-    } else if foreign && acts && !same_origin(&request, origin.as_ref()) {
+    } else if foreign && acts && !same_origin(request.headers(), origin.as_ref()) {
         refuse(
             StatusCode::FORBIDDEN,
             "this origin is not allowed to publish or open a WebSocket here (see --cors-origin)",
@@ -473,8 +473,8 @@ pub fn allowed_origin(origins: &[String], origin: Option<&HeaderValue>) -> Optio
 }
 
 /// Whether `origin` is the hub itself (its own page): the `Host` the request was sent to.
-fn same_origin(request: &Request, origin: Option<&HeaderValue>) -> bool {
-    let (Some(origin), Some(host)) = (origin, request.headers().get(header::HOST)) else {
+pub fn same_origin(headers: &HeaderMap, origin: Option<&HeaderValue>) -> bool {
+    let (Some(origin), Some(host)) = (origin, headers.get(header::HOST)) else {
         return false;
     };
     let (Ok(origin), Ok(host)) = (origin.to_str(), host.to_str()) else {

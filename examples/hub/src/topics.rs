@@ -28,9 +28,18 @@ use crate::metrics::Metrics;
 pub struct HubMessage {
     pub event: Option<String>,
     pub data: String,
-    /// The message as a framed SSE event at its position, made by the first subscriber
-    /// that sends it and shared by all the others (see [`HubMessage::encoded`]).
-    encoded: OnceLock<(Position, Bytes)>,
+    /// The message as sent at its position, one for each [`Wire`]: made by the first
+    /// subscriber that sends it and shared by all the others (see [`HubMessage::encoded`]).
+    encoded: [OnceLock<(Position, Bytes)>; 2],
+}
+
+/// How a message is sent: what [`HubMessage::encoded`] keeps one of.
+#[derive(Debug, Clone, Copy)]
+pub enum Wire {
+    /// An SSE event, as an HTTP/1.1 chunk.
+    Sse,
+    /// A WebSocket text frame.
+    WebSocket,
 }
 
 impl HubMessage {
@@ -39,16 +48,16 @@ impl HubMessage {
         HubMessage {
             event,
             data,
-            encoded: OnceLock::new(),
+            encoded: Default::default(),
         }
     }
 
-    /// The bytes `encode` makes of this message at `position`, made once: a message is
+    /// The bytes `encode` makes of this message at `position` for `wire`, made once: a message is
     /// sent to every subscriber of its topic, and 1,000 subscribers should not format it
     /// 1,000 times. (A value is only ever at one position; the position is kept anyway,
     /// so that a store that hands out one value at two could not send a wrong id.)
-    pub fn encoded(&self, position: Position, encode: impl Fn() -> Bytes) -> Bytes {
-        let (at, bytes) = self.encoded.get_or_init(|| (position, encode()));
+    pub fn encoded(&self, wire: Wire, position: Position, encode: impl Fn() -> Bytes) -> Bytes {
+        let (at, bytes) = self.encoded[wire as usize].get_or_init(|| (position, encode()));
         if *at == position {
             bytes.clone()
         } else {

@@ -13,7 +13,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::{BATCH, Served, admitted, client_left, get, params, write_all};
 use crate::routes::{self, Hub};
-use crate::topics::{self, HubMessage, TopicSubscriber};
+use crate::topics::{self, HubMessage, TopicSubscriber, Wire};
 
 /// Serves `request`, read from `read`, on `stream`: the topic is had (or the routes
 /// answer), then the stream runs until it ends.
@@ -137,7 +137,7 @@ fn frame(item: &Item<HubMessage>) -> Bytes {
         Bytes::from(chunk(event.as_bytes()))
     };
     match item {
-        Ok(message) => message.encoded(message.position(), encode),
+        Ok(message) => message.encoded(Wire::Sse, message.position(), encode),
         Err(_) => encode(),
     }
 }
