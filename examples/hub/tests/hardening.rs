@@ -411,11 +411,10 @@ fn resident_kib(pid: u32) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
-/// Opens an SSE stream on a raw socket and waits for its response head.
-async fn subscribed(hub: &Hub, topic: &str) -> tokio::net::TcpStream {
+/// Sends `request` on a raw socket and waits for a response head of `status`.
+async fn answered(hub: &Hub, request: &str, status: &str) -> tokio::net::TcpStream {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut socket = tokio::net::TcpStream::connect(&hub.address).await.unwrap();
-    let request = format!("GET /events/{topic} HTTP/1.1\r\nHost: hub\r\n\r\n");
     socket.write_all(request.as_bytes()).await.unwrap();
     let mut head = Vec::new();
     let mut chunk = [0u8; 512];
@@ -424,30 +423,62 @@ async fn subscribed(hub: &Hub, topic: &str) -> tokio::net::TcpStream {
         assert!(n > 0, "closed before the response head");
         head.extend_from_slice(&chunk[..n]);
     }
-    assert!(head.starts_with(b"HTTP/1.1 200"), "{head:?}");
+    assert!(
+        head.starts_with(format!("HTTP/1.1 {status}").as_bytes()),
+        "{:?}",
+        String::from_utf8_lossy(&head)
+    );
     socket
 }
 
-#[tokio::test]
-async fn an_idle_sse_subscriber_costs_the_hub_at_most_6_kib() {
+/// Opens an SSE stream on a raw socket.
+async fn subscribed(hub: &Hub, topic: &str) -> tokio::net::TcpStream {
+    let request = format!("GET /events/{topic} HTTP/1.1\r\nHost: hub\r\n\r\n");
+    answered(hub, &request, "200").await
+}
+
+/// Opens a WebSocket on a raw socket.
+async fn upgraded(hub: &Hub, topic: &str) -> tokio::net::TcpStream {
+    let request = format!(
+        "GET /ws/{topic} HTTP/1.1\r\nHost: hub\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    answered(hub, &request, "101").await
+}
+
+/// The hub's resident memory per subscriber, in bytes, over 2,000 subscribers that
+/// `open` opens.
+async fn memory_per_subscriber<F>(hub: &Hub, open: impl Fn() -> F) -> u64
+where
+    F: std::future::Future<Output = tokio::net::TcpStream>,
+{
     const CONNECTIONS: u64 = 2_000;
-    let hub = Hub::start(&[]);
     // The first subscriber makes the topic; what it costs is not a connection's.
-    let _first = subscribed(&hub, "idle").await;
+    let _first = open().await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = resident_kib(hub.child.id());
     let mut held = Vec::new();
     for _ in 0..CONNECTIONS {
-        held.push(subscribed(&hub, "idle").await);
+        held.push(open().await);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = resident_kib(hub.child.id());
-    assert_eq!(metric(&hub, "storecast_connections").await, CONNECTIONS + 1);
-    let per_connection = after.saturating_sub(before) * 1024 / CONNECTIONS;
-    assert!(
-        per_connection <= 6 * 1024,
-        "{per_connection} bytes per idle SSE connection ({before} KiB before, {after} KiB with {CONNECTIONS})"
-    );
+    assert_eq!(metric(hub, "storecast_connections").await, CONNECTIONS + 1);
+    after.saturating_sub(before) * 1024 / CONNECTIONS
+}
+
+#[tokio::test]
+async fn an_idle_sse_subscriber_costs_the_hub_at_most_6_kib() {
+    let hub = Hub::start(&[]);
+    let bytes = memory_per_subscriber(&hub, || subscribed(&hub, "idle")).await;
+    assert!(bytes <= 6 * 1024, "{bytes} bytes per idle SSE connection");
+}
+
+#[tokio::test]
+async fn an_idle_websocket_subscriber_costs_the_hub_at_most_6_kib() {
+    let hub = Hub::start(&[]);
+    let bytes = memory_per_subscriber(&hub, || upgraded(&hub, "idle")).await;
+    assert!(bytes <= 6 * 1024, "{bytes} bytes per idle WebSocket");
 }
 
 #[tokio::test]
