@@ -118,10 +118,11 @@ pub struct Config {
     #[arg(long, env = "STORECAST_SHUTDOWN_TIMEOUT_SECS", default_value_t = 10)]
     pub shutdown_timeout_secs: u64,
 
-    /// Serve SSE subscriptions through hyper, as every other request, instead of directly
-    /// on the socket (which holds an idle subscriber in far less memory).
-    #[arg(long, env = "STORECAST_NO_DIRECT_SSE")]
-    pub no_direct_sse: bool,
+    /// Serve SSE and WebSocket subscriptions through hyper, as every other request,
+    /// instead of directly on the socket (which holds an idle subscriber in far less
+    /// memory).
+    #[arg(long, env = "STORECAST_NO_DIRECT")]
+    pub no_direct: bool,
 
     /// Milliseconds an SSE client should wait before reconnecting (the `retry` field).
     #[arg(long, env = "STORECAST_RETRY_MS")]

@@ -109,7 +109,7 @@ async fn main() -> std::process::ExitCode {
     });
     let app = routes::router(Arc::clone(&hub));
     let closing = Arc::clone(&hub);
-    let direct = (!hub.config.no_direct_sse).then(|| Arc::clone(&hub));
+    let direct = (!hub.config.no_direct).then(|| Arc::clone(&hub));
     server::serve(
         listener,
         app,

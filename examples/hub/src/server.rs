@@ -37,8 +37,8 @@ pub struct Timeouts {
 
 /// Serves `app` on `listener` until `shutdown` resolves; then stops accepting, asks every
 /// connection to finish (`closing` should end the streams), and returns once they are all
-/// closed or `timeouts.shutdown` has passed. With `direct`, SSE subscriptions are served
-/// on the socket rather than by `app` (see [`direct`]).
+/// closed or `timeouts.shutdown` has passed. With `direct`, subscriptions (SSE and
+/// WebSocket) are served on the socket rather than by `app` (see [`direct`]).
 #[allow(clippy::too_many_arguments)]
 pub async fn serve(
     listener: TcpListener,
