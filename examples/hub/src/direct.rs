@@ -68,10 +68,12 @@ pub async fn serve(
         }
         Head::Closed => return Served::Done,
     };
+    // Each boxed, so that an SSE connection holds no room for a WebSocket's state, nor
+    // the other way round.
     if let Some(request) = sse::subscription(hub, &read) {
-        sse::serve(hub, stream, read, request, write_timeout).await
+        Box::pin(sse::serve(hub, stream, read, request, write_timeout)).await
     } else if let Some(request) = websocket::subscription(hub, &read) {
-        websocket::serve(hub, stream, read, request, write_timeout).await
+        Box::pin(websocket::serve(hub, stream, read, request, write_timeout)).await
     } else {
         Served::Elsewhere(read)
     }

@@ -97,18 +97,14 @@ pub async fn serve(
             };
             // The socket carries its count and its share of the shutdown wait with it,
             // also into a WebSocket that outlives the HTTP connection it was upgraded from.
-            let io = Replay::new(
-                read,
-                WriteTimeout {
-                    inner: stream,
-                    limit: timeouts.write,
-                    stalled: None,
-                    metrics: Arc::clone(&metrics),
-                    _counted: counted,
-                },
-            );
-            // Boxed: a connection served directly never holds room for hyper's state.
-            Box::pin(serve_http(io, app, timeouts.head, metrics, stop)).await;
+            let socket = WriteTimeout {
+                inner: stream,
+                limit: timeouts.write,
+                stalled: None,
+                metrics: Arc::clone(&metrics),
+                _counted: counted,
+            };
+            serve_http(Replay::new(read, socket), app, timeouts.head, metrics, stop).await;
         });
     }
     drop(listener);
@@ -135,7 +131,21 @@ pub async fn serve(
 
 /// Serves `io` with hyper until the client or `app` ends it, or shutdown (`stop`) finds
 /// it idle.
-async fn serve_http(
+///
+/// Made and boxed in a plain function: a connection served directly never holds room
+/// for hyper's state (an `async` caller keeps room for a future it builds inline, even
+/// one it boxes at once).
+fn serve_http(
+    io: Replay<WriteTimeout>,
+    app: Router,
+    head_timeout: Duration,
+    metrics: Arc<Metrics>,
+    stop: watch::Receiver<()>,
+) -> Pin<Box<impl Future<Output = ()> + Send>> {
+    Box::pin(serve_http_inline(io, app, head_timeout, metrics, stop))
+}
+
+async fn serve_http_inline(
     io: Replay<WriteTimeout>,
     app: Router,
     head_timeout: Duration,

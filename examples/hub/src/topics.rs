@@ -213,14 +213,21 @@ impl Topics {
         self.topics.read().expect("topics lock").len()
     }
 
+    /// The topic called `name` if it exists (counted as used), without waiting.
+    pub fn existing(&self, name: &str) -> Option<Topic> {
+        let topics = self.topics.read().expect("topics lock");
+        let topic = topics.get(name)?;
+        topic.used(now());
+        Some(topic.clone())
+    }
+
     /// The topic called `name`, created if it is new.
     pub async fn get(&self, name: &str) -> Result<Topic, TopicError> {
         if !valid_name(name) {
             return Err(TopicError::BadName);
         }
-        if let Some(topic) = self.topics.read().expect("topics lock").get(name) {
-            topic.used(now());
-            return Ok(topic.clone());
+        if let Some(topic) = self.existing(name) {
+            return Ok(topic);
         }
         if self.topics.read().expect("topics lock").len() >= self.config.max_topics {
             return Err(TopicError::TooMany(self.config.max_topics));

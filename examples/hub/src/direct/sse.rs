@@ -27,8 +27,12 @@ pub(super) async fn serve(
     // Errors (a name over the topic cap, Redis down) are answered by the routes. Boxed,
     // as every step that is over once the stream starts: the connection's task is as
     // large as the largest of its steps for as long as it lives.
-    let Ok(topic) = Box::pin(hub.topics.get(&request.topic)).await else {
-        return Served::Elsewhere(read);
+    let topic = match hub.topics.existing(&request.topic) {
+        Some(topic) => topic,
+        None => match Box::pin(hub.topics.get(&request.topic)).await {
+            Ok(topic) => topic,
+            Err(_) => return Served::Elsewhere(read),
+        },
     };
     drop(read);
     let (start, news) = match request.last_event_id.as_deref() {

@@ -89,8 +89,12 @@ pub(super) async fn serve(
     write_timeout: Duration,
 ) -> Served {
     // Boxed, as in SSE: the connection's task is as large as its largest step.
-    let Ok(topic) = Box::pin(hub.topics.get(&request.topic)).await else {
-        return Served::Elsewhere(read);
+    let topic = match hub.topics.existing(&request.topic) {
+        Some(topic) => topic,
+        None => match Box::pin(hub.topics.get(&request.topic)).await {
+            Ok(topic) => topic,
+            Err(_) => return Served::Elsewhere(read),
+        },
     };
     drop(read);
     let (start, news) = sse::resume_from(request.last_event_id.as_deref());
