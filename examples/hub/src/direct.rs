@@ -1,4 +1,4 @@
-//! Subscriptions served directly on the socket, at about 2 KiB an idle connection instead
+//! Subscriptions served directly on the socket, at about 2.5 KiB an idle connection instead
 //! of hyper's 16 KiB of buffers.
 //!
 //! The accept loop reads each connection's first request head with `httparse` into a
