@@ -90,6 +90,13 @@ impl RecvError {
 
     /// How many messages this subscriber will never see, where that is known
     /// ([`Lagged`](RecvError::Lagged)).
+    ///
+    /// ```
+    /// use storecast::RecvError;
+    ///
+    /// assert_eq!(RecvError::Lagged { missed: 3 }.missed(), Some(3));
+    /// assert_eq!(RecvError::Interrupted.missed(), None); // unknown
+    /// ```
     pub const fn missed(&self) -> Option<u64> {
         match self {
             RecvError::Lagged { missed } => Some(*missed),

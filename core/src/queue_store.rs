@@ -269,6 +269,18 @@ impl<T> QueueStore<T> {
 
     /// Submits an already shared value if there is room now; see
     /// [`try_submit`](QueueStore::try_submit).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use storecast::QueueStore;
+    ///
+    /// let big = Arc::new(vec![0u8; 1 << 20]);
+    /// let (a, b) = (QueueStore::new(4), QueueStore::new(4));
+    /// let mut on_b = b.subscribe();
+    /// a.try_submit_arc(Arc::clone(&big)).unwrap();
+    /// b.try_submit_arc(Arc::clone(&big)).unwrap(); // one megabyte, in both stores
+    /// assert!(Arc::ptr_eq(on_b.try_recv().unwrap().value(), &big));
+    /// ```
     pub fn try_submit_arc(&self, value: Arc<T>) -> Result<Position, TrySubmitError<Arc<T>>> {
         self.shared.try_publish(value)
     }

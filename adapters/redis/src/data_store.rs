@@ -341,6 +341,20 @@ impl<T> RedisSubscriber<T> {
     /// Waits for a value newer than the last one received, or news
     /// ([`RecvError::Interrupted`] after the connection to Redis was lost), or
     /// [`RecvError::Closed`] once the store is closed and the last value was received.
+    ///
+    /// ```no_run
+    /// use storecast::{RecvError, Store};
+    /// use storecast_redis::RedisStore;
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let prices: RedisStore<String> = RedisStore::connect("redis://127.0.0.1:6379").await?;
+    /// let mut subscriber = prices.subscribe();
+    /// while let Ok(price) = subscriber.recv().await {
+    ///     println!("now {}", *price);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn recv(&mut self) -> Recv<'_, Self> {
         Recv::new(self)
     }

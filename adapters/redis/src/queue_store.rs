@@ -1381,6 +1381,25 @@ impl<T: Codec> RedisQueueSubscriber<T> {
     /// to trimming as [`RecvError::Lagged`], a loss in Redis as [`RecvError::Reset`], a
     /// read that failed as [`RecvError::Interrupted`]), and [`RecvError::Closed`] once
     /// the store is closed and everything is read.
+    ///
+    /// ```no_run
+    /// use storecast::{RecvError, Store};
+    /// use storecast_redis::{QueueOptions, Redis};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let redis = Redis::connect("redis://127.0.0.1:6379").await?;
+    /// let orders = redis.queue_store::<String>("orders", QueueOptions::default()).await?;
+    /// let mut subscriber = orders.subscribe();
+    /// loop {
+    ///     match subscriber.recv().await {
+    ///         Ok(order) => println!("{}: {}", order.position(), *order),
+    ///         Err(e) if e.ends_stream() => break,
+    ///         Err(news) => eprintln!("{news}"),
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn recv(&mut self) -> Recv<'_, Self> {
         Recv::new(self)
     }
