@@ -40,7 +40,7 @@ enum Target {
     /// A URL, in RESP3 unless it says which protocol.
     Url(String),
     /// Connection settings the application built, used as they are.
-    Info(redis::ConnectionInfo),
+    Info(Box<redis::ConnectionInfo>),
 }
 
 impl Options {
@@ -64,7 +64,7 @@ impl Options {
     /// # drop(options);
     /// ```
     pub fn from_connection_info(info: redis::ConnectionInfo) -> Self {
-        Options::with_target(Target::Info(info))
+        Options::with_target(Target::Info(Box::new(info)))
     }
 
     fn with_target(target: Target) -> Self {
@@ -131,7 +131,7 @@ impl Options {
     /// `resp2` is asked for, for a server that does not know RESP3).
     fn connection_info(&self, resp2: bool) -> Result<redis::ConnectionInfo, RedisError> {
         let url = match &self.target {
-            Target::Info(info) => return Ok(info.clone()),
+            Target::Info(info) => return Ok((**info).clone()),
             Target::Url(url) => url,
         };
         let info = url.as_str().into_connection_info()?;
