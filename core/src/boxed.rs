@@ -96,6 +96,7 @@ impl<T: Send + Sync + 'static> BoxStore<T> {
         match self.store.try_submit(value) {
             Ok(position) => Ok(position),
             Err(TrySubmitError::Closed(value)) => Err(SubmitError::Closed(value)),
+            Err(TrySubmitError::OutcomeUnknown(value)) => Err(SubmitError::OutcomeUnknown(value)),
             Err(TrySubmitError::Full(value) | TrySubmitError::WouldBlock(value)) => {
                 self.store.submit(value).await
             }

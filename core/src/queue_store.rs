@@ -245,6 +245,9 @@ impl<T> QueueStore<T> {
                 match self.shared.try_publish(v) {
                     Ok(position) => Some(Ok(position)),
                     Err(TrySubmitError::Closed(v)) => Some(Err(SubmitError::Closed(v))),
+                    Err(TrySubmitError::OutcomeUnknown(v)) => {
+                        Some(Err(SubmitError::OutcomeUnknown(v)))
+                    }
                     Err(TrySubmitError::Full(v) | TrySubmitError::WouldBlock(v)) => {
                         value = Some(v);
                         None
@@ -264,6 +267,9 @@ impl<T> QueueStore<T> {
                 TrySubmitError::Full(v) => TrySubmitError::Full(unwrap_unshared(v)),
                 TrySubmitError::Closed(v) => TrySubmitError::Closed(unwrap_unshared(v)),
                 TrySubmitError::WouldBlock(v) => TrySubmitError::WouldBlock(unwrap_unshared(v)),
+                TrySubmitError::OutcomeUnknown(v) => {
+                    TrySubmitError::OutcomeUnknown(unwrap_unshared(v))
+                }
             })
     }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures_lite::StreamExt;
 use reading::{PATIENCE, next, next_value, quick};
-use storecast::{Position, RecvError, ResetReason, Start, Store};
+use storecast::{Position, RecvError, ResetReason, Start, Store, SubmitError};
 use storecast_redis::{ConnectError, QueueOptions, Redis, RedisStore};
 use support::{RedisServer, eventually};
 
@@ -686,4 +686,63 @@ async fn the_first_submit_after_the_server_closed_an_idle_connection_succeeds() 
         );
     }
     assert_eq!(server.cli(&["XLEN", "idle"]), "4", "each submit added once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_redis_answers_too_late_for_is_outcome_unknown_and_a_keyed_one_adds_once() {
+    let server = RedisServer::start();
+    // Answers within 1 s, or the outcome is unknown.
+    let redis = Redis::connect_with(quick(&server.url())).await.unwrap();
+    let queue = redis
+        .queue_store::<String>("busy", QueueOptions::default())
+        .await
+        .unwrap();
+    let before = queue.submit("before".to_owned()).await.unwrap();
+
+    // Redis busy for 3 s (under its 5 s limit, after which it would answer BUSY): every
+    // command waits, then runs.
+    let url = server.url();
+    let busy = std::thread::spawn(move || {
+        let mut connection = redis::Client::open(url).unwrap().get_connection().unwrap();
+        let _: () = redis::cmd("EVAL")
+            .arg(
+                "local s = tonumber(redis.call('TIME')[1]) \
+                 while tonumber(redis.call('TIME')[1]) - s < 3 do end",
+            )
+            .arg(0)
+            .query(&mut connection)
+            .unwrap();
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (unkeyed, keyed) = futures_lite::future::zip(
+        queue.submit("unkeyed".to_owned()),
+        queue.submit_with_key("keyed".to_owned(), "request-1"),
+    )
+    .await;
+    busy.join().unwrap();
+    // Not "not submitted": it was.
+    assert!(
+        matches!(unkeyed, Err(SubmitError::OutcomeUnknown(_))),
+        "{unkeyed:?}"
+    );
+    // The store retried under the key until Redis answered, and the key kept the retries
+    // from adding it again.
+    let keyed = keyed.expect("a keyed submit retries until Redis answers");
+    assert_eq!(
+        queue
+            .submit_with_key("keyed".to_owned(), "request-1")
+            .await
+            .unwrap(),
+        keyed,
+        "a client's retry gets the first position back"
+    );
+    let entries = server.cli(&["XRANGE", "busy", "-", "+"]);
+    assert_eq!(server.cli(&["XLEN", "busy"]), "3", "{entries}");
+    assert_eq!(entries.matches("keyed").count(), 2, "{entries}"); // "unkeyed" and "keyed"
+    assert!(keyed.offset() > before.offset());
+    // A retry is not a loss: nobody was moved to a new epoch.
+    assert_eq!(
+        (keyed.epoch(), queue.epoch()),
+        (before.epoch(), before.epoch())
+    );
 }

@@ -203,6 +203,9 @@ impl<T, const CAPACITY: usize, const SUBSCRIBERS: usize, M: RawMutex>
             match self.try_submit(value.take().expect("polled after completion")) {
                 Ok(position) => Poll::Ready(Ok(position)),
                 Err(TrySubmitError::Closed(v)) => Poll::Ready(Err(SubmitError::Closed(v))),
+                Err(TrySubmitError::OutcomeUnknown(v)) => {
+                    Poll::Ready(Err(SubmitError::OutcomeUnknown(v)))
+                }
                 Err(TrySubmitError::Full(v) | TrySubmitError::WouldBlock(v)) => {
                     let to_wake = self.state.lock(|state| {
                         let position = state.last + 1;
