@@ -269,3 +269,55 @@ async fn metrics_show_each_redis_topics_connection_and_its_interruptions() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Publishes `body` to `topic` on `hub` with an `Idempotency-Key` (if any); returns the
+/// status and the text.
+async fn publish_keyed(hub: &Hub, topic: &str, body: &str, key: Option<&str>) -> (u16, String) {
+    let mut request = support::client()
+        .post(hub.url(&format!("/publish/{topic}")))
+        .body(body.to_owned());
+    if let Some(key) = key {
+        request = request.header("Idempotency-Key", key);
+    }
+    let response = request.send().await.expect("the hub answers");
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_redis_answers_too_late_is_a_503_that_says_so_and_a_keyed_retry_adds_once() {
+    let server = RedisServer::start();
+    // Redis answers BUSY to others only after 10 s of a script, so that commands wait.
+    server.cli(&["CONFIG", "SET", "busy-reply-threshold", "10000"]);
+    let (a, b) = (hub_on(&server), hub_on(&server));
+    a.published("orders", "first").await;
+
+    // Redis busy for 7 s, longer than the hubs' 5 s response timeout.
+    let port = server.port().to_string();
+    let busy = std::thread::spawn(move || {
+        let status = Command::new("redis-cli")
+            .args(["-p", &port, "EVAL"])
+            .arg(
+                "local s = tonumber(redis.call('TIME')[1]) \
+                 while tonumber(redis.call('TIME')[1]) - s < 7 do end",
+            )
+            .arg("0")
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, text) = publish_keyed(&a, "orders", "unkeyed", None).await;
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("MAY HAVE BEEN PUBLISHED"), "{text}");
+    busy.join().unwrap();
+
+    // A client that retries with its key, on either hub, gets one entry and one id.
+    let (status, first) = publish_keyed(&a, "orders", "keyed", Some("order-42")).await;
+    assert_eq!(status, 200, "{first}");
+    let (status, again) = publish_keyed(&b, "orders", "keyed", Some("order-42")).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(first, again);
+    // first, unkeyed (it was published after all) and keyed once.
+    assert_eq!(server.cli(&["XLEN", "storecast:orders"]), "3");
+}
