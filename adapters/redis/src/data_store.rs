@@ -180,7 +180,20 @@ impl<T: Codec> RedisStore<T> {
             shutdown: Shutdown::default(),
         });
         redis.listen(channel, shared.me.clone()).await?;
-        shared.catch_up_from_key().await.map_err(|e| {
+        // The command connection may be reconnecting too (a store opened right after
+        // Redis came back): a failure of the connection is tried again, within the
+        // connect timeout.
+        let deadline = std::time::Instant::now() + redis.options().connect_timeout_value();
+        let mut backoff = redis.options().backoff();
+        let mut caught_up = shared.catch_up_from_key().await;
+        while let Err(e) = &caught_up {
+            if !e.is_io_error() && !e.is_timeout() || std::time::Instant::now() >= deadline {
+                break;
+            }
+            backoff.wait().await;
+            caught_up = shared.catch_up_from_key().await;
+        }
+        caught_up.map_err(|e| {
             shared.stop();
             match e.kind() {
                 redis::ErrorKind::Io => redis.unreachable(e),

@@ -118,7 +118,10 @@ mod tests {
     fn jittered_delays_stay_between_half_and_all_and_differ() {
         let delay = Duration::from_millis(800);
         let drawn: Vec<_> = (0..100).map(|_| jittered(delay)).collect();
-        assert!(drawn.iter().all(|d| *d >= delay / 2 && *d <= delay), "{drawn:?}");
+        assert!(
+            drawn.iter().all(|d| *d >= delay / 2 && *d <= delay),
+            "{drawn:?}"
+        );
         let first = drawn[0];
         assert!(drawn.iter().any(|d| *d != first), "no jitter: {drawn:?}");
     }

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use event_listener::Event;
 use futures_lite::StreamExt;
@@ -120,22 +121,36 @@ impl Subscription {
         if let Some(sink) = self.current_sink() {
             return Ok(sink);
         }
-        let _opening = self.opening.lock().await;
-        if let Some(sink) = self.current_sink() {
-            return Ok(sink);
-        }
-        if self.shutdown.is_triggered() || self.started.load(Ordering::Acquire) {
-            // Reconnecting: the caller should try again later.
-            return Err(RedisError::from((
+        let down = || {
+            RedisError::from((
                 ErrorKind::Io,
-                "the subscription connection is down; reconnecting",
-            )));
-        }
-        let (sink, stream) = self.connect(&[]).await?;
-        *self.sink.lock().expect("sink lock") = Some(sink.clone());
-        self.started.store(true, Ordering::Release);
-        runtime::spawn(dispatch(Arc::clone(self), stream));
-        Ok(sink)
+                "the subscription connection is down, and did not come back within the connect timeout",
+            ))
+        };
+        // While the dispatching task reconnects, wait for it (a store opened then would
+        // otherwise fail at once), up to the connect timeout.
+        let opened = runtime::timeout(self.options.connect_timeout_value(), async {
+            loop {
+                let opening = self.opening.lock().await;
+                if let Some(sink) = self.current_sink() {
+                    return Ok(sink);
+                }
+                if self.shutdown.is_triggered() {
+                    return Err(down());
+                }
+                if !self.started.load(Ordering::Acquire) {
+                    let (sink, stream) = self.connect(&[]).await?;
+                    *self.sink.lock().expect("sink lock") = Some(sink.clone());
+                    self.started.store(true, Ordering::Release);
+                    runtime::spawn(dispatch(Arc::clone(self), stream));
+                    return Ok(sink);
+                }
+                drop(opening);
+                runtime::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        opened.unwrap_or_else(|| Err(down()))
     }
 
     fn current_sink(&self) -> Option<PubSubSink> {

@@ -746,3 +746,20 @@ async fn a_submit_redis_answers_too_late_for_is_outcome_unknown_and_a_keyed_one_
         (before.epoch(), before.epoch())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_latest_store_opened_while_redis_comes_back_waits_for_it() {
+    let mut server = RedisServer::start();
+    let redis = Redis::connect_with(quick(&server.url())).await.unwrap();
+    let first = redis.data_store::<String>("first").await.unwrap();
+    server.kill();
+    eventually("the subscription to notice", PATIENCE, || !first.is_connected()).await;
+    let opening = tokio::spawn({
+        let redis = redis.clone();
+        async move { redis.data_store::<String>("second").await.map(drop) }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.restart();
+    let opened = opening.await.unwrap();
+    assert!(opened.is_ok(), "opening failed at once: {opened:?}");
+}
