@@ -403,6 +403,17 @@ impl Redis {
             .map_err(|e| self.unreachable(e))
     }
 
+    /// Has the subscription deliver `key`'s value to `channel`'s listeners in its place
+    /// among the channel's messages (see `Subscription::sync`).
+    pub(crate) async fn sync(
+        &self,
+        commands: &mut ConnectionManager,
+        channel: &str,
+        key: &str,
+    ) -> Result<i64, RedisError> {
+        self.inner.subscription.sync(commands, channel, key).await
+    }
+
     /// Stops delivering `channel`'s messages to `listener`.
     pub(crate) fn stop_listening(&self, channel: &str, listener: &Weak<dyn Listener>) {
         self.inner.subscription.remove(channel, listener);

@@ -753,7 +753,10 @@ async fn a_latest_store_opened_while_redis_comes_back_waits_for_it() {
     let redis = Redis::connect_with(quick(&server.url())).await.unwrap();
     let first = redis.data_store::<String>("first").await.unwrap();
     server.kill();
-    eventually("the subscription to notice", PATIENCE, || !first.is_connected()).await;
+    eventually("the subscription to notice", PATIENCE, || {
+        !first.is_connected()
+    })
+    .await;
     let opening = tokio::spawn({
         let redis = redis.clone();
         async move { redis.data_store::<String>("second").await.map(drop) }
@@ -762,4 +765,79 @@ async fn a_latest_store_opened_while_redis_comes_back_waits_for_it() {
     server.restart();
     let opened = opening.await.unwrap();
     assert!(opened.is_ok(), "opening failed at once: {opened:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_latest_value_never_goes_back_while_its_subscription_is_killed_over_and_over() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let server = RedisServer::start();
+    let redis = Redis::connect_with(quick(&server.url())).await.unwrap();
+    let store = redis.data_store::<String>("counter").await.unwrap();
+    let mut subscriber = store.subscribe();
+    // Another program publishes increasing integers the way the store does (SET of the key
+    // and PUBLISH in one script), as fast as it can.
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = std::thread::spawn({
+        let (url, stop) = (server.url(), Arc::clone(&stop));
+        move || {
+            let mut connection = redis::Client::open(url).unwrap().get_connection().unwrap();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let _: i64 = redis::cmd("EVAL")
+                    .arg("redis.call('SET', KEYS[1], ARGV[2]) return redis.call('PUBLISH', ARGV[1], ARGV[2])")
+                    .arg(1)
+                    .arg("counter:latest")
+                    .arg("counter")
+                    .arg(n.to_string())
+                    .query(&mut connection)
+                    .unwrap();
+            }
+            n
+        }
+    });
+    let killer = async {
+        let mut killed = 0;
+        for _ in 0..60 {
+            tokio::time::sleep(Duration::from_millis(40)).await;
+            killed += server
+                .cli(&["CLIENT", "KILL", "TYPE", "pubsub"])
+                .parse::<u32>()
+                .unwrap_or(0);
+        }
+        stop.store(true, Ordering::Relaxed);
+        killed
+    };
+    let reader = async {
+        let (mut seen, mut back, mut twice, mut interrupted) = (0u64, Vec::new(), 0, 0);
+        loop {
+            match tokio::time::timeout(Duration::from_secs(2), subscriber.next()).await {
+                Ok(Some(Ok(message))) => {
+                    let n: u64 = message.parse().unwrap();
+                    if n < seen {
+                        back.push((seen, n));
+                    } else if n == seen {
+                        twice += 1;
+                    }
+                    seen = seen.max(n);
+                }
+                Ok(Some(Err(RecvError::Interrupted))) => interrupted += 1,
+                Ok(other) => panic!("unexpected {other:?}"),
+                // Quiet for 2 s: the publisher has stopped and everything is in.
+                Err(_) if stop.load(Ordering::Relaxed) => return (seen, back, twice, interrupted),
+                Err(_) => {}
+            }
+        }
+    };
+    let (killed, (seen, back, twice, interrupted)) =
+        futures_lite::future::zip(killer, reader).await;
+    let last = publisher.join().unwrap();
+    assert!(killed >= 20, "only {killed} kills");
+    assert!(interrupted >= 1);
+    assert_eq!(back, [], "the value went back (newest seen, then older)");
+    assert_eq!(twice, 0, "a value was shown twice");
+    assert_eq!(seen, last, "did not end with the last value");
+    assert_eq!(*store.current().unwrap(), last.to_string());
 }
