@@ -321,3 +321,58 @@ async fn a_publish_redis_answers_too_late_is_a_503_that_says_so_and_a_keyed_retr
     // first, unkeyed (it was published after all) and keyed once.
     assert_eq!(server.cli(&["XLEN", "storecast:orders"]), "3");
 }
+
+/// How many clients of `kind` (`normal`, `pubsub`) Redis has, redis-cli's own included.
+fn clients(server: &RedisServer, kind: &str) -> usize {
+    server
+        .cli(&["CLIENT", "LIST", "TYPE", kind])
+        .lines()
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_topics_closed_after_idling_release_their_connections() {
+    let server = RedisServer::start();
+    let idle_hub = || clients(&server, "normal");
+    let baseline = idle_hub();
+    let hub = Hub::start(&[
+        "--redis",
+        &server.url(),
+        "--latest",
+        "prices.*",
+        "--topic-idle-secs",
+        "1",
+    ]);
+    for n in 0..20 {
+        hub.published(&format!("queue{n}"), "x").await;
+        hub.published(&format!("prices.{n}"), "1").await;
+    }
+    let open = idle_hub();
+    assert!(
+        open >= baseline + 20,
+        "{open} clients with 20 queue topics open"
+    );
+    // Unused for the idle time, every topic goes, and what it held with it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = idle_hub();
+        let pubsub_channels = server.cli(&["PUBSUB", "NUMSUB", "prices.0"]);
+        if now <= baseline + 2 && pubsub_channels.ends_with("\n0") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{now} clients (baseline {baseline}) and prices.0 subscriptions `{pubsub_channels}` after the topics idled"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let metrics = support::client()
+        .get(hub.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("storecast_topics 0"), "{metrics}");
+}
