@@ -25,11 +25,12 @@ apt_install() {
         --no-remove "$@" >/dev/null
 }
 
-# Debian's toolchain, the library source for build-std, and a linker for bare metal.
+# Debian's toolchain (its cargo is the package cargo-web; rustc-web alone has none), the
+# library source for build-std, and a linker for bare metal.
 if [ ! -x /usr/bin/cargo ] || [ ! -d /usr/lib/rustlib/src/rust/library/core ] ||
     [ ! -x /usr/bin/cargo-clippy ] || ! command -v ld.lld >/dev/null; then
-    step "installing rustc-web rust-web-src rust-web-clippy lld"
-    apt_install rustc-web rust-web-src rust-web-clippy lld
+    step "installing rustc-web cargo-web rust-web-src rust-web-clippy lld"
+    apt_install rustc-web cargo-web rust-web-src rust-web-clippy lld
 fi
 
 # QEMU. Some images carry a newer qemu-utils (from backports) that refuses Debian 12's

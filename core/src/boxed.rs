@@ -96,6 +96,7 @@ impl<T: Send + Sync + 'static> BoxStore<T> {
         match self.store.try_submit(value) {
             Ok(position) => Ok(position),
             Err(TrySubmitError::Closed(value)) => Err(SubmitError::Closed(value)),
+            Err(TrySubmitError::OutcomeUnknown(value)) => Err(SubmitError::OutcomeUnknown(value)),
             Err(TrySubmitError::Full(value) | TrySubmitError::WouldBlock(value)) => {
                 self.store.submit(value).await
             }
@@ -200,6 +201,17 @@ impl<T: Send + Sync + 'static> BoxSubscriber<T> {
 
 impl<T> BoxSubscriber<T> {
     /// Waits for the next message; see [`Subscriber::recv`].
+    ///
+    /// ```
+    /// use futures_lite::future::block_on;
+    /// use storecast::{BoxStore, QueueStore, TryRecvError};
+    ///
+    /// let store = BoxStore::new(QueueStore::new(4));
+    /// let mut subscriber = store.subscribe();
+    /// assert_eq!(subscriber.try_recv().unwrap_err(), TryRecvError::Empty);
+    /// store.try_submit(1).unwrap();
+    /// assert_eq!(*block_on(subscriber.recv()).unwrap(), 1);
+    /// ```
     pub fn recv(&mut self) -> Recv<'_, Self> {
         Recv::new(self)
     }

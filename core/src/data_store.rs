@@ -187,6 +187,16 @@ impl<T> DataStore<T> {
 
     /// Makes an already shared value the current value; see
     /// [`try_submit`](DataStore::try_submit).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use storecast::DataStore;
+    ///
+    /// let config = Arc::new(String::from("v2"));
+    /// let store = DataStore::new();
+    /// store.try_submit_arc(Arc::clone(&config)).unwrap();
+    /// assert!(Arc::ptr_eq(store.current().unwrap().value(), &config));
+    /// ```
     pub fn try_submit_arc(&self, value: Arc<T>) -> Result<Position, TrySubmitError<Arc<T>>> {
         let shared = &*self.shared;
         let (position, replaced, parked) = {

@@ -100,7 +100,9 @@ where
 }
 
 /// Submits `value`, pausing and trying again while the transport is unavailable; false
-/// once the store is closed.
+/// once the store is closed, or when the store cannot tell whether it took the value
+/// ([`SubmitError::OutcomeUnknown`]: trying again could add it twice, so forwarding stops
+/// and the caller decides).
 async fn submit_retrying<S, P, F>(store: &S, mut value: S::Value, pause: &mut P) -> bool
 where
     S: Store,

@@ -90,6 +90,13 @@ impl RecvError {
 
     /// How many messages this subscriber will never see, where that is known
     /// ([`Lagged`](RecvError::Lagged)).
+    ///
+    /// ```
+    /// use storecast::RecvError;
+    ///
+    /// assert_eq!(RecvError::Lagged { missed: 3 }.missed(), Some(3));
+    /// assert_eq!(RecvError::Interrupted.missed(), None); // unknown
+    /// ```
     pub const fn missed(&self) -> Option<u64> {
         match self {
             RecvError::Lagged { missed } => Some(*missed),
@@ -263,16 +270,24 @@ pub enum SubmitError<T> {
     /// The store is closed and takes no more messages.
     Closed(T),
     /// The store's transport could not take the message: its connection (to Redis) is
-    /// down or did not answer in time. The store goes on trying to reconnect; submit again
-    /// later.
+    /// down, or the server refused the command. The message was not submitted. The store
+    /// goes on trying to reconnect; submit again later.
     Unavailable(T),
+    /// The store's transport took the command but no answer came in time (Redis busy, or
+    /// the connection dropped after the command was sent): the message **may or may not**
+    /// have been submitted, and this process cannot tell. Submitting it again may add it
+    /// twice; a store with idempotency keys (`RedisQueueStore::submit_with_key`) makes
+    /// the retry safe.
+    OutcomeUnknown(T),
 }
 
 impl<T> SubmitError<T> {
     /// The message that was not submitted.
     pub fn into_inner(self) -> T {
         match self {
-            SubmitError::Closed(value) | SubmitError::Unavailable(value) => value,
+            SubmitError::Closed(value)
+            | SubmitError::Unavailable(value)
+            | SubmitError::OutcomeUnknown(value) => value,
         }
     }
 }
@@ -282,6 +297,7 @@ impl<T> fmt::Debug for SubmitError<T> {
         match self {
             SubmitError::Closed(_) => f.write_str("Closed(..)"),
             SubmitError::Unavailable(_) => f.write_str("Unavailable(..)"),
+            SubmitError::OutcomeUnknown(_) => f.write_str("OutcomeUnknown(..)"),
         }
     }
 }
@@ -293,8 +309,12 @@ impl<T> fmt::Display for SubmitError<T> {
                 f.write_str("the store is closed; the message was not submitted")
             }
             SubmitError::Unavailable(_) => f.write_str(
-                "the store's transport is unavailable (its connection is down or timed out); \
-                 the message was not submitted",
+                "the store's transport is unavailable (its connection is down, or the server \
+                 refused the command); the message was not submitted",
+            ),
+            SubmitError::OutcomeUnknown(_) => f.write_str(
+                "the store's transport did not answer in time; the message may or may not \
+                 have been submitted",
             ),
         }
     }
@@ -315,6 +335,9 @@ pub enum TrySubmitError<T> {
     /// The store cannot take a message without waiting on I/O: its transport is a network
     /// connection (a Redis stream), so only `submit().await` can learn the position.
     WouldBlock(T),
+    /// See [`SubmitError::OutcomeUnknown`]: the message may or may not have been
+    /// submitted.
+    OutcomeUnknown(T),
 }
 
 impl<T> TrySubmitError<T> {
@@ -323,7 +346,8 @@ impl<T> TrySubmitError<T> {
         match self {
             TrySubmitError::Full(value)
             | TrySubmitError::Closed(value)
-            | TrySubmitError::WouldBlock(value) => value,
+            | TrySubmitError::WouldBlock(value)
+            | TrySubmitError::OutcomeUnknown(value) => value,
         }
     }
 
@@ -338,6 +362,7 @@ impl<T> From<SubmitError<T>> for TrySubmitError<T> {
         match e {
             SubmitError::Closed(value) => TrySubmitError::Closed(value),
             SubmitError::Unavailable(value) => TrySubmitError::WouldBlock(value),
+            SubmitError::OutcomeUnknown(value) => TrySubmitError::OutcomeUnknown(value),
         }
     }
 }
@@ -348,6 +373,7 @@ impl<T> fmt::Debug for TrySubmitError<T> {
             TrySubmitError::Full(_) => f.write_str("Full(..)"),
             TrySubmitError::Closed(_) => f.write_str("Closed(..)"),
             TrySubmitError::WouldBlock(_) => f.write_str("WouldBlock(..)"),
+            TrySubmitError::OutcomeUnknown(_) => f.write_str("OutcomeUnknown(..)"),
         }
     }
 }
@@ -365,6 +391,10 @@ impl<T> fmt::Display for TrySubmitError<T> {
             TrySubmitError::WouldBlock(_) => f.write_str(
                 "the store cannot take a message without waiting on its connection; \
                  use submit().await",
+            ),
+            TrySubmitError::OutcomeUnknown(_) => f.write_str(
+                "the store's transport did not answer in time; the message may or may not \
+                 have been submitted",
             ),
         }
     }

@@ -245,6 +245,9 @@ impl<T> QueueStore<T> {
                 match self.shared.try_publish(v) {
                     Ok(position) => Some(Ok(position)),
                     Err(TrySubmitError::Closed(v)) => Some(Err(SubmitError::Closed(v))),
+                    Err(TrySubmitError::OutcomeUnknown(v)) => {
+                        Some(Err(SubmitError::OutcomeUnknown(v)))
+                    }
                     Err(TrySubmitError::Full(v) | TrySubmitError::WouldBlock(v)) => {
                         value = Some(v);
                         None
@@ -264,11 +267,26 @@ impl<T> QueueStore<T> {
                 TrySubmitError::Full(v) => TrySubmitError::Full(unwrap_unshared(v)),
                 TrySubmitError::Closed(v) => TrySubmitError::Closed(unwrap_unshared(v)),
                 TrySubmitError::WouldBlock(v) => TrySubmitError::WouldBlock(unwrap_unshared(v)),
+                TrySubmitError::OutcomeUnknown(v) => {
+                    TrySubmitError::OutcomeUnknown(unwrap_unshared(v))
+                }
             })
     }
 
     /// Submits an already shared value if there is room now; see
     /// [`try_submit`](QueueStore::try_submit).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use storecast::QueueStore;
+    ///
+    /// let big = Arc::new(vec![0u8; 1 << 20]);
+    /// let (a, b) = (QueueStore::new(4), QueueStore::new(4));
+    /// let mut on_b = b.subscribe();
+    /// a.try_submit_arc(Arc::clone(&big)).unwrap();
+    /// b.try_submit_arc(Arc::clone(&big)).unwrap(); // one megabyte, in both stores
+    /// assert!(Arc::ptr_eq(on_b.try_recv().unwrap().value(), &big));
+    /// ```
     pub fn try_submit_arc(&self, value: Arc<T>) -> Result<Position, TrySubmitError<Arc<T>>> {
         self.shared.try_publish(value)
     }

@@ -110,6 +110,9 @@ impl<S: Store + Clone + Unpin + 'static> Sink<S::Value> for StoreSink<S> {
         match store.try_submit(value) {
             Ok(position) => this.last = Some(position),
             Err(TrySubmitError::Closed(value)) => return Err(SubmitError::Closed(value)),
+            Err(TrySubmitError::OutcomeUnknown(value)) => {
+                return Err(SubmitError::OutcomeUnknown(value));
+            }
             Err(TrySubmitError::Full(value) | TrySubmitError::WouldBlock(value)) => {
                 let store = store.clone();
                 this.pending = Some(Box::pin(async move { store.submit(value).await }));

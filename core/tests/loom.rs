@@ -184,8 +184,8 @@ fn latest_value_write_racing_a_read_never_goes_back_and_ends_with_last() {
         let submitter = {
             let store = store.clone();
             thread::spawn(move || {
-                store.submit(1u64).unwrap();
-                store.submit(2).unwrap();
+                store.try_submit(1u64).unwrap();
+                store.try_submit(2).unwrap();
             })
         };
         // The first read races the submits (it may land between them, or see both).
@@ -207,7 +207,7 @@ fn latest_value_parked_subscriber_is_woken_and_close_ends_it() {
         let submitter = {
             let store = store.clone();
             thread::spawn(move || {
-                store.submit(5u64).unwrap();
+                store.try_submit(5u64).unwrap();
                 store.close();
             })
         };
@@ -261,7 +261,7 @@ fn fixed_parked_subscribers_are_all_woken_by_submit() {
                 })
             })
             .collect();
-        store.submit(7).unwrap();
+        store.try_submit(7).unwrap();
         for r in readers {
             assert_eq!(r.join().unwrap(), 7);
         }

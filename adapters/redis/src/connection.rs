@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, RedisError};
+use redis::{Client, IntoConnectionInfo, ProtocolVersion, RedisError};
 
 use crate::runtime;
 use crate::subscription::{Listener, Subscription};
@@ -14,10 +14,15 @@ use crate::subscription::{Listener, Subscription};
 ///
 /// The URL is the `redis` crate's: `redis://[user:password@]host[:port][/db]`,
 /// `rediss://` for TLS (feature `tls`; the system's trust store unless
-/// `root_certificate` says otherwise), `unix:///path`.
+/// `root_certificate` says otherwise), `unix:///path`. Connections speak RESP3 (Redis 6
+/// or later), so a connection the server closed is noticed when it closes, not by the
+/// next command; `?protocol=resp2` in the URL keeps the older protocol (and a server
+/// that does not know RESP3 is spoken to in RESP2). An application that builds its own
+/// [`redis::ConnectionInfo`] passes it with
+/// [`from_connection_info`](Options::from_connection_info).
 #[derive(Clone)]
 pub struct Options {
-    url: String,
+    target: Target,
     /// PEM certificates to trust instead of the system's (TLS only).
     root_certificate: Option<Vec<u8>>,
     /// PEM certificate and key to present to the server (TLS only).
@@ -29,12 +34,42 @@ pub struct Options {
     reconnect_max: Duration,
 }
 
+/// Where the server is.
+#[derive(Clone)]
+enum Target {
+    /// A URL, in RESP3 unless it says which protocol.
+    Url(String),
+    /// Connection settings the application built, used as they are.
+    Info(Box<redis::ConnectionInfo>),
+}
+
 impl Options {
     /// Defaults for the server at `url`: 5 s to connect, 5 s for an answer, a health check
     /// of idle subscriptions every 5 s, reconnection delays doubling from 100 ms to 5 s.
     pub fn new(url: impl Into<String>) -> Self {
+        Options::with_target(Target::Url(url.into()))
+    }
+
+    /// Defaults (as [`new`](Options::new)) for a server described by `info`, which is
+    /// used as it is: its address, credentials, database and protocol (choose
+    /// [`redis::ProtocolVersion::RESP3`] there for what RESP3 brings).
+    ///
+    /// ```
+    /// use redis::{IntoConnectionInfo, ProtocolVersion};
+    /// use storecast_redis::Options;
+    ///
+    /// let info = "redis://127.0.0.1:6379".into_connection_info().unwrap();
+    /// let settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
+    /// let options = Options::from_connection_info(info.set_redis_settings(settings));
+    /// # drop(options);
+    /// ```
+    pub fn from_connection_info(info: redis::ConnectionInfo) -> Self {
+        Options::with_target(Target::Info(Box::new(info)))
+    }
+
+    fn with_target(target: Target) -> Self {
         Options {
-            url: url.into(),
+            target,
             root_certificate: None,
             client_certificate: None,
             connect_timeout: Duration::from_secs(5),
@@ -92,8 +127,27 @@ impl Options {
         self
     }
 
-    /// The client for these options: the URL, and the certificates if any.
-    fn client(&self) -> Result<Client, RedisError> {
+    /// The connection settings: the URL's, in RESP3 unless it names a protocol (or
+    /// `resp2` is asked for, for a server that does not know RESP3).
+    fn connection_info(&self, resp2: bool) -> Result<redis::ConnectionInfo, RedisError> {
+        let url = match &self.target {
+            Target::Info(info) => return Ok((**info).clone()),
+            Target::Url(url) => url,
+        };
+        let info = url.as_str().into_connection_info()?;
+        if resp2 || url.contains("protocol=") {
+            return Ok(info);
+        }
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        Ok(info.set_redis_settings(settings))
+    }
+
+    /// The client for these options: the address and protocol, and the certificates if any.
+    fn client(&self, resp2: bool) -> Result<Client, RedisError> {
+        let info = self.connection_info(resp2)?;
         #[cfg(feature = "tls")]
         {
             // rustls needs a process-wide crypto provider; another may be installed already.
@@ -109,10 +163,10 @@ impl Options {
                         }),
                     root_cert: self.root_certificate.clone(),
                 };
-                return Client::build_with_tls(self.url.as_str(), certificates);
+                return Client::build_with_tls(info, certificates);
             }
         }
-        Client::open(self.url.as_str())
+        Client::open(info)
     }
 
     pub(crate) fn backoff(&self) -> runtime::Backoff {
@@ -135,8 +189,9 @@ impl Options {
 /// Shows where, never the URL's password or the certificates.
 impl std::fmt::Debug for Options {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let address = Client::open(self.url.as_str())
-            .map(|c| c.get_connection_info().addr().to_string())
+        let address = self
+            .connection_info(true)
+            .map(|info| info.addr().to_string())
             .unwrap_or_else(|_| "(invalid URL)".into());
         f.debug_struct("Options")
             .field("address", &address)
@@ -251,9 +306,19 @@ impl Redis {
 
     /// Connects with `options`, and checks the server answers a `PING`.
     pub async fn connect_with(options: Options) -> Result<Redis, ConnectError> {
-        let client = options.client().map_err(ConnectError::InvalidUrl)?;
+        let client = options.client(false).map_err(ConnectError::InvalidUrl)?;
         let address = client.get_connection_info().addr().to_string();
-        let mut commands = open_manager(&client, &options, &address, Duration::ZERO).await?;
+        let (client, mut commands) = match open_manager(&client, &options, &address, Duration::ZERO)
+            .await
+        {
+            Err(ConnectError::Unreachable { source, .. }) if knows_no_resp3(&source) => {
+                // A server older than Redis 6 (or one that refuses HELLO): RESP2.
+                let client = options.client(true).map_err(ConnectError::InvalidUrl)?;
+                let commands = open_manager(&client, &options, &address, Duration::ZERO).await?;
+                (client, commands)
+            }
+            opened => (client, opened?),
+        };
         let pong: Result<String, RedisError> = redis::cmd("PING").query_async(&mut commands).await;
         if let Err(source) = pong {
             return Err(ConnectError::Unreachable { address, source });
@@ -338,6 +403,17 @@ impl Redis {
             .map_err(|e| self.unreachable(e))
     }
 
+    /// Has the subscription deliver `key`'s value to `channel`'s listeners in its place
+    /// among the channel's messages (see `Subscription::sync`).
+    pub(crate) async fn sync(
+        &self,
+        commands: &mut ConnectionManager,
+        channel: &str,
+        key: &str,
+    ) -> Result<i64, RedisError> {
+        self.inner.subscription.sync(commands, channel, key).await
+    }
+
     /// Stops delivering `channel`'s messages to `listener`.
     pub(crate) fn stop_listening(&self, channel: &str, listener: &Weak<dyn Listener>) {
         self.inner.subscription.remove(channel, listener);
@@ -356,6 +432,12 @@ impl Redis {
             source,
         }
     }
+}
+
+/// Whether a connection attempt failed because the server does not speak RESP3.
+fn knows_no_resp3(error: &RedisError) -> bool {
+    let text = error.to_string();
+    text.contains("HELLO") || text.contains("RESP3") || text.contains("unknown command")
 }
 
 /// Opens a command connection that reconnects on its own; its answers may take `extra`

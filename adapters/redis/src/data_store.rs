@@ -18,7 +18,7 @@ use crate::codec::Codec;
 use crate::connection::{ConnectError, Redis};
 use crate::runtime;
 use crate::shutdown::Shutdown;
-use crate::subscription::Listener;
+use crate::subscription::{Heard, Listener};
 
 /// Tornadose's default channel, so that its publishers keep working.
 pub const DEFAULT_CHANNEL: &str = "tornadose";
@@ -127,6 +127,10 @@ struct Shared<T> {
     received: AtomicU64,
     undecodable: AtomicU64,
     shutdown: Shutdown,
+    /// Reads of the key the subscription has delivered (see `Heard::Key`), and an event
+    /// for each: opening waits for the first.
+    syncs: AtomicU64,
+    synced: event_listener::Event,
 }
 
 /// A value submitted here, on its way to Redis.
@@ -178,9 +182,43 @@ impl<T: Codec> RedisStore<T> {
             received: AtomicU64::new(0),
             undecodable: AtomicU64::new(0),
             shutdown: Shutdown::default(),
+            syncs: AtomicU64::new(0),
+            synced: event_listener::Event::new(),
         });
         redis.listen(channel, shared.me.clone()).await?;
-        shared.catch_up_from_key().await.map_err(|e| {
+        // The command connection may be reconnecting too (a store opened right after
+        // Redis came back): a failure of the connection is tried again, within the
+        // connect timeout.
+        let deadline = std::time::Instant::now() + redis.options().connect_timeout_value();
+        let mut backoff = redis.options().backoff();
+        let syncs = shared.syncs.load(Ordering::Acquire);
+        let mut caught_up = shared.sync_from_key().await;
+        while let Err(e) = &caught_up {
+            if !e.is_io_error() && !e.is_timeout() || std::time::Instant::now() >= deadline {
+                break;
+            }
+            backoff.wait().await;
+            caught_up = shared.sync_from_key().await;
+        }
+        if caught_up.is_ok() {
+            // The key's value comes through the subscription, in its place among the
+            // channel's messages: wait for it (a while), so that the store starts from it.
+            let arrived = || shared.syncs.load(Ordering::Acquire) > syncs;
+            let waited = runtime::timeout(redis.options().response_timeout_value(), async {
+                while !arrived() {
+                    let listener = shared.synced.listen();
+                    if arrived() {
+                        break;
+                    }
+                    listener.await;
+                }
+            })
+            .await;
+            if waited.is_none() {
+                tracing::warn!(channel = %channel, "the latest-value key's value did not come through the subscription in time; it will");
+            }
+        }
+        caught_up.map_err(|e| {
             shared.stop();
             match e.kind() {
                 redis::ErrorKind::Io => redis.unreachable(e),
@@ -341,6 +379,20 @@ impl<T> RedisSubscriber<T> {
     /// Waits for a value newer than the last one received, or news
     /// ([`RecvError::Interrupted`] after the connection to Redis was lost), or
     /// [`RecvError::Closed`] once the store is closed and the last value was received.
+    ///
+    /// ```no_run
+    /// use storecast::{RecvError, Store};
+    /// use storecast_redis::RedisStore;
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let prices: RedisStore<String> = RedisStore::connect("redis://127.0.0.1:6379").await?;
+    /// let mut subscriber = prices.subscribe();
+    /// while let Ok(price) = subscriber.recv().await {
+    ///     println!("now {}", *price);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn recv(&mut self) -> Recv<'_, Self> {
         Recv::new(self)
     }
@@ -423,23 +475,29 @@ impl<T> Shared<T> {
 }
 
 impl<T: Codec> Shared<T> {
-    /// Takes the value in the latest-value key if it is not the current one already.
-    async fn catch_up_from_key(&self) -> Result<(), RedisError> {
+    /// Has the subscription deliver the latest-value key's value in its place among the
+    /// channel's messages (`Heard::Key`): a `GET` on another connection could answer after
+    /// messages published later, and an older value would be shown after a newer one.
+    async fn sync_from_key(&self) -> Result<(), RedisError> {
         let mut commands = self.redis.commands();
-        let stored: Option<Vec<u8>> = redis::cmd("GET")
-            .arg(&self.key)
-            .query_async(&mut commands)
+        self.redis
+            .sync(&mut commands, &self.channel, &self.key)
             .await
             .inspect_err(|e| self.redis.failed(e))?;
-        let Some(bytes) = stored else {
-            return Ok(());
-        };
-        let current = self.local.current();
-        if current.is_some_and(|m| m.value().encode() == bytes.as_slice()) {
-            return Ok(());
-        }
-        self.take_foreign(&bytes);
         Ok(())
+    }
+
+    /// The key's value, heard in its place: taken unless it is the current value already,
+    /// or a message of this process is on its way (which is newer).
+    fn take_key(&self, bytes: &[u8]) {
+        if self.in_flight_len.load(Ordering::Acquire) > 0 {
+            return;
+        }
+        let current = self.local.current();
+        if current.is_some_and(|m| m.value().encode() == bytes) {
+            return;
+        }
+        self.take_foreign(bytes);
     }
 
     /// This process's own message, if `bytes` is the echo of one.
@@ -496,16 +554,40 @@ impl<T: Codec> Listener for Shared<T> {
     /// Messages delivered by the subscription, oldest first. A latest-value store shows
     /// only the newest of a batch; the others are only matched with this process's own
     /// (not decoded, not delivered).
-    fn heard(&self, batch: &[&[u8]]) {
-        self.received
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+    fn heard(&self, batch: &[Heard<'_>]) {
         let mut newest = None;
-        for &bytes in batch {
-            if let Some(older) = newest.replace(bytes) {
-                self.own_echo(older);
+        let mut syncs = 0;
+        for &heard in batch {
+            match heard {
+                Heard::Message(_) => {
+                    self.received.fetch_add(1, Ordering::Relaxed);
+                    if let Some(Heard::Message(older)) = newest.replace(heard) {
+                        self.own_echo(older);
+                    }
+                }
+                Heard::Key(value) => {
+                    syncs += 1;
+                    // A key with a value stands for it; no key leaves the newest message.
+                    if value.is_some() {
+                        if let Some(Heard::Message(older)) = newest.replace(heard) {
+                            self.own_echo(older);
+                        }
+                    }
+                }
             }
         }
-        let Some(newest) = newest else { return };
+        if syncs > 0 {
+            self.syncs.fetch_add(syncs, Ordering::AcqRel);
+            self.synced.notify(usize::MAX);
+        }
+        let newest = match newest {
+            None => return,
+            Some(Heard::Key(value)) => {
+                self.take_key(value.expect("only a key with a value stands"));
+                return;
+            }
+            Some(Heard::Message(bytes)) => bytes,
+        };
         match self.own_echo(newest) {
             // A value from another publisher was shown after this one, but Redis put this
             // one later: show it again, so that this process ends with Redis's last value
@@ -534,8 +616,8 @@ impl<T: Codec> Listener for Shared<T> {
     fn resubscribed(self: Arc<Self>) {
         self.connected.store(true, Ordering::Relaxed);
         runtime::spawn(async move {
-            // What a storecast process published meanwhile is in the key.
-            if let Err(e) = self.catch_up_from_key().await {
+            // What was published meanwhile is in the key.
+            if let Err(e) = self.sync_from_key().await {
                 tracing::warn!(channel = %self.channel, error = %e, "could not read the latest-value key");
             }
         });

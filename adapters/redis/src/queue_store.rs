@@ -34,16 +34,32 @@ end
 ";
 
 /// Adds an entry and answers {its ordinal (how many entries the stream has ever had), the
-/// stream's epoch}. ARGV: trim (`=` or `~`), max length, data, a fresh epoch.
+/// stream's epoch, 0}. ARGV: trim (`=` or `~`), max length, data, seconds an idempotency
+/// key is kept, a fresh epoch.
+///
+/// With an idempotency key (KEYS[3]), an entry already added under it is not added again:
+/// the answer is then {its ordinal, its epoch, 1}.
 const ADD: &str = r"
 if (redis.REDIS_VERSION_NUM or 0) < 0x070000 then
   return redis.error_reply('storecast needs Redis 7.0 or later (XINFO STREAM entries-added)')
+end
+if KEYS[3] then
+  local seen = redis.call('GET', KEYS[3])
+  if seen then
+    local ordinal, added_in = string.match(seen, '^(%d+) (.+)$')
+    return {tonumber(ordinal), added_in, 1}
+  end
 end
 redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], ARGV[2], '*', 'data', ARGV[3])
 EPOCH
 local info = redis.call('XINFO', 'STREAM', KEYS[1])
 for i = 1, #info, 2 do
-  if info[i] == 'entries-added' then return {info[i + 1], epoch} end
+  if info[i] == 'entries-added' then
+    if KEYS[3] then
+      redis.call('SET', KEYS[3], info[i + 1] .. ' ' .. epoch, 'EX', ARGV[4])
+    end
+    return {info[i + 1], epoch, 0}
+  end
 end
 return redis.error_reply('storecast needs Redis 7.0 or later (XINFO STREAM has no entries-added)')
 ";
@@ -148,6 +164,7 @@ pub struct QueueOptions {
     max_len: usize,
     exact_trim: bool,
     batch: usize,
+    key_ttl: Duration,
 }
 
 impl Default for QueueOptions {
@@ -159,6 +176,7 @@ impl Default for QueueOptions {
             max_len: 10_000,
             exact_trim: false,
             batch: 512,
+            key_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -195,6 +213,14 @@ impl QueueOptions {
     /// How many entries one read fetches from Redis.
     pub fn batch(mut self, batch: usize) -> Self {
         self.batch = batch.max(1);
+        self
+    }
+
+    /// How long Redis remembers the idempotency key of a
+    /// [`submit_with_key`](RedisQueueStore::submit_with_key) (default an hour, at least a
+    /// second): a retry within it is not added again.
+    pub fn key_ttl(mut self, ttl: Duration) -> Self {
+        self.key_ttl = ttl.max(Duration::from_secs(1));
         self
     }
 }
@@ -330,6 +356,19 @@ fn epoch_key(stream: &str) -> String {
 }
 
 /// An epoch as Redis keeps it (its text), or `None` if the text is not one.
+/// Whether a command that failed with `error` may have run on the server anyway: it was
+/// sent, and the answer did not come (a timeout, or the connection dropped meanwhile).
+fn may_have_run(error: &RedisError) -> bool {
+    error.is_timeout()
+        || error.is_connection_dropped()
+        || (error.is_io_error() && !error.is_connection_refusal())
+}
+
+/// Whether `error` is the connection's (worth another attempt), not the server's refusal.
+fn is_transport(error: &RedisError) -> bool {
+    error.is_timeout() || error.is_io_error() || error.is_connection_dropped()
+}
+
 fn parse_epoch(text: Option<&str>) -> Option<Epoch> {
     text?.parse().ok()
 }
@@ -397,8 +436,47 @@ impl<T: Codec> RedisQueueStore<T> {
 
     /// Adds `value` to the stream and returns its position once this process's
     /// subscribers can read it. Under [`Overflow::Wait`] it first waits until they have
-    /// room. A closed store, or Redis away, hands the value back.
+    /// room.
+    ///
+    /// A closed store hands the value back in [`SubmitError::Closed`]; Redis away or
+    /// refusing, in [`SubmitError::Unavailable`] (not added). When the command was sent
+    /// but no answer came within the response timeout (Redis busy, or the connection
+    /// dropped meanwhile), the entry may have been added or not:
+    /// [`SubmitError::OutcomeUnknown`]. Use
+    /// [`submit_with_key`](RedisQueueStore::submit_with_key) where a retry must never add
+    /// a message twice.
     pub async fn submit(&self, value: T) -> Result<Position, SubmitError<T>> {
+        self.add(value, None).await
+    }
+
+    /// [`submit`](RedisQueueStore::submit) with an idempotency key: however many times a
+    /// message is submitted under the same key (within the store's
+    /// [`key_ttl`](QueueOptions::key_ttl), by any process), the stream gets it once, and
+    /// every submit returns the position it got the first time. A submit whose outcome
+    /// is unknown is retried under the same key by the store itself (a few times, within
+    /// about three response timeouts), and a caller can retry safely too: a client that
+    /// got no answer publishes again with the same key.
+    ///
+    /// The key lives in Redis as `<stream>:key:<key>`; give each message its own (a UUID,
+    /// or a client's request id).
+    ///
+    /// ```no_run
+    /// use storecast_redis::{QueueOptions, Redis};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let redis = Redis::connect("redis://127.0.0.1:6379").await?;
+    /// let orders = redis.queue_store::<String>("orders", QueueOptions::default()).await?;
+    /// let first = orders.submit_with_key("order 7".into(), "request-7").await?;
+    /// let again = orders.submit_with_key("order 7".into(), "request-7").await?;
+    /// assert_eq!(first, again); // added once
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn submit_with_key(&self, value: T, key: &str) -> Result<Position, SubmitError<T>> {
+        self.add(value, Some(key)).await
+    }
+
+    async fn add(&self, value: T, key: Option<&str>) -> Result<Position, SubmitError<T>> {
         let shared = &*self.handle.shared;
         if shared.shutdown.is_triggered() {
             return Err(SubmitError::Closed(value));
@@ -411,27 +489,54 @@ impl<T: Codec> RedisQueueStore<T> {
         // What this process had read before the entry existed (see below).
         let (epoch_before, _, _, read_before) = shared.numbering();
         let generation = shared.generation.load(Ordering::SeqCst);
-        let added: Result<(u64, String), RedisError> = ADD_SCRIPT
-            .key(&shared.stream)
-            .key(&shared.epoch_key)
-            .arg(trim)
-            .arg(shared.options.max_len)
-            .arg(value.encode().as_ref())
-            .arg(Epoch::random().to_string())
-            .invoke_async(&mut commands)
-            .await;
-        let (ordinal, epoch) = match added {
-            Ok(added) => added,
-            Err(e) => {
-                tracing::warn!(stream = %shared.stream, error = %e, "could not add to the stream");
-                shared.redis.failed(&e);
-                return Err(SubmitError::Unavailable(value));
+        let key = key.map(|key| format!("{}:key:{key}", shared.stream));
+        let encoded = value.encode();
+        let mut backoff = shared.redis.options().backoff();
+        let mut maybe_added = false;
+        // Without a key one attempt: another could add the message twice.
+        let attempts = if key.is_some() { 4 } else { 1 };
+        let mut attempt = 0;
+        let (ordinal, epoch, again) = loop {
+            attempt += 1;
+            let mut invocation = ADD_SCRIPT.key(&shared.stream);
+            invocation.key(&shared.epoch_key);
+            if let Some(key) = &key {
+                invocation.key(key);
+            }
+            let added: Result<(u64, String, u8), RedisError> = invocation
+                .arg(trim)
+                .arg(shared.options.max_len)
+                .arg(encoded.as_ref())
+                .arg(shared.options.key_ttl.as_secs())
+                .arg(Epoch::random().to_string())
+                .invoke_async(&mut commands)
+                .await;
+            match added {
+                Ok((ordinal, epoch, again)) => break (ordinal, epoch, again == 1),
+                Err(e) => {
+                    tracing::warn!(stream = %shared.stream, error = %e, "could not add to the stream");
+                    shared.redis.failed(&e);
+                    maybe_added |= may_have_run(&e);
+                    if attempt >= attempts || !is_transport(&e) || shared.shutdown.is_triggered() {
+                        drop(encoded);
+                        return Err(if maybe_added {
+                            SubmitError::OutcomeUnknown(value)
+                        } else {
+                            SubmitError::Unavailable(value)
+                        });
+                    }
+                    backoff.wait().await;
+                    commands = shared.redis.commands();
+                }
             }
         };
+        drop(encoded);
         // The key holds something that is not an epoch: the reading task begins a proper
         // one soon; until then the entry counts in the epoch it reads in.
         let mut epoch = parse_epoch(Some(&epoch)).unwrap_or_else(|| shared.epoch());
-        if epoch == epoch_before && ordinal <= read_before {
+        // (A message added before under its key was numbered then: its ordinal says nothing
+        // of a loss now.)
+        if !again && epoch == epoch_before && ordinal <= read_before {
             // Redis gave the new entry an ordinal this process had read before the entry
             // existed: it lost entries (a crash, a failover) and nobody has noticed yet. The new epoch
             // begins now, so that no client is handed a position another client holds
@@ -1381,6 +1486,25 @@ impl<T: Codec> RedisQueueSubscriber<T> {
     /// to trimming as [`RecvError::Lagged`], a loss in Redis as [`RecvError::Reset`], a
     /// read that failed as [`RecvError::Interrupted`]), and [`RecvError::Closed`] once
     /// the store is closed and everything is read.
+    ///
+    /// ```no_run
+    /// use storecast::{RecvError, Store};
+    /// use storecast_redis::{QueueOptions, Redis};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let redis = Redis::connect("redis://127.0.0.1:6379").await?;
+    /// let orders = redis.queue_store::<String>("orders", QueueOptions::default()).await?;
+    /// let mut subscriber = orders.subscribe();
+    /// loop {
+    ///     match subscriber.recv().await {
+    ///         Ok(order) => println!("{}: {}", order.position(), *order),
+    ///         Err(e) if e.ends_stream() => break,
+    ///         Err(news) => eprintln!("{news}"),
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn recv(&mut self) -> Recv<'_, Self> {
         Recv::new(self)
     }

@@ -66,7 +66,9 @@ pub(crate) async fn timeout<F: Future>(limit: Duration, future: F) -> Option<F::
     .await
 }
 
-/// Delays between reconnection attempts: doubling from `min` up to `max`.
+/// Delays between reconnection attempts: doubling from `min` up to `max`, each one drawn
+/// between half and all of that ("equal jitter"), so that the processes a Redis restart
+/// disconnected at once do not all come back at the same instants.
 #[derive(Debug)]
 pub(crate) struct Backoff {
     min: Duration,
@@ -83,15 +85,44 @@ impl Backoff {
         }
     }
 
-    /// Sleeps for the current delay and doubles it for next time.
+    /// Sleeps for about the current delay and doubles it for next time.
     pub(crate) async fn wait(&mut self) {
         let delay = self.next;
         self.next = (self.next * 2).min(self.max);
-        sleep(delay).await;
+        sleep(jittered(delay)).await;
     }
 
     /// Back to the shortest delay, after a success.
     pub(crate) fn reset(&mut self) {
         self.next = self.min;
+    }
+}
+
+/// A delay between half and all of `delay`, drawn at random.
+fn jittered(delay: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    // A fresh `RandomState` is seeded from the operating system's randomness once per
+    // thread and then stepped: plenty for spreading reconnections.
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let half = delay / 2;
+    half + half.mul_f64((random >> 11) as f64 / (1u64 << 53) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jittered_delays_stay_between_half_and_all_and_differ() {
+        let delay = Duration::from_millis(800);
+        let drawn: Vec<_> = (0..100).map(|_| jittered(delay)).collect();
+        assert!(
+            drawn.iter().all(|d| *d >= delay / 2 && *d <= delay),
+            "{drawn:?}"
+        );
+        let first = drawn[0];
+        assert!(drawn.iter().any(|d| *d != first), "no jitter: {drawn:?}");
     }
 }

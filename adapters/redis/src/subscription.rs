@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use event_listener::Event;
 use futures_lite::StreamExt;
@@ -19,19 +20,49 @@ use crate::shutdown::Shutdown;
 /// Most messages taken from the connection before they are handed out.
 const MAX_BATCH: usize = 1024;
 
+/// What the shared subscription heard for a channel.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Heard<'a> {
+    /// A message published to the channel.
+    Message(&'a [u8]),
+    /// The channel's latest-value key as it was at this point of the channel's messages
+    /// (`None`: no key), read by [`Subscription::sync`]: everything published before the
+    /// read came before this, everything after comes after.
+    Key(Option<&'a [u8]>),
+}
+
 /// A store listening on a channel of the shared subscription.
 pub(crate) trait Listener: Send + Sync + 'static {
-    /// Messages on its channel, oldest first.
-    fn heard(&self, batch: &[&[u8]]);
+    /// Messages on its channel, and reads of its key, oldest first.
+    fn heard(&self, batch: &[Heard<'_>]);
     /// The connection was lost: messages published from now until `resubscribed` are gone.
     fn lost(&self);
     /// Subscribed again on a new connection.
     fn resubscribed(self: Arc<Self>);
 }
 
+/// Reads a channel's latest-value key (KEYS[1]) and publishes what it holds to the
+/// subscription's own sync channel (ARGV[1]), prefixed with the channel (ARGV[2]): `=` and
+/// the value, or `-` for no key. Read and publish are one step for Redis, so the sync
+/// message comes through the subscription exactly between the channel's messages
+/// published before the read and those published after.
+const SYNC: &str = r"
+local value = redis.call('GET', KEYS[1])
+if value then
+  return redis.call('PUBLISH', ARGV[1], ARGV[2] .. '=' .. value)
+end
+return redis.call('PUBLISH', ARGV[1], ARGV[2] .. '-')
+";
+
+static SYNC_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(SYNC));
+
 /// The shared subscription of one `Redis` handle.
 pub(crate) struct Subscription {
     client: Client,
+    /// This subscription's own channel, on which [`SYNC`] tells where a key's value falls
+    /// among the channel's messages.
+    sync_channel: String,
     options: Options,
     /// Who listens on which channel.
     listeners: Mutex<HashMap<String, Vec<Weak<dyn Listener>>>>,
@@ -54,6 +85,7 @@ impl Subscription {
     pub(crate) fn new(client: Client, options: &Options) -> Self {
         Subscription {
             client,
+            sync_channel: format!("storecast:sync:{}", storecast::Epoch::random()),
             options: options.clone(),
             listeners: Mutex::new(HashMap::new()),
             sink: Mutex::new(None),
@@ -120,22 +152,53 @@ impl Subscription {
         if let Some(sink) = self.current_sink() {
             return Ok(sink);
         }
-        let _opening = self.opening.lock().await;
-        if let Some(sink) = self.current_sink() {
-            return Ok(sink);
-        }
-        if self.shutdown.is_triggered() || self.started.load(Ordering::Acquire) {
-            // Reconnecting: the caller should try again later.
-            return Err(RedisError::from((
+        let down = || {
+            RedisError::from((
                 ErrorKind::Io,
-                "the subscription connection is down; reconnecting",
-            )));
-        }
-        let (sink, stream) = self.connect(&[]).await?;
-        *self.sink.lock().expect("sink lock") = Some(sink.clone());
-        self.started.store(true, Ordering::Release);
-        runtime::spawn(dispatch(Arc::clone(self), stream));
-        Ok(sink)
+                "the subscription connection is down, and did not come back within the connect timeout",
+            ))
+        };
+        // While the dispatching task reconnects, wait for it (a store opened then would
+        // otherwise fail at once), up to the connect timeout.
+        let opened = runtime::timeout(self.options.connect_timeout_value(), async {
+            loop {
+                let opening = self.opening.lock().await;
+                if let Some(sink) = self.current_sink() {
+                    return Ok(sink);
+                }
+                if self.shutdown.is_triggered() {
+                    return Err(down());
+                }
+                if !self.started.load(Ordering::Acquire) {
+                    let (sink, stream) = self.connect(&[]).await?;
+                    *self.sink.lock().expect("sink lock") = Some(sink.clone());
+                    self.started.store(true, Ordering::Release);
+                    runtime::spawn(dispatch(Arc::clone(self), stream));
+                    return Ok(sink);
+                }
+                drop(opening);
+                runtime::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        opened.unwrap_or_else(|| Err(down()))
+    }
+
+    /// Has the value of `key`, `channel`'s latest-value key, delivered to `channel`'s
+    /// listeners as [`Heard::Key`], in order with the channel's messages. Runs on
+    /// `commands`; the answer says whether the subscription heard it (1).
+    pub(crate) async fn sync(
+        &self,
+        commands: &mut redis::aio::ConnectionManager,
+        channel: &str,
+        key: &str,
+    ) -> Result<i64, RedisError> {
+        SYNC_SCRIPT
+            .key(key)
+            .arg(&self.sync_channel)
+            .arg(format!("{}:{channel}", channel.len()))
+            .invoke_async(commands)
+            .await
     }
 
     fn current_sink(&self) -> Option<PubSubSink> {
@@ -147,9 +210,9 @@ impl Subscription {
         let attempt = async {
             let pubsub = self.client.get_async_pubsub().await?;
             let (mut sink, stream) = pubsub.split();
-            if !channels.is_empty() {
-                sink.subscribe(channels).await?;
-            }
+            let mut all = channels.to_vec();
+            all.push(self.sync_channel.clone());
+            sink.subscribe(all).await?;
             Ok((sink, stream))
         };
         runtime::timeout(self.options.connect_timeout_value(), attempt)
@@ -169,13 +232,19 @@ impl Subscription {
 
     /// Hands a batch to the listeners of each channel in it, in order.
     fn deliver(&self, batch: &[Msg]) {
-        let mut by_channel: Vec<(&str, Vec<&[u8]>)> = Vec::new();
+        let mut by_channel: Vec<(&str, Vec<Heard<'_>>)> = Vec::new();
         for message in batch {
-            let channel = message.get_channel_name();
-            let payload = message.get_payload_bytes();
+            let mut channel = message.get_channel_name();
+            let mut heard = Heard::Message(message.get_payload_bytes());
+            if channel == self.sync_channel {
+                match parse_sync(message.get_payload_bytes()) {
+                    Some((of, value)) => (channel, heard) = (of, Heard::Key(value)),
+                    None => continue,
+                }
+            }
             match by_channel.iter_mut().find(|(c, _)| *c == channel) {
-                Some((_, payloads)) => payloads.push(payload),
-                None => by_channel.push((channel, vec![payload])),
+                Some((_, heard_there)) => heard_there.push(heard),
+                None => by_channel.push((channel, vec![heard])),
             }
         }
         for (channel, payloads) in by_channel {
@@ -190,6 +259,19 @@ impl Subscription {
                 listener.heard(&payloads);
             }
         }
+    }
+}
+
+/// A sync message: `LEN:CHANNEL` then `=VALUE` or `-`.
+fn parse_sync(payload: &[u8]) -> Option<(&str, Option<&[u8]>)> {
+    let colon = payload.iter().position(|&b| b == b':')?;
+    let len: usize = std::str::from_utf8(&payload[..colon]).ok()?.parse().ok()?;
+    let rest = &payload[colon + 1..];
+    let channel = std::str::from_utf8(rest.get(..len)?).ok()?;
+    match rest.get(len..)? {
+        [b'=', value @ ..] => Some((channel, Some(value))),
+        [b'-'] => Some((channel, None)),
+        _ => None,
     }
 }
 

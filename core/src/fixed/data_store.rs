@@ -332,6 +332,16 @@ impl<T> DataSubscriber<'_, T> {
     /// Waits for a value newer than the last one received (the current value, first),
     /// or [`RecvError::Closed`](crate::RecvError::Closed) once the store is closed and the last
     /// value was received.
+    ///
+    /// ```
+    /// use storecast::fixed::DataStore;
+    ///
+    /// static MODE: DataStore<u8> = DataStore::new();
+    /// let mut subscriber = MODE.subscribe();
+    /// let reader = std::thread::spawn(move || *subscriber.recv_blocking().unwrap());
+    /// MODE.try_submit(2).unwrap();
+    /// assert_eq!(reader.join().unwrap(), 2);
+    /// ```
     pub fn recv(&mut self) -> Recv<'_, Self> {
         Recv::new(self)
     }

@@ -203,6 +203,9 @@ impl<T, const CAPACITY: usize, const SUBSCRIBERS: usize, M: RawMutex>
             match self.try_submit(value.take().expect("polled after completion")) {
                 Ok(position) => Poll::Ready(Ok(position)),
                 Err(TrySubmitError::Closed(v)) => Poll::Ready(Err(SubmitError::Closed(v))),
+                Err(TrySubmitError::OutcomeUnknown(v)) => {
+                    Poll::Ready(Err(SubmitError::OutcomeUnknown(v)))
+                }
                 Err(TrySubmitError::Full(v) | TrySubmitError::WouldBlock(v)) => {
                     let to_wake = self.state.lock(|state| {
                         let position = state.last + 1;
@@ -224,6 +227,21 @@ impl<T, const CAPACITY: usize, const SUBSCRIBERS: usize, M: RawMutex>
 
     /// [`submit`](QueueStore::submit) for a thread outside any async runtime: parks the
     /// thread while a lossless queue is full.
+    ///
+    /// ```
+    /// use storecast::fixed::QueueStore;
+    /// use storecast::Overflow;
+    ///
+    /// static SAMPLES: QueueStore<u16, 2> = QueueStore::new(Overflow::Wait);
+    /// let mut subscriber = SAMPLES.subscribe();
+    /// let reader = std::thread::spawn(move || {
+    ///     (0..10).map(|_| *subscriber.recv_blocking().unwrap()).collect::<Vec<_>>()
+    /// });
+    /// for n in 0..10 {
+    ///     SAMPLES.submit_blocking(n).unwrap(); // waits while the reader is 2 behind
+    /// }
+    /// assert_eq!(reader.join().unwrap(), (0..10).collect::<Vec<_>>());
+    /// ```
     #[cfg(feature = "std")]
     pub fn submit_blocking(&self, value: T) -> Result<Position, SubmitError<T>> {
         crate::recv::block_on(self.submit(value))
@@ -506,6 +524,21 @@ pub struct QueueSubscriber<'a, T> {
 impl<T> QueueSubscriber<'_, T> {
     /// Waits for the next message, with news of any it missed as `Err`, and
     /// [`RecvError::Closed`] once the store is closed and everything is read.
+    ///
+    /// ```
+    /// use futures_lite::future::block_on;
+    /// use storecast::fixed::QueueStore;
+    /// use storecast::{Overflow, RecvError};
+    ///
+    /// static KEYS: QueueStore<char, 4> = QueueStore::new(Overflow::Wait);
+    /// let mut subscriber = KEYS.subscribe();
+    /// KEYS.try_submit('a').unwrap();
+    /// KEYS.close();
+    /// block_on(async {
+    ///     assert_eq!(*subscriber.recv().await.unwrap(), 'a');
+    ///     assert_eq!(subscriber.recv().await.unwrap_err(), RecvError::Closed);
+    /// });
+    /// ```
     pub fn recv(&mut self) -> Recv<'_, Self> {
         Recv::new(self)
     }

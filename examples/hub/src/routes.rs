@@ -12,13 +12,13 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
-use storecast::{Start, Store, SubmitError};
+use storecast::{Start, SubmitError};
 use storecast_tokio::{EventSource, WebSocketSubscriber, last_event_id};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::stats::Snapshots;
-use crate::topics::{HubMessage, Topic, TopicError, Topics};
+use crate::topics::{HubMessage, KeyedError, Topic, TopicError, Topics};
 
 /// How many topics `/metrics` and `/stats` show figures for (those with the most
 /// subscribers).
@@ -167,6 +167,10 @@ async fn publish(
         Ok(event) => event,
         Err(refusal) => return refusal.into_response(),
     };
+    let key = match idempotency_key(&headers) {
+        Ok(key) => key,
+        Err(refusal) => return refusal.into_response(),
+    };
     let limit = hub.config.max_body_bytes;
     let read =
         tokio::time::timeout(hub.config.body_timeout(), axum::body::to_bytes(body, limit)).await;
@@ -216,7 +220,9 @@ async fn publish(
     let Ok(reservation) = topic.reserve(size, hub.config.max_retained_bytes) else {
         return over_budget(&hub);
     };
-    let submitted = topic.submit(HubMessage::new(event, data)).await;
+    let submitted = topic
+        .submit_keyed(HubMessage::new(event, data), key.as_deref())
+        .await;
     if submitted.is_err() {
         topic.unreserve(reservation);
     }
@@ -226,11 +232,37 @@ async fn publish(
             format!("{{\"topic\":\"{name}\",\"id\":\"{position}\"}}\n"),
         )
             .into_response(),
-        Err(SubmitError::Unavailable(_)) => refuse(
+        Err(KeyedError::InProgress) => refuse(
+            StatusCode::CONFLICT,
+            "a publish with this Idempotency-Key is under way; ask again to learn its id",
+        ),
+        Err(KeyedError::Store(SubmitError::Unavailable(_))) => refuse(
             StatusCode::SERVICE_UNAVAILABLE,
-            "Redis is unavailable or did not answer in time; the message was probably not published; try again later",
+            "Redis is unavailable; the message was not published; try again later",
+        ),
+        Err(KeyedError::Store(SubmitError::OutcomeUnknown(_))) => refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Redis did not answer in time: the message MAY HAVE BEEN PUBLISHED. Publish it again \
+             with the same Idempotency-Key header to have it exactly once (without one, a retry \
+             may add it twice)",
         ),
         Err(_) => refuse(StatusCode::SERVICE_UNAVAILABLE, "the hub is shutting down"),
+    }
+}
+
+/// The `Idempotency-Key` header of a publish, checked: 1 to 128 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Refusal> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(key) if (1..=128).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(Some(key.to_owned()))
+        }
+        _ => Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "the Idempotency-Key header must be 1 to 128 visible ASCII characters",
+        )),
     }
 }
 

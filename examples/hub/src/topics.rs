@@ -257,6 +257,7 @@ impl Topics {
                 capacity: retains,
                 next: 0,
             })),
+            keys: Arc::default(),
         };
         topics.insert(name.to_owned(), topic.clone());
         tracing::debug!(
@@ -367,6 +368,25 @@ pub struct Topic {
     last_used: Arc<AtomicU64>,
     /// The sizes of the messages it retains, for the hub's memory budget.
     retained: Arc<Mutex<Retained>>,
+    /// In memory: the idempotency keys of the last [`KEYS_KEPT`] keyed publishes, and
+    /// where each went (`None` while its submit is under way). A Redis queue keeps its
+    /// keys in Redis.
+    keys: Arc<Mutex<RecentKeys>>,
+}
+
+/// Idempotency keys, oldest first, with the position each publish got.
+type RecentKeys = VecDeque<(Box<str>, Option<Position>)>;
+
+/// How many idempotency keys an in-memory topic remembers.
+pub const KEYS_KEPT: usize = 1024;
+
+/// Why a keyed publish was not made.
+#[derive(Debug)]
+pub enum KeyedError {
+    /// The store's refusal (the message handed back).
+    Store(SubmitError<HubMessage>),
+    /// A publish with the same key is under way here.
+    InProgress,
 }
 
 /// A topic's own counters: a few relaxed atomics, so that `/stats` costs publishers
@@ -464,6 +484,60 @@ impl Topic {
     }
 }
 
+impl Topic {
+    /// Publishes `value`, once per idempotency `key`: a publish under a key seen before
+    /// answers the first one's position and adds nothing. On a Redis queue the key is
+    /// kept in Redis (every hub sees it, and the store retries under it when Redis does
+    /// not answer); in memory, the topic remembers its last [`KEYS_KEPT`] keys.
+    pub async fn submit_keyed(
+        &self,
+        value: HubMessage,
+        key: Option<&str>,
+    ) -> Result<Position, KeyedError> {
+        let Some(key) = key else {
+            return self.submit(value).await.map_err(KeyedError::Store);
+        };
+        if let Kind::RedisQueue(store) = &self.kind {
+            let submitted = store.submit_with_key(value, key).await;
+            if let Ok(position) = &submitted {
+                self.counted(*position);
+            }
+            return submitted.map_err(KeyedError::Store);
+        }
+        {
+            let mut keys = self.keys.lock().expect("keys lock");
+            match keys.iter().find(|(seen, _)| **seen == *key) {
+                Some((_, Some(position))) => return Ok(*position),
+                Some((_, None)) => return Err(KeyedError::InProgress),
+                None => {
+                    if keys.len() == KEYS_KEPT {
+                        keys.pop_front();
+                    }
+                    keys.push_back((key.into(), None));
+                }
+            }
+        }
+        let submitted = self.submit(value).await;
+        let mut keys = self.keys.lock().expect("keys lock");
+        if let Some(index) = keys.iter().position(|(seen, _)| **seen == *key) {
+            match &submitted {
+                Ok(position) => keys[index].1 = Some(*position),
+                // Not added: a retry may add it.
+                Err(_) => drop(keys.remove(index)),
+            }
+        }
+        submitted.map_err(KeyedError::Store)
+    }
+
+    fn counted(&self, position: Position) {
+        self.metrics.messages_in.fetch_add(1, Ordering::Relaxed);
+        self.counts.messages.fetch_add(1, Ordering::Relaxed);
+        self.counts
+            .last_offset
+            .fetch_max(position.offset(), Ordering::Relaxed);
+    }
+}
+
 impl Store for Topic {
     type Value = HubMessage;
     type Subscriber = TopicSubscriber;
@@ -476,11 +550,7 @@ impl Store for Topic {
             Kind::RedisQueue(store) => store.submit(value).await,
         };
         if let Ok(position) = &submitted {
-            self.metrics.messages_in.fetch_add(1, Ordering::Relaxed);
-            self.counts.messages.fetch_add(1, Ordering::Relaxed);
-            self.counts
-                .last_offset
-                .fetch_max(position.offset(), Ordering::Relaxed);
+            self.counted(*position);
         }
         submitted
     }

@@ -493,3 +493,37 @@ async fn an_idle_stream_gets_the_retry_advice_then_keep_alive_comments() {
         "{comments} keep-alives: {text:?}"
     );
 }
+
+#[tokio::test]
+async fn a_publish_retried_with_its_idempotency_key_is_added_once() {
+    let hub = Hub::start(&[]);
+    let publish = |key: Option<&'static str>, body: &'static str| {
+        let mut request = client().post(hub.url("/publish/orders")).body(body);
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    let first = publish(Some("order-7"), "seven").await;
+    assert_eq!(first.0, 200, "{}", first.1);
+    // The client never saw the answer and publishes again: same id, nothing added.
+    assert_eq!(publish(Some("order-7"), "seven").await, first);
+    let other = publish(Some("order-8"), "eight").await;
+    assert_ne!(other.1, first.1);
+    let unkeyed = publish(None, "nine").await;
+    assert_eq!(unkeyed.0, 200);
+    // A key that is not a header-safe token is refused, with the reason.
+    let bad = publish(Some("two words"), "x").await;
+    assert_eq!(bad.0, 400, "{}", bad.1);
+
+    let mut events = hub.events("/events/orders?from=oldest", &[]).await;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(events.next().await.data);
+    }
+    assert_eq!(got, ["seven", "eight", "nine"]);
+    assert!(events.try_next(Duration::from_millis(300)).await.is_none());
+}

@@ -269,3 +269,110 @@ async fn metrics_show_each_redis_topics_connection_and_its_interruptions() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Publishes `body` to `topic` on `hub` with an `Idempotency-Key` (if any); returns the
+/// status and the text.
+async fn publish_keyed(hub: &Hub, topic: &str, body: &str, key: Option<&str>) -> (u16, String) {
+    let mut request = support::client()
+        .post(hub.url(&format!("/publish/{topic}")))
+        .body(body.to_owned());
+    if let Some(key) = key {
+        request = request.header("Idempotency-Key", key);
+    }
+    let response = request.send().await.expect("the hub answers");
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_redis_answers_too_late_is_a_503_that_says_so_and_a_keyed_retry_adds_once() {
+    let server = RedisServer::start();
+    // Redis answers BUSY to others only after 10 s of a script, so that commands wait.
+    server.cli(&["CONFIG", "SET", "busy-reply-threshold", "10000"]);
+    let (a, b) = (hub_on(&server), hub_on(&server));
+    a.published("orders", "first").await;
+
+    // Redis busy for 7 s, longer than the hubs' 5 s response timeout.
+    let port = server.port().to_string();
+    let busy = std::thread::spawn(move || {
+        let status = Command::new("redis-cli")
+            .args(["-p", &port, "EVAL"])
+            .arg(
+                "local s = tonumber(redis.call('TIME')[1]) \
+                 while tonumber(redis.call('TIME')[1]) - s < 7 do end",
+            )
+            .arg("0")
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, text) = publish_keyed(&a, "orders", "unkeyed", None).await;
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("MAY HAVE BEEN PUBLISHED"), "{text}");
+    busy.join().unwrap();
+
+    // A client that retries with its key, on either hub, gets one entry and one id.
+    let (status, first) = publish_keyed(&a, "orders", "keyed", Some("order-42")).await;
+    assert_eq!(status, 200, "{first}");
+    let (status, again) = publish_keyed(&b, "orders", "keyed", Some("order-42")).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(first, again);
+    // first, unkeyed (it was published after all) and keyed once.
+    assert_eq!(server.cli(&["XLEN", "storecast:orders"]), "3");
+}
+
+/// How many clients of `kind` (`normal`, `pubsub`) Redis has, redis-cli's own included.
+fn clients(server: &RedisServer, kind: &str) -> usize {
+    server
+        .cli(&["CLIENT", "LIST", "TYPE", kind])
+        .lines()
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_topics_closed_after_idling_release_their_connections() {
+    let server = RedisServer::start();
+    let idle_hub = || clients(&server, "normal");
+    let baseline = idle_hub();
+    let hub = Hub::start(&[
+        "--redis",
+        &server.url(),
+        "--latest",
+        "prices.*",
+        "--topic-idle-secs",
+        "1",
+    ]);
+    for n in 0..20 {
+        hub.published(&format!("queue{n}"), "x").await;
+        hub.published(&format!("prices.{n}"), "1").await;
+    }
+    let open = idle_hub();
+    assert!(
+        open >= baseline + 20,
+        "{open} clients with 20 queue topics open"
+    );
+    // Unused for the idle time, every topic goes, and what it held with it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = idle_hub();
+        let pubsub_channels = server.cli(&["PUBSUB", "NUMSUB", "prices.0"]);
+        if now <= baseline + 2 && pubsub_channels.ends_with("\n0") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{now} clients (baseline {baseline}) and prices.0 subscriptions `{pubsub_channels}` after the topics idled"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let metrics = support::client()
+        .get(hub.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("storecast_topics 0"), "{metrics}");
+}
