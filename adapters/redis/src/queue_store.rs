@@ -446,7 +446,7 @@ impl<T: Codec> RedisQueueStore<T> {
     /// [`submit_with_key`](RedisQueueStore::submit_with_key) where a retry must never add
     /// a message twice.
     pub async fn submit(&self, value: T) -> Result<Position, SubmitError<T>> {
-        self.add(value, None).await
+        self.add(value, None).await.map(|(position, _)| position)
     }
 
     /// [`submit`](RedisQueueStore::submit) with an idempotency key: however many times a
@@ -466,17 +466,24 @@ impl<T: Codec> RedisQueueStore<T> {
     /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
     /// let redis = Redis::connect("redis://127.0.0.1:6379").await?;
     /// let orders = redis.queue_store::<String>("orders", QueueOptions::default()).await?;
-    /// let first = orders.submit_with_key("order 7".into(), "request-7").await?;
-    /// let again = orders.submit_with_key("order 7".into(), "request-7").await?;
-    /// assert_eq!(first, again); // added once
+    /// let (first, added) = orders.submit_with_key("order 7".into(), "request-7").await?;
+    /// let (again, added_again) = orders.submit_with_key("order 7".into(), "request-7").await?;
+    /// assert_eq!((first, added, added_again), (again, true, false)); // added once
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn submit_with_key(&self, value: T, key: &str) -> Result<Position, SubmitError<T>> {
+    ///
+    /// Returns the position, and whether this call added the message (`false`: an earlier
+    /// submit under the key did).
+    pub async fn submit_with_key(
+        &self,
+        value: T,
+        key: &str,
+    ) -> Result<(Position, bool), SubmitError<T>> {
         self.add(value, Some(key)).await
     }
 
-    async fn add(&self, value: T, key: Option<&str>) -> Result<Position, SubmitError<T>> {
+    async fn add(&self, value: T, key: Option<&str>) -> Result<(Position, bool), SubmitError<T>> {
         let shared = &*self.handle.shared;
         if shared.shutdown.is_triggered() {
             return Err(SubmitError::Closed(value));
@@ -584,7 +591,7 @@ impl<T: Codec> RedisQueueStore<T> {
             }
         };
         runtime::timeout(shared.redis.options().response_timeout_value(), arriving).await;
-        Ok(Position::new(epoch, ordinal))
+        Ok((Position::new(epoch, ordinal), !again))
     }
 }
 

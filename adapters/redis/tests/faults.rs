@@ -727,14 +727,14 @@ async fn a_submit_redis_answers_too_late_for_is_outcome_unknown_and_a_keyed_one_
     );
     // The store retried under the key until Redis answered, and the key kept the retries
     // from adding it again.
-    let keyed = keyed.expect("a keyed submit retries until Redis answers");
+    let (keyed, _) = keyed.expect("a keyed submit retries until Redis answers");
     assert_eq!(
         queue
             .submit_with_key("keyed".to_owned(), "request-1")
             .await
             .unwrap(),
-        keyed,
-        "a client's retry gets the first position back"
+        (keyed, false),
+        "a client's retry gets the first position back, and adds nothing"
     );
     let entries = server.cli(&["XRANGE", "busy", "-", "+"]);
     assert_eq!(server.cli(&["XLEN", "busy"]), "3", "{entries}");

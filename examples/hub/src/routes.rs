@@ -223,11 +223,12 @@ async fn publish(
     let submitted = topic
         .submit_keyed(HubMessage::new(event, data), key.as_deref())
         .await;
-    if submitted.is_err() {
+    // Nothing retained for a publish that was not added (refused, or a repeat of a key).
+    if !matches!(submitted, Ok((_, true))) {
         topic.unreserve(reservation);
     }
     match submitted {
-        Ok(position) => (
+        Ok((position, _)) => (
             [(header::CONTENT_TYPE, "application/json")],
             format!("{{\"topic\":\"{name}\",\"id\":\"{position}\"}}\n"),
         )

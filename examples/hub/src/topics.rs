@@ -488,18 +488,24 @@ impl Topic {
     /// Publishes `value`, once per idempotency `key`: a publish under a key seen before
     /// answers the first one's position and adds nothing. On a Redis queue the key is
     /// kept in Redis (every hub sees it, and the store retries under it when Redis does
-    /// not answer); in memory, the topic remembers its last [`KEYS_KEPT`] keys.
+    /// not answer); in memory, the topic remembers its last [`KEYS_KEPT`] keys. Returns
+    /// the position, and whether this publish added the message (`false`: an earlier one
+    /// under the key did, and nothing was added now).
     pub async fn submit_keyed(
         &self,
         value: HubMessage,
         key: Option<&str>,
-    ) -> Result<Position, KeyedError> {
+    ) -> Result<(Position, bool), KeyedError> {
         let Some(key) = key else {
-            return self.submit(value).await.map_err(KeyedError::Store);
+            return self
+                .submit(value)
+                .await
+                .map(|position| (position, true))
+                .map_err(KeyedError::Store);
         };
         if let Kind::RedisQueue(store) = &self.kind {
             let submitted = store.submit_with_key(value, key).await;
-            if let Ok(position) = &submitted {
+            if let Ok((position, true)) = &submitted {
                 self.counted(*position);
             }
             return submitted.map_err(KeyedError::Store);
@@ -507,7 +513,7 @@ impl Topic {
         {
             let mut keys = self.keys.lock().expect("keys lock");
             match keys.iter().find(|(seen, _)| **seen == *key) {
-                Some((_, Some(position))) => return Ok(*position),
+                Some((_, Some(position))) => return Ok((*position, false)),
                 Some((_, None)) => return Err(KeyedError::InProgress),
                 None => {
                     if keys.len() == KEYS_KEPT {
@@ -526,7 +532,9 @@ impl Topic {
                 Err(_) => drop(keys.remove(index)),
             }
         }
-        submitted.map_err(KeyedError::Store)
+        submitted
+            .map(|position| (position, true))
+            .map_err(KeyedError::Store)
     }
 
     fn counted(&self, position: Position) {

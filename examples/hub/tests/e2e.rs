@@ -526,4 +526,21 @@ async fn a_publish_retried_with_its_idempotency_key_is_added_once() {
     }
     assert_eq!(got, ["seven", "eight", "nine"]);
     assert!(events.try_next(Duration::from_millis(300)).await.is_none());
+
+    // A repeat retains nothing: the memory budget counts the three bodies alone.
+    for _ in 0..5 {
+        assert_eq!(publish(Some("order-7"), "seven").await, first);
+    }
+    let metrics = client()
+        .get(hub.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.lines().any(|line| line == "storecast_retained_bytes 14"),
+        "{metrics}"
+    );
 }
