@@ -159,8 +159,9 @@ impl<T> DataStore<T> {
             .map_err(|e| SubmitError::Closed(e.into_inner()))
     }
 
-    /// Makes `value` the current value and wakes subscribers, from any context (an
-    /// interrupt handler, a plain thread). Fails only once the store is closed
+    /// Makes `value` the current value and wakes subscribers, from any thread, inside a
+    /// runtime or not (for interrupt handlers, see [`fixed`](crate::fixed)). Fails only
+    /// once the store is closed
     /// ([`TrySubmitError::Closed`], with the value handed back): a latest-value store is
     /// never full.
     ///
@@ -218,8 +219,9 @@ impl<T> DataStore<T> {
     /// `modify` gets the current value (`None` before the first) and returns the new one.
     ///
     /// `modify` runs under the lock that orders submitters, so keep it short; subscribers
-    /// never take that lock, so they are not held up. On a closed store `modify` is not
-    /// called and is handed back.
+    /// never take that lock, so they are not held up. `modify` must not submit to or
+    /// close this store (or a clone of it): it would wait for its own lock. On a closed
+    /// store `modify` is not called and is handed back.
     ///
     /// ```
     /// use storecast::DataStore;

@@ -410,8 +410,12 @@ impl Redis {
         commands: &mut ConnectionManager,
         channel: &str,
         key: &str,
+        tag: u64,
     ) -> Result<i64, RedisError> {
-        self.inner.subscription.sync(commands, channel, key).await
+        self.inner
+            .subscription
+            .sync(commands, channel, key, tag)
+            .await
     }
 
     /// Stops delivering `channel`'s messages to `listener`.

@@ -131,6 +131,13 @@ struct Shared<T> {
     /// for each: opening waits for the first.
     syncs: AtomicU64,
     synced: event_listener::Event,
+    /// The newest of this process's values that Redis has taken (its publish answered).
+    published_own: AtomicU64,
+    /// Syncs sent and not heard yet: each one's tag, and `published_own` when it was sent
+    /// (on the command connection, after those publishes: its read comes after them).
+    sync_marks: Mutex<VecDeque<(u64, u64)>>,
+    /// The tag of the last sync sent.
+    sync_tag: AtomicU64,
 }
 
 /// A value submitted here, on its way to Redis.
@@ -184,6 +191,9 @@ impl<T: Codec> RedisStore<T> {
             shutdown: Shutdown::default(),
             syncs: AtomicU64::new(0),
             synced: event_listener::Event::new(),
+            published_own: AtomicU64::new(0),
+            sync_marks: Mutex::new(VecDeque::new()),
+            sync_tag: AtomicU64::new(0),
         });
         redis.listen(channel, shared.me.clone()).await?;
         // The command connection may be reconnecting too (a store opened right after
@@ -480,17 +490,37 @@ impl<T: Codec> Shared<T> {
     /// messages published later, and an older value would be shown after a newer one.
     async fn sync_from_key(&self) -> Result<(), RedisError> {
         let mut commands = self.redis.commands();
+        let tag = self.sync_tag.fetch_add(1, Ordering::AcqRel) + 1;
+        {
+            let mut marks = self.sync_marks.lock().expect("sync marks lock");
+            if marks.len() >= 64 {
+                marks.pop_front();
+            }
+            marks.push_back((tag, self.published_own.load(Ordering::Acquire)));
+        }
         self.redis
-            .sync(&mut commands, &self.channel, &self.key)
+            .sync(&mut commands, &self.channel, &self.key, tag)
             .await
             .inspect_err(|e| self.redis.failed(e))?;
         Ok(())
     }
 
-    /// The key's value, heard in its place: taken unless it is the current value already,
-    /// or a message of this process is on its way (which is newer).
-    fn take_key(&self, bytes: &[u8]) {
-        if self.in_flight_len.load(Ordering::Acquire) > 0 {
+    /// The key's value, heard in its place (read by the sync tagged `tag`): taken unless
+    /// it is the current value already, or this process has a value newer than anything
+    /// Redis had taken from it when the sync was sent (on its way, or being retried):
+    /// that value is newer than the key's.
+    fn take_key(&self, bytes: &[u8], tag: u64) {
+        let taken_before = {
+            let mut marks = self.sync_marks.lock().expect("sync marks lock");
+            let mark = marks.iter().find(|(t, _)| *t == tag).map(|(_, own)| *own);
+            marks.retain(|(t, _)| *t > tag);
+            mark
+        };
+        // A sync this store did not send (another store on the channel): nothing known.
+        let Some(taken_before) = taken_before else {
+            return;
+        };
+        if self.last_own.load(Ordering::Acquire) > taken_before {
             return;
         }
         let current = self.local.current();
@@ -565,7 +595,7 @@ impl<T: Codec> Listener for Shared<T> {
                         self.own_echo(older);
                     }
                 }
-                Heard::Key(value) => {
+                Heard::Key { value, .. } => {
                     syncs += 1;
                     // A key with a value stands for it; no key leaves the newest message.
                     if value.is_some() {
@@ -582,8 +612,8 @@ impl<T: Codec> Listener for Shared<T> {
         }
         let newest = match newest {
             None => return,
-            Some(Heard::Key(value)) => {
-                self.take_key(value.expect("only a key with a value stands"));
+            Some(Heard::Key { value, tag }) => {
+                self.take_key(value.expect("only a key with a value stands"), tag);
                 return;
             }
             Some(Heard::Message(bytes)) => bytes,
@@ -616,9 +646,17 @@ impl<T: Codec> Listener for Shared<T> {
     fn resubscribed(self: Arc<Self>) {
         self.connected.store(true, Ordering::Relaxed);
         runtime::spawn(async move {
-            // What was published meanwhile is in the key.
-            if let Err(e) = self.sync_from_key().await {
-                tracing::warn!(channel = %self.channel, error = %e, "could not read the latest-value key");
+            // What was published meanwhile is in the key. The command connection may come
+            // back later than the subscription: tried again until it answers, unless the
+            // subscription is lost again (its next resubscribe syncs) or the store closes.
+            let mut backoff = self.redis.options().backoff();
+            while let Err(e) = self.sync_from_key().await {
+                tracing::warn!(channel = %self.channel, error = %e, "could not read the latest-value key; trying again");
+                if self.shutdown.unless(backoff.wait()).await.is_none()
+                    || !self.connected.load(Ordering::Relaxed)
+                {
+                    return;
+                }
             }
         });
     }
@@ -654,7 +692,12 @@ async fn publish<T: Codec>(shared: Arc<Shared<T>>, mut outgoing: DataSubscriber<
             .invoke_async(&mut commands)
             .await;
         match published {
-            Ok(_) => backoff.reset(),
+            Ok(_) => {
+                shared
+                    .published_own
+                    .fetch_max(out.position.offset(), Ordering::AcqRel);
+                backoff.reset();
+            }
             Err(e) => {
                 shared.forget_echo(out.position);
                 if shared.shutdown.is_triggered() {

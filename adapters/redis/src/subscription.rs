@@ -27,8 +27,13 @@ pub(crate) enum Heard<'a> {
     Message(&'a [u8]),
     /// The channel's latest-value key as it was at this point of the channel's messages
     /// (`None`: no key), read by [`Subscription::sync`]: everything published before the
-    /// read came before this, everything after comes after.
-    Key(Option<&'a [u8]>),
+    /// read came before this, everything after comes after. `tag` is the caller's.
+    Key {
+        /// The key's value.
+        value: Option<&'a [u8]>,
+        /// The tag the sync was sent with.
+        tag: u64,
+    },
 }
 
 /// A store listening on a channel of the shared subscription.
@@ -42,8 +47,8 @@ pub(crate) trait Listener: Send + Sync + 'static {
 }
 
 /// Reads a channel's latest-value key (KEYS[1]) and publishes what it holds to the
-/// subscription's own sync channel (ARGV[1]), prefixed with the channel (ARGV[2]): `=` and
-/// the value, or `-` for no key. Read and publish are one step for Redis, so the sync
+/// subscription's own sync channel (ARGV[1]), prefixed with the channel and the caller's
+/// tag (ARGV[2], `LEN:CHANNEL#TAG`): `=` and the value, or `-` for no key. Read and publish are one step for Redis, so the sync
 /// message comes through the subscription exactly between the channel's messages
 /// published before the read and those published after.
 const SYNC: &str = r"
@@ -192,11 +197,12 @@ impl Subscription {
         commands: &mut redis::aio::ConnectionManager,
         channel: &str,
         key: &str,
+        tag: u64,
     ) -> Result<i64, RedisError> {
         SYNC_SCRIPT
             .key(key)
             .arg(&self.sync_channel)
-            .arg(format!("{}:{channel}", channel.len()))
+            .arg(format!("{}:{channel}#{tag}", channel.len()))
             .invoke_async(commands)
             .await
     }
@@ -238,7 +244,7 @@ impl Subscription {
             let mut heard = Heard::Message(message.get_payload_bytes());
             if channel == self.sync_channel {
                 match parse_sync(message.get_payload_bytes()) {
-                    Some((of, value)) => (channel, heard) = (of, Heard::Key(value)),
+                    Some((of, value, tag)) => (channel, heard) = (of, Heard::Key { value, tag }),
                     None => continue,
                 }
             }
@@ -262,15 +268,18 @@ impl Subscription {
     }
 }
 
-/// A sync message: `LEN:CHANNEL` then `=VALUE` or `-`.
-fn parse_sync(payload: &[u8]) -> Option<(&str, Option<&[u8]>)> {
+/// A sync message: `LEN:CHANNEL#TAG` then `=VALUE` or `-`.
+fn parse_sync(payload: &[u8]) -> Option<(&str, Option<&[u8]>, u64)> {
     let colon = payload.iter().position(|&b| b == b':')?;
     let len: usize = std::str::from_utf8(&payload[..colon]).ok()?.parse().ok()?;
     let rest = &payload[colon + 1..];
     let channel = std::str::from_utf8(rest.get(..len)?).ok()?;
-    match rest.get(len..)? {
-        [b'=', value @ ..] => Some((channel, Some(value))),
-        [b'-'] => Some((channel, None)),
+    let rest = rest.get(len..)?.strip_prefix(b"#")?;
+    let end = rest.iter().position(|&b| b == b'=' || b == b'-')?;
+    let tag = std::str::from_utf8(&rest[..end]).ok()?.parse().ok()?;
+    match &rest[end..] {
+        [b'=', value @ ..] => Some((channel, Some(value), tag)),
+        [b'-'] => Some((channel, None, tag)),
         _ => None,
     }
 }

@@ -841,3 +841,40 @@ async fn a_latest_value_never_goes_back_while_its_subscription_is_killed_over_an
     assert_eq!(seen, last, "did not end with the last value");
     assert_eq!(*store.current().unwrap(), last.to_string());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_submitted_while_redis_is_away_is_not_followed_by_the_older_key() {
+    let mut server = RedisServer::start();
+    let redis = Redis::connect_with(quick(&server.url())).await.unwrap();
+    let store = redis.data_store::<String>("mine").await.unwrap();
+    let mut subscriber = store.subscribe();
+    store.try_submit("v1".to_owned()).unwrap();
+    eventually("v1 in the key", PATIENCE, || {
+        server.cli(&["GET", "mine:latest"]) == "v1"
+    })
+    .await;
+    server.cli(&["SAVE"]);
+    server.kill();
+    eventually("the store to notice", PATIENCE, || !store.is_connected()).await;
+    // Shown here at once; published once Redis is back.
+    store.try_submit("v2".to_owned()).unwrap();
+    server.restart(); // with v1 in the key, from the snapshot
+    eventually("v2 in the key", PATIENCE, || {
+        server.cli(&["GET", "mine:latest"]) == "v2"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    store.close();
+    let mut seen = Vec::new();
+    while let Some(item) = subscriber.next().await {
+        if let Ok(message) = item {
+            seen.push(message.to_string());
+        }
+    }
+    assert_eq!(seen.last().map(String::as_str), Some("v2"), "{seen:?}");
+    let first_v2 = seen.iter().position(|v| v == "v2").unwrap();
+    assert!(
+        seen[first_v2..].iter().all(|v| v == "v2"),
+        "the key's older value came after v2: {seen:?}"
+    );
+}

@@ -540,7 +540,9 @@ async fn a_publish_retried_with_its_idempotency_key_is_added_once() {
         .await
         .unwrap();
     assert!(
-        metrics.lines().any(|line| line == "storecast_retained_bytes 14"),
+        metrics
+            .lines()
+            .any(|line| line == "storecast_retained_bytes 14"),
         "{metrics}"
     );
 }

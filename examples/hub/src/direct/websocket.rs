@@ -277,21 +277,37 @@ struct Reader {
     skip: u64,
     /// The size so far of a fragmented message; `None` outside one.
     message: Option<u64>,
+    /// Where in the replies of this read the pong waiting to be sent is: a newer ping
+    /// replaces it (as tungstenite keeps only the latest), so a flood of pings queues one.
+    pong: Option<usize>,
 }
+
+/// The most a connection reads from its client in one go before it lets the runtime run
+/// others (and writes what it owes).
+const READ_AT_ONCE: usize = 16 * 1024;
 
 impl Reader {
     /// Reads what the client sent, answering pings and closes into `replies`.
     fn receive(&mut self, stream: &TcpStream, replies: &mut Vec<Bytes>) -> Received {
         let mut buffer = [0u8; 512];
         let mut received = Received::Nothing;
+        let mut read = 0;
+        self.pong = None;
         loop {
+            if read >= READ_AT_ONCE {
+                // The rest is read on the next wake-up (the socket stays readable).
+                return received;
+            }
             match stream.try_read(&mut buffer) {
                 Ok(0) => return Received::Gone,
-                Ok(n) => match self.feed(&buffer[..n], replies) {
-                    Received::Nothing => {}
-                    Received::Heard => received = Received::Heard,
-                    end => return end,
-                },
+                Ok(n) => {
+                    read += n;
+                    match self.feed(&buffer[..n], replies) {
+                        Received::Nothing => {}
+                        Received::Heard => received = Received::Heard,
+                        end => return end,
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return received,
                 Err(_) => return Received::Gone,
             }
@@ -350,10 +366,29 @@ impl Reader {
                     }
                     match control {
                         Control::Ping => {
-                            replies.push(server_frame(OpCode::Control(Control::Pong), &payload))
+                            let pong = server_frame(OpCode::Control(Control::Pong), &payload);
+                            match self.pong {
+                                Some(at) if at < replies.len() => replies[at] = pong,
+                                _ => {
+                                    self.pong = Some(replies.len());
+                                    replies.push(pong);
+                                }
+                            }
                         }
                         Control::Pong => {}
                         Control::Close => {
+                            // A close is empty, or a valid code and a reason (RFC 6455 7.4).
+                            let valid = match payload.get(..2) {
+                                None => payload.is_empty(),
+                                Some(&[high, low]) => matches!(
+                                    u16::from_be_bytes([high, low]),
+                                    1000..=1003 | 1007..=1014 | 3000..=4999
+                                ),
+                                Some(_) => false,
+                            };
+                            if !valid {
+                                return Received::Failed(1002, "protocol error");
+                            }
                             // The client's code echoed, as tungstenite answers.
                             let code = payload.get(..2).unwrap_or_default();
                             replies.push(server_frame(OpCode::Control(Control::Close), code));
@@ -368,7 +403,7 @@ impl Reader {
                     if matches!(kind, Data::Reserved(_)) || continues != self.message.is_some() {
                         return Received::Failed(1002, "protocol error");
                     }
-                    let size = self.message.unwrap_or(0) + length;
+                    let size = self.message.unwrap_or(0).saturating_add(length);
                     if length > MAX_MESSAGE || size > MAX_MESSAGE {
                         return Received::Failed(1009, "message too big");
                     }
@@ -411,15 +446,45 @@ mod tests {
             let mut replies = Vec::new();
             reader.feed(&wire[..split], &mut replies);
             reader.feed(&wire[split..], &mut replies);
+            // Read in one go, the later ping's pong replaces the earlier one.
             assert_eq!(
                 replies,
-                [
-                    server_frame(OpCode::Control(Control::Pong), b"p"),
-                    server_frame(OpCode::Control(Control::Pong), b"q")
-                ],
+                [server_frame(OpCode::Control(Control::Pong), b"q")],
                 "split at {split}"
             );
             assert_eq!((reader.skip, reader.message), (0, None));
+        }
+    }
+
+    #[test]
+    fn a_flood_of_pings_queues_one_pong_and_a_bad_close_is_a_protocol_error() {
+        let mut wire = Vec::new();
+        for n in 0..10_000u32 {
+            wire.extend(client_frame(
+                OpCode::Control(Control::Ping),
+                true,
+                &n.to_be_bytes(),
+            ));
+        }
+        let mut reader = Reader::default();
+        let mut replies = Vec::new();
+        reader.feed(&wire, &mut replies);
+        assert_eq!(
+            replies,
+            [server_frame(
+                OpCode::Control(Control::Pong),
+                &9_999u32.to_be_bytes()
+            )]
+        );
+        for bad in [&[3u8][..], &1005u16.to_be_bytes(), &999u16.to_be_bytes()] {
+            let close = client_frame(OpCode::Control(Control::Close), true, bad);
+            assert!(
+                matches!(
+                    Reader::default().feed(&close, &mut Vec::new()),
+                    Received::Failed(1002, _)
+                ),
+                "{bad:?}"
+            );
         }
     }
 
