@@ -155,6 +155,9 @@ pub struct Topics {
     /// Where topics live when not in memory.
     redis: Option<Redis>,
     topics: RwLock<HashMap<String, Topic>>,
+    /// Set by `close_all` (under the topics' lock): a topic opened afterwards (by a
+    /// request that was under way) is closed at once, not kept open past shutdown.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 impl Topics {
@@ -164,6 +167,7 @@ impl Topics {
             metrics,
             redis,
             topics: RwLock::new(HashMap::new()),
+            closing: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -259,6 +263,12 @@ impl Topics {
             })),
             keys: Arc::default(),
         };
+        if self.closing.load(Ordering::Acquire) {
+            // The hub is shutting down: the request gets a closed topic (its stream ends,
+            // its publish is refused) and nothing stays open.
+            topic.close();
+            return Ok(topic);
+        }
         topics.insert(name.to_owned(), topic.clone());
         tracing::debug!(
             topic = name,
@@ -331,7 +341,9 @@ impl Topics {
 
     /// Closes every topic: subscribers receive what is left, then their streams end.
     pub fn close_all(&self) {
-        for topic in self.topics.read().expect("topics lock").values() {
+        let topics = self.topics.write().expect("topics lock");
+        self.closing.store(true, Ordering::Release);
+        for topic in topics.values() {
             topic.close();
         }
     }
@@ -681,5 +693,25 @@ impl Drop for TopicSubscriber {
     fn drop(&mut self) {
         self.last_used.fetch_max(now(), Ordering::Relaxed);
         self.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_topic_opened_after_shutdown_began_is_closed_and_not_kept() {
+        let config = Config::parse_from(["storecast-hub"]);
+        let topics = Topics::new(config, Arc::new(Metrics::default()), None);
+        let before = topics.get("before").await.unwrap();
+        topics.close_all();
+        assert!(before.is_closed());
+        // A request that was under way when shutdown began.
+        let after = topics.get("after").await.unwrap();
+        assert!(after.is_closed(), "a topic stayed open past shutdown");
+        assert!(!topics.exists("after"));
     }
 }
