@@ -79,6 +79,16 @@ pub async fn serve(
     }
 }
 
+/// The topic `name`, opened if need be; `None` if it cannot be (the routes answer why).
+/// Opening is boxed, as every step that is over once a stream starts: a connection's
+/// task is as large as the largest of its steps for as long as it lives.
+async fn topic(hub: &Hub, name: &str) -> Option<crate::topics::Topic> {
+    match hub.topics.existing(name) {
+        Some(topic) => Some(topic),
+        None => Box::pin(hub.topics.get(name)).await.ok(),
+    }
+}
+
 /// A `GET` over HTTP/1.1 without a body, as this path reads it.
 struct Get<'a> {
     path: &'a str,

@@ -379,14 +379,7 @@ async fn health_and_metrics_report_what_happened() {
     let mut sse = hub.events("/events/counted", &[]).await;
     hub.published("counted", "one").await;
     sse.next().await;
-    let metrics = client()
-        .get(hub.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = hub.metrics().await;
     for line in [
         "storecast_connections 1",
         "storecast_messages_in_total 1",
@@ -497,16 +490,7 @@ async fn an_idle_stream_gets_the_retry_advice_then_keep_alive_comments() {
 #[tokio::test]
 async fn a_publish_retried_with_its_idempotency_key_is_added_once() {
     let hub = Hub::start(&[]);
-    let publish = |key: Option<&'static str>, body: &'static str| {
-        let mut request = client().post(hub.url("/publish/orders")).body(body);
-        if let Some(key) = key {
-            request = request.header("Idempotency-Key", key);
-        }
-        async move {
-            let response = request.send().await.unwrap();
-            (response.status().as_u16(), response.text().await.unwrap())
-        }
-    };
+    let publish = |key, body| hub.publish_keyed("orders", body, key);
     let first = publish(Some("order-7"), "seven").await;
     assert_eq!(first.0, 200, "{}", first.1);
     // The client never saw the answer and publishes again: same id, nothing added.
@@ -531,14 +515,7 @@ async fn a_publish_retried_with_its_idempotency_key_is_added_once() {
     for _ in 0..5 {
         assert_eq!(publish(Some("order-7"), "seven").await, first);
     }
-    let metrics = client()
-        .get(hub.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = hub.metrics().await;
     assert!(
         metrics
             .lines()

@@ -270,19 +270,6 @@ async fn metrics_show_each_redis_topics_connection_and_its_interruptions() {
     }
 }
 
-/// Publishes `body` to `topic` on `hub` with an `Idempotency-Key` (if any); returns the
-/// status and the text.
-async fn publish_keyed(hub: &Hub, topic: &str, body: &str, key: Option<&str>) -> (u16, String) {
-    let mut request = support::client()
-        .post(hub.url(&format!("/publish/{topic}")))
-        .body(body.to_owned());
-    if let Some(key) = key {
-        request = request.header("Idempotency-Key", key);
-    }
-    let response = request.send().await.expect("the hub answers");
-    (response.status().as_u16(), response.text().await.unwrap())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_redis_answers_too_late_is_a_503_that_says_so_and_a_keyed_retry_adds_once() {
     let server = RedisServer::start();
@@ -307,15 +294,15 @@ async fn a_publish_redis_answers_too_late_is_a_503_that_says_so_and_a_keyed_retr
         assert!(status.success());
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (status, text) = publish_keyed(&a, "orders", "unkeyed", None).await;
+    let (status, text) = a.publish_keyed("orders", "unkeyed", None).await;
     assert_eq!(status, 503, "{text}");
     assert!(text.contains("MAY HAVE BEEN PUBLISHED"), "{text}");
     busy.join().unwrap();
 
     // A client that retries with its key, on either hub, gets one entry and one id.
-    let (status, first) = publish_keyed(&a, "orders", "keyed", Some("order-42")).await;
+    let (status, first) = a.publish_keyed("orders", "keyed", Some("order-42")).await;
     assert_eq!(status, 200, "{first}");
-    let (status, again) = publish_keyed(&b, "orders", "keyed", Some("order-42")).await;
+    let (status, again) = b.publish_keyed("orders", "keyed", Some("order-42")).await;
     assert_eq!(status, 200, "{again}");
     assert_eq!(first, again);
     // first, unkeyed (it was published after all) and keyed once.
@@ -366,13 +353,6 @@ async fn redis_topics_closed_after_idling_release_their_connections() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let metrics = support::client()
-        .get(hub.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = hub.metrics().await;
     assert!(metrics.contains("storecast_topics 0"), "{metrics}");
 }

@@ -88,13 +88,10 @@ pub(super) async fn serve(
     request: Subscription,
     write_timeout: Duration,
 ) -> Served {
-    // Boxed, as in SSE: the connection's task is as large as its largest step.
-    let topic = match hub.topics.existing(&request.topic) {
+    // Errors are answered by the routes, as in SSE.
+    let topic = match super::topic(hub, &request.topic).await {
         Some(topic) => topic,
-        None => match Box::pin(hub.topics.get(&request.topic)).await {
-            Ok(topic) => topic,
-            Err(_) => return Served::Elsewhere(read),
-        },
+        None => return Served::Elsewhere(read),
     };
     drop(read);
     let (start, news) = sse::resume_from(request.last_event_id.as_deref());

@@ -61,6 +61,31 @@ impl Hub {
         json["id"].as_str().unwrap().to_owned()
     }
 
+    /// Publishes `body` to `topic` with an `Idempotency-Key` (if any); returns the status
+    /// and the response text.
+    pub async fn publish_keyed(&self, topic: &str, body: &str, key: Option<&str>) -> (u16, String) {
+        let mut request = client()
+            .post(self.url(&format!("/publish/{topic}")))
+            .body(body.to_owned());
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        let response = request.send().await.expect("the hub answers");
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+
+    /// The text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        client()
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("the hub answers")
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Opens an SSE stream (with optional extra headers).
     pub async fn events(&self, path: &str, headers: &[(&str, &str)]) -> Events {
         let mut request = client().get(self.url(path));
