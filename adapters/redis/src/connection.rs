@@ -9,6 +9,7 @@ use redis::{Client, IntoConnectionInfo, ProtocolVersion, RedisError};
 
 use crate::runtime;
 use crate::subscription::{Listener, Subscription};
+use crate::tail::Tails;
 
 /// How the stores connect to Redis and how hard they try when it goes away.
 ///
@@ -32,6 +33,7 @@ pub struct Options {
     health_check: Duration,
     reconnect_min: Duration,
     reconnect_max: Duration,
+    stream_readers: usize,
 }
 
 /// Where the server is.
@@ -77,7 +79,17 @@ impl Options {
             health_check: Duration::from_secs(5),
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
+            stream_readers: 2,
         }
+    }
+
+    /// How many connections read the queue stores' streams (default 2, at least 1). Each
+    /// waits in one `XREAD BLOCK` over the streams that hash to it, however many there
+    /// are; it is opened with the first queue store and closed a health-check interval
+    /// after the last one goes.
+    pub fn stream_readers(mut self, readers: usize) -> Self {
+        self.stream_readers = readers.max(1);
+        self
     }
 
     /// How long to wait for a connection to open before giving up on this attempt.
@@ -202,6 +214,7 @@ impl std::fmt::Debug for Options {
             .field("health_check", &self.health_check)
             .field("reconnect_min", &self.reconnect_min)
             .field("reconnect_max", &self.reconnect_max)
+            .field("stream_readers", &self.stream_readers)
             .finish()
     }
 }
@@ -274,6 +287,8 @@ struct Inner {
     address: String,
     /// The one subscription connection the latest-value stores share.
     subscription: Arc<Subscription>,
+    /// The connections that read the queue stores' streams.
+    tails: Tails,
 }
 
 impl Drop for Inner {
@@ -326,6 +341,7 @@ impl Redis {
         Ok(Redis {
             inner: Arc::new(Inner {
                 subscription: Arc::new(Subscription::new(client.clone(), &options)),
+                tails: Tails::new(options.stream_readers),
                 client,
                 commands: Mutex::new(commands),
                 replacing: AtomicBool::new(false),
@@ -343,6 +359,19 @@ impl Redis {
     /// The options these stores were made with.
     pub fn options(&self) -> &Options {
         &self.inner.options
+    }
+
+    /// The readers of the queue stores' streams.
+    pub(crate) fn tails(&self) -> &Tails {
+        &self.inner.tails
+    }
+
+    /// How many connections this handle has open to Redis now: the command connection,
+    /// the subscription (while any latest-value store listens) and the stream readers
+    /// (while any queue store reads). However many stores there are, at most
+    /// [`Options::stream_readers`] + 2.
+    pub fn connections(&self) -> usize {
+        1 + usize::from(self.inner.subscription.is_open()) + self.inner.tails.open_readers()
     }
 
     /// The shared command connection; cloning it is cheap.

@@ -14,10 +14,12 @@
 //!   `Last-Event-ID` on any server.
 //!
 //! Each store listens once per process and fans out in memory through the core's stores.
-//! The stores made from one [`Redis`] handle share one connection for commands, and the
-//! latest-value stores one subscription connection, whatever their channels; each queue
-//! store adds one connection for its stream's reader. Connecting to an unreachable server is a [`ConnectError`]; losing it later is
-//! not fatal: the stores reconnect with backoff.
+//! The stores made from one [`Redis`] handle share its connections, however many stores
+//! (topics) there are: one for commands, one subscription for the latest-value stores
+//! whatever their channels, and a few (see [`Options::stream_readers`]) that read the
+//! queue stores' streams, each blocked in one `XREAD` over many streams. An idle store
+//! costs Redis no commands of its own. Connecting to an unreachable server is a
+//! [`ConnectError`]; losing it later is not fatal: the stores reconnect with backoff.
 //!
 //! # Features
 //!
@@ -59,6 +61,7 @@ mod queue_store;
 mod runtime;
 mod shutdown;
 mod subscription;
+mod tail;
 
 pub use codec::{Codec, DecodeError};
 pub use connection::{ConnectError, Options, Redis};

@@ -19,9 +19,10 @@ use storecast::{
 };
 
 use crate::codec::Codec;
-use crate::connection::{ConnectError, Redis, needs_new_connection};
+use crate::connection::{ConnectError, Redis};
 use crate::runtime;
 use crate::shutdown::Shutdown;
+use crate::tail::{Tail, Tailed, is_after};
 
 /// The stream's epoch, read from its key (KEYS[2]) and made there, from the fresh epoch
 /// given, if it has none: every script that numbers entries starts with it.
@@ -382,8 +383,7 @@ impl<T: Codec> RedisQueueStore<T> {
         stream: &str,
         options: QueueOptions,
     ) -> Result<Self, ConnectError> {
-        let block = redis.options().health_check_value();
-        let mut reader = redis.dedicated(block).await?;
+        let mut reader = redis.commands();
         let epoch_key = epoch_key(stream);
         let failed = |e: RedisError| match e.kind() {
             redis::ErrorKind::Io => redis.unreachable(e),
@@ -421,14 +421,22 @@ impl<T: Codec> RedisQueueStore<T> {
             resets: AtomicU64::new(0),
             shutdown: Shutdown::default(),
         });
+        let tail = redis.tails().follow(
+            redis,
+            stream,
+            &shared.epoch_key,
+            &epoch.to_string(),
+            &state.last_id,
+            shared.options.batch.min(shared.options.max_len),
+        );
         let reading = Reading {
-            connection: reader,
+            tail,
             cursor,
             epoch,
             last_id: state.last_id,
             anchor: None,
         };
-        runtime::spawn(follow(Arc::clone(&shared), reading, block));
+        runtime::spawn(follow(Arc::clone(&shared), reading));
         Ok(RedisQueueStore {
             handle: Arc::new(Handle { shared }),
         })
@@ -1056,6 +1064,14 @@ fn decode_entry<T: Codec>(entry: Value) -> Option<(String, Option<T>)> {
     Some((id, data_field(fields)))
 }
 
+/// The decoded `data` field of an entry's fields as the shared reader got them.
+fn fields_data<T: Codec>(fields: Value) -> Option<T> {
+    match fields {
+        Value::Array(fields) => data_field(fields),
+        _ => None,
+    }
+}
+
 /// The decoded `data` field among an entry's fields.
 fn data_field<T: Codec>(fields: Vec<Value>) -> Option<T> {
     let mut fields = fields.into_iter();
@@ -1076,7 +1092,8 @@ fn data_field<T: Codec>(fields: Vec<Value>) -> Option<T> {
     None
 }
 
-/// How often a reader that is caught up checks its count of the stream with an exact read.
+/// How often a reading task that keeps getting entries checks its count of the stream
+/// with an exact read (an idle one is audited by its reader; see `tail`).
 const AUDIT_EVERY: Duration = Duration::from_secs(1);
 
 /// What one read of the reading task brought.
@@ -1084,13 +1101,20 @@ enum Fetched<T> {
     /// An exact read by ordinal (`READ`) or after an id (`MULTI`): the stream's counters
     /// and epoch, and the entries after the cursor, gaps accounted for.
     Exact(Batch<T>),
-    /// A plain `XREAD BLOCK` after the last id read: the next entries, if any came.
-    Tail(Vec<(String, Option<T>)>),
+    /// What the shared reader brought after the last id read: the next entries.
+    /// `suspect`: a full batch, so entries may have been trimmed before it; read exactly.
+    Tail {
+        entries: Vec<(String, Option<T>)>,
+        suspect: bool,
+    },
+    /// The shared reader lost Redis, or the stream's epoch key changed: read exactly.
+    Check,
 }
 
 /// Where the reading task is in the stream.
 struct Reading {
-    connection: ConnectionManager,
+    /// This stream's place with the shared reader of its `Redis` handle.
+    tail: Tail,
     /// The ordinal of the last entry read (in `epoch`).
     cursor: u64,
     /// The epoch the task numbers entries in.
@@ -1105,17 +1129,20 @@ struct Reading {
 /// The reading task: follows the stream from the ordinal `cursor`, filling the ring in
 /// order; retries with backoff while Redis is away.
 ///
-/// Caught up, it waits with a plain `XREAD BLOCK` and numbers what arrives from its cursor.
-/// That is exact as long as no entry after the cursor was trimmed before it was read,
-/// which cannot happen when the answer is not a full batch: trimming keeps at least
-/// `max_len` entries, and a batch is at most that many. A full batch (the reader is
-/// behind), a reconnection, and a check every second go through the exact read instead.
+/// Caught up, it waits for the shared reader of its `Redis` handle (one `XREAD BLOCK`
+/// over many streams, see `tail`) and numbers what arrives from its cursor. That is exact
+/// as long as no entry after the cursor was trimmed before it was read, which cannot
+/// happen when the answer is not a full batch: trimming keeps at least `max_len` entries,
+/// and a batch is at most that many. A full batch (the reader is behind), a reconnection,
+/// an epoch key the reader's audit found changed, and a check every second while entries
+/// keep coming go through the exact read instead. Its reads run on the shared command
+/// connection: the task holds no connection of its own.
 ///
 /// Every exact read also brings the stream's epoch, and tells whether Redis lost entries
 /// this task had read: its count went below the cursor, its newest entry read is gone, or
 /// it holds fewer entries than were numbered. Then the task begins a new epoch (or takes
 /// the one another process began) and tells this process's subscribers.
-async fn follow<T: Codec>(shared: Arc<Shared<T>>, mut at: Reading, block: Duration) {
+async fn follow<T: Codec>(shared: Arc<Shared<T>>, mut at: Reading) {
     let batch_size = shared.options.batch.min(shared.options.max_len);
     let mut backoff = shared.redis.options().backoff();
     let mut failing = false;
@@ -1124,13 +1151,14 @@ async fn follow<T: Codec>(shared: Arc<Shared<T>>, mut at: Reading, block: Durati
     loop {
         let audit = audited.elapsed() >= AUDIT_EVERY;
         let anchor = at.anchor.as_deref().unwrap_or(NO_ENTRY);
+        let mut commands = shared.redis.commands();
         let attempt = shared
             .shutdown
             .unless(async {
                 if audit {
                     // By ordinal, with a script: also notices a count that moved.
                     read::<T>(
-                        &mut at.connection,
+                        &mut commands,
                         &shared.stream,
                         &shared.epoch_key,
                         Some(at.cursor),
@@ -1141,7 +1169,7 @@ async fn follow<T: Codec>(shared: Arc<Shared<T>>, mut at: Reading, block: Durati
                     .map(Fetched::Exact)
                 } else if exact {
                     read_after_id::<T>(
-                        &mut at.connection,
+                        &mut commands,
                         &shared.stream,
                         &shared.epoch_key,
                         at.cursor,
@@ -1152,15 +1180,17 @@ async fn follow<T: Codec>(shared: Arc<Shared<T>>, mut at: Reading, block: Durati
                     .await
                     .map(Fetched::Exact)
                 } else {
-                    tail::<T>(
-                        &mut at.connection,
-                        &shared.stream,
-                        &at.last_id,
-                        batch_size,
-                        block,
-                    )
-                    .await
-                    .map(Fetched::Tail)
+                    let epoch = at.epoch.to_string();
+                    Ok(match at.tail.next(&at.last_id, &epoch).await {
+                        Tailed::Check => Fetched::Check,
+                        Tailed::Entries { entries, suspect } => Fetched::Tail {
+                            entries: entries
+                                .into_iter()
+                                .map(|(id, fields)| (id, fields_data(fields)))
+                                .collect(),
+                            suspect,
+                        },
+                    })
                 }
             })
             .await;
@@ -1174,15 +1204,9 @@ async fn follow<T: Codec>(shared: Arc<Shared<T>>, mut at: Reading, block: Durati
                     shared.connected.store(false, Ordering::Relaxed);
                 }
                 exact = true;
+                // A command connection that stopped answering is replaced.
+                shared.redis.failed(&e);
                 shared.shutdown.unless(backoff.wait()).await;
-                if needs_new_connection(&e) {
-                    // This connection stopped answering: open another.
-                    if let Some(Ok(fresh)) =
-                        shared.shutdown.unless(shared.redis.dedicated(block)).await
-                    {
-                        at.connection = fresh;
-                    }
-                }
                 continue;
             }
         };
@@ -1193,19 +1217,23 @@ async fn follow<T: Codec>(shared: Arc<Shared<T>>, mut at: Reading, block: Durati
             backoff.reset();
         }
         let entries = match fetched {
-            Fetched::Tail(entries) if entries.len() >= batch_size => {
+            Fetched::Check => {
+                exact = true;
+                continue;
+            }
+            Fetched::Tail { entries, suspect } if suspect || entries.len() >= batch_size => {
                 // Perhaps behind, and perhaps past a trimmed gap: number them exactly.
                 exact = true;
                 continue;
             }
-            Fetched::Tail(entries) if entries.is_empty() => continue,
-            Fetched::Tail(entries) => {
+            Fetched::Tail { entries, .. } if entries.is_empty() => continue,
+            Fetched::Tail { entries, .. } => {
                 // Numbered from the cursor: first make sure Redis still has what was read
                 // (and numbered) before, in the same epoch.
                 let counters = shared
                     .shutdown
                     .unless(counters_now(
-                        &mut at.connection,
+                        &mut commands,
                         &shared.stream,
                         &shared.epoch_key,
                         anchor,
@@ -1327,8 +1355,9 @@ impl<T> Shared<T> {
         lost: bool,
         backoff: &mut runtime::Backoff,
     ) -> bool {
+        let mut commands = self.redis.commands();
         let moved = reanchor(
-            &mut at.connection,
+            &mut commands,
             &self.stream,
             &self.epoch_key,
             known,
@@ -1369,50 +1398,6 @@ impl<T> Shared<T> {
             .await
             .is_ok()
     }
-}
-
-/// Waits up to `block` for entries after `last_id`; at most `count`.
-async fn tail<T: Codec>(
-    connection: &mut ConnectionManager,
-    stream: &str,
-    last_id: &str,
-    count: usize,
-    block: Duration,
-) -> Result<Vec<(String, Option<T>)>, RedisError> {
-    let reply: Value = redis::cmd("XREAD")
-        .arg("BLOCK")
-        .arg(block.as_millis().max(1) as u64)
-        .arg("COUNT")
-        .arg(count)
-        .arg("STREAMS")
-        .arg(stream)
-        .arg(last_id)
-        .query_async(connection)
-        .await?;
-    let entries = match reply {
-        Value::Nil => return Ok(Vec::new()),
-        // RESP2: [[stream, entries]]; RESP3: {stream: entries}.
-        Value::Array(mut streams) => match streams.pop() {
-            Some(Value::Array(mut pair)) if pair.len() == 2 => pair.pop(),
-            _ => None,
-        },
-        Value::Map(mut streams) => streams.pop().map(|(_, entries)| entries),
-        _ => None,
-    };
-    let parsed = match entries {
-        Some(Value::Array(entries)) => entries.into_iter().map(decode_entry).collect(),
-        _ => None,
-    };
-    parsed.ok_or_else(|| RedisError::from((redis::ErrorKind::Parse, "unexpected answer to XREAD")))
-}
-
-/// Whether the stream id `id` comes after `other` (`ms-seq`, compared as numbers).
-fn is_after(id: &str, other: &str) -> bool {
-    fn parse(id: &str) -> (u64, u64) {
-        let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-        (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
-    }
-    parse(id) > parse(other)
 }
 
 type Fetch<T> = Pin<Box<dyn Future<Output = Result<Batch<T>, RedisError>> + Send>>;

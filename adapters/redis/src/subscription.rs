@@ -130,6 +130,11 @@ impl Subscription {
         Err(failure)
     }
 
+    /// Whether the subscription connection is open now.
+    pub(crate) fn is_open(&self) -> bool {
+        self.current_sink().is_some()
+    }
+
     /// Stops delivering to `listener`; the channel is unsubscribed once nobody listens.
     pub(crate) fn remove(&self, channel: &str, listener: &Weak<dyn Listener>) {
         let mut listeners = self.listeners.lock().expect("listeners lock");

@@ -169,6 +169,15 @@ async fn a_failover_to_an_older_copy_moves_every_process_to_a_new_epoch() {
         .arg("REPLACE")
         .query(&mut connection)
         .unwrap();
+    // A failover also ends every connection to the old primary.
+    let _: () = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .query(&mut connection)
+        .unwrap();
 
     let new = both_move_on(&stores, old).await;
     assert_eq!(
@@ -180,6 +189,56 @@ async fn a_failover_to_an_older_copy_moves_every_process_to_a_new_epoch() {
     let p9 = a.submit("m9".to_string()).await.unwrap();
     assert_eq!(p9, Position::new(new, 6));
     assert_eq!(next_value(&mut live).await, ("m9".to_string(), p9));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loss_in_place_with_connections_kept_is_found_at_the_next_entry() {
+    // Rolled back under idle readers whose connections stay up (nothing tells them): the
+    // next submit, by a process that had read past the rollback, begins the new epoch, and
+    // the entry is numbered in it everywhere.
+    let server = RedisServer::start();
+    let stores = two_processes(&server, "in-place").await;
+    let [a, b] = &stores;
+    let mut live = b.subscribe();
+    for n in 1..=3 {
+        a.submit(format!("m{n}")).await.unwrap();
+    }
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut connection = client.get_connection().unwrap();
+    let copy: Vec<u8> = redis::cmd("DUMP")
+        .arg("in-place")
+        .query(&mut connection)
+        .unwrap();
+    for n in 4..=5 {
+        a.submit(format!("m{n}")).await.unwrap();
+    }
+    for n in 1..=5 {
+        assert_eq!(next_value(&mut live).await.0, format!("m{n}"));
+    }
+    let old = a.epoch();
+    let _: () = redis::cmd("RESTORE")
+        .arg("in-place")
+        .arg(0)
+        .arg(copy)
+        .arg("REPLACE")
+        .query(&mut connection)
+        .unwrap();
+    let p6 = a.submit("m6".to_string()).await.unwrap();
+    assert_ne!(
+        p6.epoch(),
+        old,
+        "the entry after the loss is numbered in a new epoch"
+    );
+    assert_eq!(p6.offset(), 4);
+    let new = both_move_on(&stores, old).await;
+    assert_eq!(p6.epoch(), new);
+    assert_eq!(
+        next(&mut live).await.unwrap_err(),
+        RecvError::Reset {
+            reason: ResetReason::Lost
+        }
+    );
+    assert_eq!(next_value(&mut live).await, ("m6".to_string(), p6));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
