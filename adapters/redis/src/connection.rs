@@ -410,12 +410,23 @@ impl Redis {
 
     /// A connection of its own, for commands that block (`XREAD BLOCK`). It reconnects on
     /// its own; its answers may take up to `block` longer than the response timeout.
+    /// `dropped` is called when the connection drops (it reconnects on its own, with a
+    /// new client id), even if no command was under way.
     pub(crate) async fn dedicated(
         &self,
         block: Duration,
+        dropped: impl Fn() + Send + Sync + 'static,
     ) -> Result<ConnectionManager, ConnectError> {
         let inner = &self.inner;
-        open_manager(&inner.client, &inner.options, &inner.address, block).await
+        let config = manager_config(&inner.options, block).set_push_sender(
+            move |push: redis::PushInfo| -> Result<(), ()> {
+                if push.kind == redis::PushKind::Disconnection {
+                    dropped();
+                }
+                Ok(())
+            },
+        );
+        open_with(&inner.client, &inner.options, &inner.address, config).await
     }
 
     /// Delivers `channel`'s messages to `listener` over the shared subscription; returns
@@ -481,12 +492,26 @@ async fn open_manager(
     address: &str,
     extra: Duration,
 ) -> Result<ConnectionManager, ConnectError> {
-    let config = ConnectionManagerConfig::new()
+    open_with(client, options, address, manager_config(options, extra)).await
+}
+
+/// The settings of a connection whose answers may take `extra` longer than the response
+/// timeout.
+fn manager_config(options: &Options, extra: Duration) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
         .set_connection_timeout(Some(options.connect_timeout))
         .set_response_timeout(Some(options.response_timeout + extra))
         .set_min_delay(options.reconnect_min)
         .set_max_delay(options.reconnect_max)
-        .set_number_of_retries(1);
+        .set_number_of_retries(1)
+}
+
+async fn open_with(
+    client: &Client,
+    options: &Options,
+    address: &str,
+    config: ConnectionManagerConfig,
+) -> Result<ConnectionManager, ConnectError> {
     let opened = runtime::timeout(
         options.connect_timeout,
         ConnectionManager::new_with_config(client.clone(), config),

@@ -5,7 +5,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -22,7 +22,8 @@ use crate::codec::Codec;
 use crate::connection::{ConnectError, Redis};
 use crate::runtime;
 use crate::shutdown::Shutdown;
-use crate::tail::{Tail, Tailed, is_after};
+use crate::subscription::{Heard, Listener};
+use crate::tail::{Tail, is_after};
 
 /// The stream's epoch, read from its key (KEYS[2]) and made there, from the fresh epoch
 /// given, if it has none: every script that numbers entries starts with it.
@@ -34,8 +35,9 @@ if not epoch then
 end
 ";
 
-/// Adds an entry and answers {its ordinal (how many entries the stream has ever had), the
-/// stream's epoch, 0}. ARGV: trim (`=` or `~`), max length, data, seconds an idempotency
+/// Adds an entry, announces its ordinal on the channel `<stream>:added` (so that every
+/// process's reading task reads it at once), and answers {its ordinal (how many entries
+/// the stream has ever had), the stream's epoch, 0}. ARGV: trim (`=` or `~`), max length, data, seconds an idempotency
 /// key is kept, a fresh epoch.
 ///
 /// With an idempotency key (KEYS[3]), an entry already added under it is not added again:
@@ -59,6 +61,7 @@ for i = 1, #info, 2 do
     if KEYS[3] then
       redis.call('SET', KEYS[3], info[i + 1] .. ' ' .. epoch, 'EX', ARGV[4])
     end
+    redis.call('PUBLISH', KEYS[1] .. ':added', info[i + 1])
     return {info[i + 1], epoch, 0}
   end
 end
@@ -335,6 +338,8 @@ struct Shared<T> {
     /// How many times the reading task found that Redis had lost entries (or another
     /// process had begun a new epoch) and moved to the new epoch.
     resets: AtomicU64,
+    /// New entries announced on `<stream>:added`: the reading task reads at once.
+    announcements: Arc<Announcements>,
     shutdown: Shutdown,
 }
 
@@ -349,6 +354,11 @@ enum Entry<T> {
         epoch: Epoch,
         after: u64,
     },
+}
+
+/// The channel the add script announces `stream`'s new entries on.
+fn added_channel(stream: &str) -> String {
+    format!("{stream}:added")
 }
 
 /// The key that holds the epoch of `stream`.
@@ -383,6 +393,10 @@ impl<T: Codec> RedisQueueStore<T> {
         stream: &str,
         options: QueueOptions,
     ) -> Result<Self, ConnectError> {
+        // Listening before the first read, so that nothing added after it goes unheard.
+        let announcements = Arc::new(Announcements::default());
+        let listener: Weak<dyn Listener> = Arc::downgrade(&announcements) as Weak<dyn Listener>;
+        redis.listen(&added_channel(stream), listener).await?;
         let mut reader = redis.commands();
         let epoch_key = epoch_key(stream);
         let failed = |e: RedisError| match e.kind() {
@@ -419,6 +433,7 @@ impl<T: Codec> RedisQueueStore<T> {
             connected: AtomicBool::new(true),
             undecodable: AtomicU64::new(0),
             resets: AtomicU64::new(0),
+            announcements,
             shutdown: Shutdown::default(),
         });
         let tail = redis.tails().follow(
@@ -427,7 +442,6 @@ impl<T: Codec> RedisQueueStore<T> {
             &shared.epoch_key,
             &epoch.to_string(),
             &state.last_id,
-            shared.options.batch.min(shared.options.max_len),
         );
         let reading = Reading {
             tail,
@@ -741,6 +755,10 @@ impl<T> Shared<T> {
     fn stop(&self) {
         if self.shutdown.trigger() {
             self.advanced.notify(usize::MAX);
+            let listener: Weak<dyn Listener> =
+                Arc::downgrade(&self.announcements) as Weak<dyn Listener>;
+            self.redis
+                .stop_listening(&added_channel(&self.stream), &listener);
         }
         self.ring.close();
     }
@@ -941,25 +959,6 @@ fn counters(
     })
 }
 
-/// The stream's counters and epoch now, and whether `anchor` was lost, in one `MULTI`
-/// (`None` if there is no stream).
-async fn counters_now(
-    connection: &mut ConnectionManager,
-    stream: &str,
-    epoch_key: &str,
-    anchor: &str,
-) -> Result<Option<Counters>, RedisError> {
-    let mut pipe = redis::pipe();
-    ask_counters(pipe.atomic(), stream, epoch_key, anchor);
-    let answer: Result<(Option<String>, Value, Value, Value), RedisError> =
-        pipe.query_async(connection).await;
-    match answer {
-        Ok((epoch, info, at, up_to)) => counters(epoch, info, anchor, at, up_to).map(Some),
-        Err(e) if e.to_string().contains("no such key") => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
 /// Reads up to `count` entries after the entry `last_id`, whose ordinal is `cursor`,
 /// together with the stream's counters and epoch in one `MULTI` (no script, and no work
 /// for Redis beyond the entries themselves). Exact when entries are only ever trimmed: a
@@ -1064,14 +1063,6 @@ fn decode_entry<T: Codec>(entry: Value) -> Option<(String, Option<T>)> {
     Some((id, data_field(fields)))
 }
 
-/// The decoded `data` field of an entry's fields as the shared reader got them.
-fn fields_data<T: Codec>(fields: Value) -> Option<T> {
-    match fields {
-        Value::Array(fields) => data_field(fields),
-        _ => None,
-    }
-}
-
 /// The decoded `data` field among an entry's fields.
 fn data_field<T: Codec>(fields: Vec<Value>) -> Option<T> {
     let mut fields = fields.into_iter();
@@ -1096,19 +1087,58 @@ fn data_field<T: Codec>(fields: Vec<Value>) -> Option<T> {
 /// with an exact read (an idle one is audited by its reader; see `tail`).
 const AUDIT_EVERY: Duration = Duration::from_secs(1);
 
-/// What one read of the reading task brought.
+/// What one step of the reading task brought.
 enum Fetched<T> {
     /// An exact read by ordinal (`READ`) or after an id (`MULTI`): the stream's counters
     /// and epoch, and the entries after the cursor, gaps accounted for.
     Exact(Batch<T>),
-    /// What the shared reader brought after the last id read: the next entries.
-    /// `suspect`: a full batch, so entries may have been trimmed before it; read exactly.
-    Tail {
-        entries: Vec<(String, Option<T>)>,
-        suspect: bool,
-    },
-    /// The shared reader lost Redis, or the stream's epoch key changed: read exactly.
-    Check,
+    /// Caught up, it was told to read again: an entry was announced, or the shared reader
+    /// saw one (added by another program), lost Redis, or found the epoch key changed.
+    Woken,
+}
+
+/// Announcements of new entries on the channel `<stream>:added`, heard on the shared
+/// subscription.
+#[derive(Default)]
+struct Announcements {
+    /// Something was announced (or may have been, while the subscription was away) since
+    /// the reading task last looked.
+    pending: AtomicBool,
+    event: Event,
+}
+
+impl Announcements {
+    fn tell(&self) {
+        self.pending.store(true, Ordering::SeqCst);
+        self.event.notify(usize::MAX);
+    }
+
+    /// Resolves once something was announced since the last time this resolved.
+    async fn heard(&self) {
+        loop {
+            if self.pending.swap(false, Ordering::SeqCst) {
+                return;
+            }
+            let listener = self.event.listen();
+            if self.pending.swap(false, Ordering::SeqCst) {
+                return;
+            }
+            listener.await;
+        }
+    }
+}
+
+impl Listener for Announcements {
+    fn heard(&self, _: &[Heard<'_>]) {
+        self.tell();
+    }
+
+    fn lost(&self) {}
+
+    /// Announcements made while the subscription was away are gone: read anyway.
+    fn resubscribed(self: Arc<Self>) {
+        self.tell();
+    }
 }
 
 /// Where the reading task is in the stream.
@@ -1129,14 +1159,14 @@ struct Reading {
 /// The reading task: follows the stream from the ordinal `cursor`, filling the ring in
 /// order; retries with backoff while Redis is away.
 ///
-/// Caught up, it waits for the shared reader of its `Redis` handle (one `XREAD BLOCK`
-/// over many streams, see `tail`) and numbers what arrives from its cursor. That is exact
-/// as long as no entry after the cursor was trimmed before it was read, which cannot
-/// happen when the answer is not a full batch: trimming keeps at least `max_len` entries,
-/// and a batch is at most that many. A full batch (the reader is behind), a reconnection,
-/// an epoch key the reader's audit found changed, and a check every second while entries
-/// keep coming go through the exact read instead. Its reads run on the shared command
-/// connection: the task holds no connection of its own.
+/// Every read is exact: after the id of the last entry read, with the stream's counters
+/// and epoch in the same `MULTI` (a gap shows as the first retained ordinal being past the
+/// cursor), or, once a second while entries keep coming, by ordinal with a script. Caught
+/// up, it waits to be told to read again: by the announcement the add script publishes
+/// for each new entry (heard on the shared subscription), or by the shared reader of its
+/// `Redis` handle, which watches for entries other programs add with `XADD` (see `tail`).
+/// Its reads run on the shared command connection: the task holds no connection of its
+/// own, and costs Redis nothing while nothing is added.
 ///
 /// Every exact read also brings the stream's epoch, and tells whether Redis lost entries
 /// this task had read: its count went below the cursor, its newest entry read is gone, or
@@ -1181,16 +1211,11 @@ async fn follow<T: Codec>(shared: Arc<Shared<T>>, mut at: Reading) {
                     .map(Fetched::Exact)
                 } else {
                     let epoch = at.epoch.to_string();
-                    Ok(match at.tail.next(&at.last_id, &epoch).await {
-                        Tailed::Check => Fetched::Check,
-                        Tailed::Entries { entries, suspect } => Fetched::Tail {
-                            entries: entries
-                                .into_iter()
-                                .map(|(id, fields)| (id, fields_data(fields)))
-                                .collect(),
-                            suspect,
-                        },
+                    futures_lite::future::or(shared.announcements.heard(), async {
+                        at.tail.next(&at.last_id, &epoch).await;
                     })
+                    .await;
+                    Ok(Fetched::Woken)
                 }
             })
             .await;
@@ -1217,47 +1242,9 @@ async fn follow<T: Codec>(shared: Arc<Shared<T>>, mut at: Reading) {
             backoff.reset();
         }
         let entries = match fetched {
-            Fetched::Check => {
+            Fetched::Woken => {
                 exact = true;
                 continue;
-            }
-            Fetched::Tail { entries, suspect } if suspect || entries.len() >= batch_size => {
-                // Perhaps behind, and perhaps past a trimmed gap: number them exactly.
-                exact = true;
-                continue;
-            }
-            Fetched::Tail { entries, .. } if entries.is_empty() => continue,
-            Fetched::Tail { entries, .. } => {
-                // Numbered from the cursor: first make sure Redis still has what was read
-                // (and numbered) before, in the same epoch.
-                let counters = shared
-                    .shutdown
-                    .unless(counters_now(
-                        &mut commands,
-                        &shared.stream,
-                        &shared.epoch_key,
-                        anchor,
-                    ))
-                    .await;
-                let counters = match counters {
-                    None => return,
-                    Some(Ok(Some(counters))) => counters,
-                    // No stream, or no answer: the exact read sorts it out.
-                    Some(Ok(None) | Err(_)) => {
-                        exact = true;
-                        continue;
-                    }
-                };
-                let numbered = at.cursor + entries.len() as u64;
-                let lost = counters.anchor_lost || counters.added < numbered;
-                if let Some(known) = at.moved_on(counters.epoch.as_deref(), lost) {
-                    if !shared.move_on(&mut at, &known, lost, &mut backoff).await {
-                        return;
-                    }
-                    exact = true;
-                    continue;
-                }
-                entries
             }
             Fetched::Exact(batch) => {
                 if audit {

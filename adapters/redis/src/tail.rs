@@ -1,22 +1,17 @@
 //! The shared stream readers: a few connections, each blocked in one `XREAD` over many
-//! streams, bring every queue store of a [`Redis`] handle its new entries. The connections
-//! a process holds do not grow with its topics, and an idle stream costs Redis nothing
-//! between entries: one `XREAD` per reader per health-check interval, and one `MGET` of
-//! the readers' epoch keys per audit interval, however many streams there are.
+//! streams, watch every queue store of a [`Redis`] handle for entries other programs add
+//! with a plain `XADD`. The connections a process holds do not grow with its topics, and
+//! an idle stream costs Redis nothing between entries: one `XREAD` per reader per
+//! health-check interval, and one `MGET` of the epoch keys per audit interval, however
+//! many streams there are.
 //!
-//! Each queue store's reading task holds a [`Tail`]: the reader keeps reading its stream
-//! after the id the task last asked for, and keeps up to a batch of entries ahead for it.
-//! As long as the task asks for the entries after the last one it was given, the reader
-//! never has to restart its `XREAD` for it. Anything else (a new stream, a task that read
-//! on its own, an epoch change) changes what the `XREAD` under way must cover: the reader
-//! is woken with `CLIENT UNBLOCK` from the command connection and reads again with the
-//! new set.
-//!
-//! What a reader brings is a hint, never the numbering: the reading task numbers entries
-//! from its own cursor and checks the stream's counters (see `queue_store`). When the
-//! reader cannot tell whether entries were trimmed before it read them, or it lost its
-//! connection, or the stream's epoch key changed, it says [`Tailed::Check`] or marks the
-//! entries `suspect`, and the task reads exactly.
+//! A reader only says [`Look`]: the reading task reads exactly, on the command connection,
+//! and numbers what it reads itself. The stores' own entries do not wait for a reader: the
+//! add script announces each on a channel of the shared subscription (see `queue_store`).
+//! A reader is paced so that its `XREAD`s, whose cost grows with the streams they cover,
+//! never take more than a few percent of Redis; when what it must cover changes (a new
+//! stream, a task that read on), it is woken with `CLIENT UNBLOCK` from the command
+//! connection.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -40,25 +35,22 @@ const AUDIT_EVERY: Duration = Duration::from_secs(30);
 /// the server yet) before it lets the read time out instead.
 const UNBLOCK_ATTEMPTS: usize = 50;
 
+/// The least time between the starts of two `XREAD`s of one reader, per stream read.
+const PAUSE_PER_STREAM: Duration = Duration::from_micros(40);
+/// ... and in any case.
+const MIN_PAUSE: Duration = Duration::from_millis(10);
+/// ... and at most.
+const MAX_PAUSE: Duration = Duration::from_secs(1);
+
 /// How long a reader lets changes gather before it restarts its `XREAD` for them.
 const GATHER: Duration = Duration::from_millis(5);
 
 /// A stream entry as the reader got it: its id, and its fields.
-pub(crate) type RawEntry = (String, Value);
+type RawEntry = (String, Value);
 
-/// What a reader brings a reading task.
-pub(crate) enum Tailed {
-    /// Entries after the id asked for, in order. `suspect`: entries may have been trimmed
-    /// between that id and the first of these before the reader saw them (the reader got
-    /// a full batch), or there are more than a batch: number them by an exact read.
-    Entries {
-        entries: Vec<RawEntry>,
-        suspect: bool,
-    },
-    /// Read exactly: the reader lost its connection, or the stream's epoch key no longer
-    /// holds the epoch the task reads in.
-    Check,
-}
+/// A reader's word to a reading task: its stream has entries after the id the task gave
+/// (or the reader lost Redis, or the stream's epoch key changed): read it exactly.
+pub(crate) struct Look;
 
 /// The readers of one [`Redis`] handle: each stream is read by the one its name hashes to.
 pub(crate) struct Tails {
@@ -80,9 +72,8 @@ impl Tails {
         }
     }
 
-    /// Starts reading `stream` after the entry `after` for a reading task, whose batches
-    /// are at most `count` entries; `epoch` is the text the stream's epoch key
-    /// (`epoch_key`) holds.
+    /// Starts watching `stream` after the entry `after` for a reading task; `epoch` is the
+    /// text the stream's epoch key (`epoch_key`) holds.
     pub(crate) fn follow(
         &self,
         redis: &Redis,
@@ -90,7 +81,6 @@ impl Tails {
         epoch_key: &str,
         epoch: &str,
         after: &str,
-        count: usize,
     ) -> Tail {
         let hash = stream
             .bytes()
@@ -108,13 +98,9 @@ impl Tails {
                     stream: Arc::from(stream),
                     epoch_key: Arc::from(epoch_key),
                     epoch: epoch.to_owned(),
-                    base: after.to_owned(),
-                    next: after.to_owned(),
+                    after: after.to_owned(),
                     generation: 0,
-                    count: count.max(1),
-                    buffer: Vec::new(),
-                    suspect: false,
-                    check: false,
+                    look: false,
                     waker: None,
                 },
             );
@@ -163,6 +149,11 @@ struct State {
     reading: bool,
     /// The `XREAD` under way no longer covers what it must: unblock it.
     stale: bool,
+    /// Counts the reader's connections: a drop of an older one is no news.
+    connection: u64,
+    /// The current connection dropped (it reconnects with another client id): a new one
+    /// is opened.
+    dropped: bool,
 }
 
 impl State {
@@ -179,30 +170,22 @@ struct Follow {
     epoch_key: Arc<str>,
     /// The epoch text the task reads in (for the audit).
     epoch: String,
-    /// The id the buffered entries follow: the last one handed to the task.
-    base: String,
-    /// The id the reader reads after: the last one buffered (or `base`).
-    next: String,
-    /// One more each time the task moves `base` itself: an `XREAD` sent before reads
-    /// after an id that no longer counts.
+    /// The id of the last entry the task read: the reader watches for one after it.
+    after: String,
+    /// One more each time the task moves `after`: an `XREAD` sent before watched from an
+    /// id that no longer counts.
     generation: u64,
-    count: usize,
-    buffer: Vec<RawEntry>,
-    suspect: bool,
-    check: bool,
+    /// The task should read (see [`Look`]); it is not watched until it asks again.
+    look: bool,
     waker: Option<Waker>,
 }
 
 impl Follow {
-    fn wake(&mut self) {
+    fn tell(&mut self) {
+        self.look = true;
         if let Some(waker) = self.waker.take() {
             waker.wake();
         }
-    }
-
-    /// Whether the reader reads this stream in its next `XREAD`: not while a batch waits.
-    fn wanted(&self) -> bool {
-        !self.check && self.buffer.len() < self.count
     }
 }
 
@@ -221,8 +204,8 @@ impl std::fmt::Debug for Tail {
 }
 
 impl Tail {
-    /// The entries after `after` (the id of the last entry the task read), once there are
-    /// any, in the epoch whose text is `epoch`.
+    /// Resolves once the stream has an entry after `after` (the id of the last entry the
+    /// task read), in the epoch whose text is `epoch`, or the task should read anyway.
     pub(crate) fn next<'a>(&'a mut self, after: &'a str, epoch: &'a str) -> Next<'a> {
         Next {
             tail: self,
@@ -247,66 +230,39 @@ pub(crate) struct Next<'a> {
 }
 
 impl Future for Next<'_> {
-    type Output = Tailed;
+    type Output = Look;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Tailed> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Look> {
         let this = self.get_mut();
         let group = &this.tail.group;
         let mut state = group.lock();
-        let State { follows, .. } = &mut *state;
-        let follow = follows.get_mut(&this.tail.id).expect("a tail's follow");
+        let follow = state
+            .follows
+            .get_mut(&this.tail.id)
+            .expect("a tail's follow");
         if follow.epoch != this.epoch {
             follow.epoch = this.epoch.to_owned();
         }
-        if follow.check {
-            follow.check = false;
-            restart(follow, this.after);
-            state.needs_reread();
-            drop(state);
-            group.changed.notify(usize::MAX);
-            return Poll::Ready(Tailed::Check);
+        if follow.look {
+            follow.look = false;
+            return Poll::Ready(Look);
         }
-        let mut moved = false;
-        if follow.base != this.after {
-            // The task read on its own (or moved to another epoch): what was buffered
-            // follows another id.
-            restart(follow, this.after);
-            moved = true;
-        }
-        let ready = if follow.buffer.is_empty() {
-            follow.waker = Some(cx.waker().clone());
-            Poll::Pending
-        } else {
-            let was_full = !follow.wanted();
-            let entries = std::mem::take(&mut follow.buffer);
-            follow.base.clone_from(&follow.next);
-            let suspect = std::mem::take(&mut follow.suspect);
-            // A stream left out while its batch waited is read again.
-            moved |= was_full;
-            Poll::Ready(Tailed::Entries { entries, suspect })
-        };
-        if moved {
+        follow.waker = Some(cx.waker().clone());
+        if follow.after != this.after {
+            // Watched again, from where the task is now.
+            follow.after = this.after.to_owned();
+            follow.generation += 1;
             state.needs_reread();
             drop(state);
             group.changed.notify(usize::MAX);
         }
-        ready
+        Poll::Pending
     }
-}
-
-/// Forgets what was buffered, and reads after `after` from now on.
-fn restart(follow: &mut Follow, after: &str) {
-    follow.base = after.to_owned();
-    follow.next = after.to_owned();
-    follow.buffer.clear();
-    follow.suspect = false;
-    follow.generation += 1;
 }
 
 /// One `XREAD`'s worth: the streams, each after the earliest id any task of it needs.
 struct Request {
     streams: Vec<(Arc<str>, String)>,
-    count: usize,
     /// The follows it serves, with the generation each was in.
     serves: Vec<(u64, u64)>,
     /// Epoch keys to audit, with the follows that expect each text.
@@ -320,6 +276,7 @@ async fn read(redis: Redis, group: Arc<Group>) {
     let mut backoff = redis.options().backoff();
     let mut connection: Option<(ConnectionManager, i64)> = None;
     let mut audited = Instant::now();
+    let mut last_read = Instant::now() - MAX_PAUSE;
     let mut failing = false;
     loop {
         let gathered = {
@@ -350,6 +307,16 @@ async fn read(redis: Redis, group: Arc<Group>) {
         if request.audit.is_some() {
             audited = Instant::now();
         }
+        // An XREAD costs Redis about a microsecond or two per stream (it parses, looks
+        // up and registers every one): re-issued at most this often, it takes no more than
+        // a few percent of a Redis core, however busy the streams. The stores' own
+        // entries are announced at once (see `queue_store`); this paces what other
+        // programs add with XADD.
+        let pause = (PAUSE_PER_STREAM * request.streams.len() as u32).clamp(MIN_PAUSE, MAX_PAUSE);
+        if let Some(wait) = (last_read + pause).checked_duration_since(Instant::now()) {
+            runtime::sleep(wait).await;
+        }
+        last_read = Instant::now();
         let outcome = read_once(&redis, &group, &mut connection, request, block).await;
         let failed = {
             let mut state = group.lock();
@@ -359,8 +326,7 @@ async fn read(redis: Redis, group: Arc<Group>) {
                 Err(e) => {
                     // Every task reads on its own meanwhile (and notices Redis away itself).
                     for follow in state.follows.values_mut() {
-                        follow.check = true;
-                        follow.wake();
+                        follow.tell();
                     }
                     // A new connection, and with it the client id to unblock.
                     connection = None;
@@ -391,21 +357,19 @@ async fn read(redis: Redis, group: Arc<Group>) {
 fn gather(state: &mut State, audit: bool) -> Option<Request> {
     let mut streams: HashMap<Arc<str>, String> = HashMap::new();
     let mut serves = Vec::new();
-    let mut count = 1;
     for (&id, follow) in &state.follows {
-        if !follow.wanted() {
+        if follow.look {
             continue;
         }
         serves.push((id, follow.generation));
-        count = count.max(follow.count);
         streams
             .entry(Arc::clone(&follow.stream))
             .and_modify(|after| {
-                if is_after(after, &follow.next) {
-                    after.clone_from(&follow.next);
+                if is_after(after, &follow.after) {
+                    after.clone_from(&follow.after);
                 }
             })
-            .or_insert_with(|| follow.next.clone());
+            .or_insert_with(|| follow.after.clone());
     }
     if streams.is_empty() {
         return None;
@@ -421,7 +385,6 @@ fn gather(state: &mut State, audit: bool) -> Option<Request> {
     });
     Some(Request {
         streams: streams.into_iter().collect(),
-        count,
         serves,
         audit,
     })
@@ -431,13 +394,39 @@ fn gather(state: &mut State, audit: bool) -> Option<Request> {
 /// early when what it must read changes), handing each task its entries.
 async fn read_once(
     redis: &Redis,
-    group: &Group,
+    group: &Arc<Group>,
     connection: &mut Option<(ConnectionManager, i64)>,
     request: Request,
     block: Duration,
 ) -> Result<(), RedisError> {
+    if std::mem::take(&mut group.lock().dropped) {
+        *connection = None;
+    }
     if connection.is_none() {
-        let mut fresh = redis.dedicated(block).await.map_err(|e| {
+        let generation = {
+            let mut state = group.lock();
+            state.connection += 1;
+            state.connection
+        };
+        let weak = Arc::downgrade(group);
+        let dropped = move || {
+            let Some(group) = weak.upgrade() else {
+                return;
+            };
+            let mut state = group.lock();
+            if state.connection != generation {
+                return;
+            }
+            // Whatever happened meanwhile (a failover, a restart that lost entries),
+            // every task reads exactly.
+            state.dropped = true;
+            for follow in state.follows.values_mut() {
+                follow.tell();
+            }
+            drop(state);
+            group.changed.notify(usize::MAX);
+        };
+        let mut fresh = redis.dedicated(block, dropped).await.map_err(|e| {
             RedisError::from((redis::ErrorKind::Io, "could not connect", e.to_string()))
         })?;
         let client: i64 = redis::cmd("CLIENT")
@@ -461,8 +450,7 @@ async fn read_once(
                 if let Some(follow) = state.follows.get_mut(id)
                     && epoch.as_deref() != Some(expected.as_str())
                 {
-                    follow.check = true;
-                    follow.wake();
+                    follow.tell();
                 }
             }
         }
@@ -472,7 +460,7 @@ async fn read_once(
         .arg("BLOCK")
         .arg(block.as_millis().max(1) as u64)
         .arg("COUNT")
-        .arg(request.count)
+        .arg(1)
         .arg("STREAMS");
     for (stream, _) in &request.streams {
         xread.arg(&**stream);
@@ -485,7 +473,7 @@ async fn read_once(
         std::future::pending().await
     })
     .await?;
-    let mut read = parse_xread(reply)
+    let read = parse_xread(reply)
         .ok_or_else(|| RedisError::from((redis::ErrorKind::Parse, "unexpected answer to XREAD")))?;
     if read.is_empty() {
         return Ok(());
@@ -495,26 +483,15 @@ async fn read_once(
         let Some(follow) = state.follows.get_mut(&id) else {
             continue;
         };
-        if follow.generation != generation || follow.check {
+        if follow.generation != generation || follow.look {
             continue;
         }
-        let Some(entries) = read.get_mut(&*follow.stream) else {
-            continue;
-        };
-        // The read went on from the earliest id any task of this stream needed: a full
-        // batch from there may have skipped entries trimmed before they were read.
-        let suspect = entries.len() >= request.count.min(follow.count);
-        let mut added = false;
-        for (entry_id, fields) in entries.iter() {
-            if is_after(entry_id, &follow.next) {
-                follow.buffer.push((entry_id.clone(), fields.clone()));
-                follow.next.clone_from(entry_id);
-                added = true;
-            }
-        }
-        if added {
-            follow.suspect |= suspect || follow.buffer.len() >= follow.count;
-            follow.wake();
+        let newer = read
+            .get(&*follow.stream)
+            .and_then(|entries| entries.last())
+            .is_some_and(|(entry_id, _)| is_after(entry_id, &follow.after));
+        if newer {
+            follow.tell();
         }
     }
     Ok(())
