@@ -1101,26 +1101,26 @@ enum Fetched<T> {
 /// subscription.
 #[derive(Default)]
 struct Announcements {
-    /// Something was announced (or may have been, while the subscription was away) since
-    /// the reading task last looked.
-    pending: AtomicBool,
+    /// The ordinal announced last (entries-added, in whatever epoch).
+    newest: AtomicU64,
+    /// Announcements may have been missed (the subscription was away), or one did not
+    /// parse: the reading task reads anyway.
+    unsure: AtomicBool,
     event: Event,
 }
 
 impl Announcements {
-    fn tell(&self) {
-        self.pending.store(true, Ordering::SeqCst);
-        self.event.notify(usize::MAX);
-    }
-
-    /// Resolves once something was announced since the last time this resolved.
-    async fn heard(&self) {
+    /// Resolves once an entry after `cursor` was announced (or one may have been).
+    async fn heard(&self, cursor: u64) {
+        let news = || {
+            self.unsure.swap(false, Ordering::SeqCst) || self.newest.load(Ordering::SeqCst) > cursor
+        };
         loop {
-            if self.pending.swap(false, Ordering::SeqCst) {
+            if news() {
                 return;
             }
             let listener = self.event.listen();
-            if self.pending.swap(false, Ordering::SeqCst) {
+            if news() {
                 return;
             }
             listener.await;
@@ -1129,15 +1129,29 @@ impl Announcements {
 }
 
 impl Listener for Announcements {
-    fn heard(&self, _: &[Heard<'_>]) {
-        self.tell();
+    fn heard(&self, batch: &[Heard<'_>]) {
+        let newest = batch.iter().rev().find_map(|heard| match heard {
+            Heard::Message(payload) => Some(
+                std::str::from_utf8(payload)
+                    .ok()
+                    .and_then(|text| text.parse::<u64>().ok()),
+            ),
+            Heard::Key { .. } => None,
+        });
+        match newest {
+            Some(Some(ordinal)) => self.newest.store(ordinal, Ordering::SeqCst),
+            Some(None) => self.unsure.store(true, Ordering::SeqCst),
+            None => return,
+        }
+        self.event.notify(usize::MAX);
     }
 
     fn lost(&self) {}
 
     /// Announcements made while the subscription was away are gone: read anyway.
     fn resubscribed(self: Arc<Self>) {
-        self.tell();
+        self.unsure.store(true, Ordering::SeqCst);
+        self.event.notify(usize::MAX);
     }
 }
 
@@ -1211,7 +1225,7 @@ async fn follow<T: Codec>(shared: Arc<Shared<T>>, mut at: Reading) {
                     .map(Fetched::Exact)
                 } else {
                     let epoch = at.epoch.to_string();
-                    futures_lite::future::or(shared.announcements.heard(), async {
+                    futures_lite::future::or(shared.announcements.heard(at.cursor), async {
                         at.tail.next(&at.last_id, &epoch).await;
                     })
                     .await;

@@ -260,9 +260,20 @@ impl Future for Next<'_> {
     }
 }
 
+impl Drop for Next<'_> {
+    fn drop(&mut self) {
+        // Not waiting any more (an announcement came first, or the task stopped).
+        if let Some(follow) = self.tail.group.lock().follows.get_mut(&self.tail.id) {
+            follow.waker = None;
+        }
+    }
+}
+
 /// One `XREAD`'s worth: the streams, each after the earliest id any task of it needs.
 struct Request {
     streams: Vec<(Arc<str>, String)>,
+    /// How many streams the reader watches in all (some may be left out of this read).
+    watched: usize,
     /// The follows it serves, with the generation each was in.
     serves: Vec<(u64, u64)>,
     /// Epoch keys to audit, with the follows that expect each text.
@@ -312,12 +323,15 @@ async fn read(redis: Redis, group: Arc<Group>) {
         // a few percent of a Redis core, however busy the streams. The stores' own
         // entries are announced at once (see `queue_store`); this paces what other
         // programs add with XADD.
-        let pause = (PAUSE_PER_STREAM * request.streams.len() as u32).clamp(MIN_PAUSE, MAX_PAUSE);
+        let pause = (PAUSE_PER_STREAM * request.watched as u32).clamp(MIN_PAUSE, MAX_PAUSE);
         if let Some(wait) = (last_read + pause).checked_duration_since(Instant::now()) {
             runtime::sleep(wait).await;
         }
         last_read = Instant::now();
-        let outcome = read_once(&redis, &group, &mut connection, request, block).await;
+        // Unblocked (for a new stream, or one watched again) no sooner than the next
+        // read may start anyway.
+        let not_before = last_read + pause;
+        let outcome = read_once(&redis, &group, &mut connection, request, block, not_before).await;
         let failed = {
             let mut state = group.lock();
             state.reading = false;
@@ -384,6 +398,7 @@ fn gather(state: &mut State, audit: bool) -> Option<Request> {
         keys.into_iter().collect()
     });
     Some(Request {
+        watched: state.follows.len(),
         streams: streams.into_iter().collect(),
         serves,
         audit,
@@ -398,6 +413,7 @@ async fn read_once(
     connection: &mut Option<(ConnectionManager, i64)>,
     request: Request,
     block: Duration,
+    not_before: Instant,
 ) -> Result<(), RedisError> {
     if std::mem::take(&mut group.lock().dropped) {
         *connection = None;
@@ -469,7 +485,7 @@ async fn read_once(
         xread.arg(after);
     }
     let reply: Value = futures_lite::future::or(xread.query_async(reader), async {
-        unblock_when_stale(redis, group, client).await;
+        unblock_when_stale(redis, group, client, not_before).await;
         std::future::pending().await
     })
     .await?;
@@ -490,7 +506,8 @@ async fn read_once(
             .get(&*follow.stream)
             .and_then(|entries| entries.last())
             .is_some_and(|(entry_id, _)| is_after(entry_id, &follow.after));
-        if newer {
+        // A task that is not waiting is reading, and comes back with where it got to.
+        if newer && follow.waker.is_some() {
             follow.tell();
         }
     }
@@ -498,7 +515,7 @@ async fn read_once(
 }
 
 /// Resolves never; while the `XREAD` under way is stale, asks Redis to unblock it.
-async fn unblock_when_stale(redis: &Redis, group: &Group, client: i64) {
+async fn unblock_when_stale(redis: &Redis, group: &Group, client: i64, not_before: Instant) {
     loop {
         let listener = group.changed.listen();
         if !group.lock().stale {
@@ -506,7 +523,8 @@ async fn unblock_when_stale(redis: &Redis, group: &Group, client: i64) {
             continue;
         }
         // Streams opened together (a burst of new topics) are read by one new XREAD.
-        runtime::sleep(GATHER).await;
+        let now = Instant::now();
+        runtime::sleep(GATHER.max(not_before.saturating_duration_since(now))).await;
         for _ in 0..UNBLOCK_ATTEMPTS {
             let unblocked: Result<i64, RedisError> = redis::cmd("CLIENT")
                 .arg("UNBLOCK")
