@@ -269,6 +269,9 @@ impl Drop for Next<'_> {
     }
 }
 
+/// Epoch keys, each with the follows (and the text each expects) that read under it.
+type Audit = Vec<(Arc<str>, Vec<(u64, String)>)>;
+
 /// One `XREAD`'s worth: the streams, each after the earliest id any task of it needs.
 struct Request {
     streams: Vec<(Arc<str>, String)>,
@@ -277,7 +280,7 @@ struct Request {
     /// The follows it serves, with the generation each was in.
     serves: Vec<(u64, u64)>,
     /// Epoch keys to audit, with the follows that expect each text.
-    audit: Option<Vec<(Arc<str>, Vec<(u64, String)>)>>,
+    audit: Option<Audit>,
 }
 
 /// The reader's task: reads while the group has streams; ends after a health-check
