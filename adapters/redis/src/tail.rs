@@ -45,9 +45,6 @@ const MAX_PAUSE: Duration = Duration::from_secs(1);
 /// How long a reader lets changes gather before it restarts its `XREAD` for them.
 const GATHER: Duration = Duration::from_millis(5);
 
-/// A stream entry as the reader got it: its id, and its fields.
-type RawEntry = (String, Value);
-
 /// A reader's word to a reading task: its stream has entries after the id the task gave
 /// (or the reader lost Redis, or the stream's epoch key changed): read it exactly.
 pub(crate) struct Look;
@@ -507,8 +504,7 @@ async fn read_once(
         }
         let newer = read
             .get(&*follow.stream)
-            .and_then(|entries| entries.last())
-            .is_some_and(|(entry_id, _)| is_after(entry_id, &follow.after));
+            .is_some_and(|newest| is_after(newest, &follow.after));
         // A task that is not waiting is reading, and comes back with where it got to.
         if newer && follow.waker.is_some() {
             follow.tell();
@@ -549,9 +545,9 @@ async fn unblock_when_stale(redis: &Redis, group: &Group, client: i64, not_befor
     }
 }
 
-/// The entries per stream in an `XREAD` answer (RESP2: `[[stream, entries]]`; RESP3: a
-/// map), each as its id and its fields.
-fn parse_xread(reply: Value) -> Option<HashMap<String, Vec<RawEntry>>> {
+/// The id of the newest entry per stream in an `XREAD` answer (RESP2:
+/// `[[stream, entries]]`; RESP3: a map).
+fn parse_xread(reply: Value) -> Option<HashMap<String, String>> {
     let pairs: Vec<(Value, Value)> = match reply {
         Value::Nil => return Some(HashMap::new()),
         Value::Array(streams) => streams
@@ -570,17 +566,11 @@ fn parse_xread(reply: Value) -> Option<HashMap<String, Vec<RawEntry>>> {
             let Value::Array(entries) = entries else {
                 return None;
             };
-            let entries = entries
-                .into_iter()
-                .map(|entry| {
-                    let Value::Array(parts) = entry else {
-                        return None;
-                    };
-                    let [id, fields] = <[Value; 2]>::try_from(parts).ok()?;
-                    Some((text(id)?, fields))
-                })
-                .collect::<Option<Vec<_>>>()?;
-            Some((text(stream)?, entries))
+            let Value::Array(mut newest) = entries.into_iter().last()? else {
+                return None;
+            };
+            newest.truncate(1);
+            Some((text(stream)?, text(newest.pop()?)?))
         })
         .collect()
 }
@@ -627,8 +617,7 @@ mod tests {
         )]);
         for reply in [resp2, resp3] {
             let read = parse_xread(reply).unwrap();
-            let ids: Vec<_> = read["s"].iter().map(|(id, _)| id.as_str()).collect();
-            assert_eq!(ids, ["1-0", "1-1"]);
+            assert_eq!(read["s"], "1-1");
         }
         assert!(parse_xread(Value::Nil).unwrap().is_empty());
         assert!(parse_xread(Value::Int(3)).is_none());
