@@ -572,6 +572,35 @@ impl<T: Codec> Shared<T> {
         self.in_flight_len.store(in_flight.len(), Ordering::Release);
     }
 
+    /// Shows the newest of a batch: the key's value, a message of another publisher, or
+    /// this process's own message again when Redis put it after another's.
+    fn take_newest(&self, newest: Option<Heard<'_>>) {
+        let newest = match newest {
+            None => return,
+            Some(Heard::Key { value, tag }) => {
+                self.take_key(value.expect("only a key with a value stands"), tag);
+                return;
+            }
+            Some(Heard::Message(bytes)) => bytes,
+        };
+        match self.own_echo(newest) {
+            // A value from another publisher was shown after this one, but Redis put this
+            // one later: show it again, so that this process ends with Redis's last value
+            // (unless a newer value of ours is on its way anyway).
+            Some(own) => {
+                // Under the submit lock, so that a submit in progress counts as newer.
+                let _submitting = self.submitting.lock().expect("submit lock");
+                let position = own.position.offset();
+                if self.last_foreign.load(Ordering::Acquire) > position
+                    && self.last_own.load(Ordering::Acquire) == position
+                {
+                    let _ = self.local.try_submit_arc(own.value);
+                }
+            }
+            None => self.take_foreign(newest),
+        }
+    }
+
     fn forget_all_echoes(&self) {
         let mut in_flight = self.in_flight.lock().expect("in-flight lock");
         in_flight.clear();
@@ -606,33 +635,12 @@ impl<T: Codec> Listener for Shared<T> {
                 }
             }
         }
+        self.take_newest(newest);
+        // Only once the key's value is taken: a store being opened waits for this, then
+        // shows its current value.
         if syncs > 0 {
             self.syncs.fetch_add(syncs, Ordering::AcqRel);
             self.synced.notify(usize::MAX);
-        }
-        let newest = match newest {
-            None => return,
-            Some(Heard::Key { value, tag }) => {
-                self.take_key(value.expect("only a key with a value stands"), tag);
-                return;
-            }
-            Some(Heard::Message(bytes)) => bytes,
-        };
-        match self.own_echo(newest) {
-            // A value from another publisher was shown after this one, but Redis put this
-            // one later: show it again, so that this process ends with Redis's last value
-            // (unless a newer value of ours is on its way anyway).
-            Some(own) => {
-                // Under the submit lock, so that a submit in progress counts as newer.
-                let _submitting = self.submitting.lock().expect("submit lock");
-                let position = own.position.offset();
-                if self.last_foreign.load(Ordering::Acquire) > position
-                    && self.last_own.load(Ordering::Acquire) == position
-                {
-                    let _ = self.local.try_submit_arc(own.value);
-                }
-            }
-            None => self.take_foreign(newest),
         }
     }
 
