@@ -7,6 +7,9 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, IntoConnectionInfo, ProtocolVersion, RedisError};
 
+use crate::endpoint::{Commands, Deployment, Endpoint};
+use crate::sharded::ShardedSubscription;
+
 use crate::runtime;
 use crate::subscription::{Listener, Subscription};
 use crate::tail::Tails;
@@ -201,10 +204,24 @@ impl Options {
 /// Shows where, never the URL's password or the certificates.
 impl std::fmt::Debug for Options {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let address = self
-            .connection_info(true)
-            .map(|info| info.addr().to_string())
-            .unwrap_or_else(|_| "(invalid URL)".into());
+        let address = match &self.target {
+            Target::Url(url) => match crate::endpoint::deployment(url) {
+                Ok(Deployment::Cluster(nodes)) => format!(
+                    "cluster of {}",
+                    nodes
+                        .iter()
+                        .map(|node| node.addr().to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+                Ok(Deployment::Sentinel { service, .. }) => format!("{service} (by Sentinel)"),
+                _ => self
+                    .connection_info(true)
+                    .map(|info| info.addr().to_string())
+                    .unwrap_or_else(|_| "(invalid URL)".into()),
+            },
+            Target::Info(info) => info.addr().to_string(),
+        };
         f.debug_struct("Options")
             .field("address", &address)
             .field("custom_root_certificate", &self.root_certificate.is_some())
@@ -277,23 +294,38 @@ pub struct Redis {
 }
 
 struct Inner {
-    client: Client,
+    /// Where connections go.
+    endpoint: Arc<Endpoint>,
     /// The shared command connection; replaced when it stops answering (see `failed`).
-    commands: Mutex<ConnectionManager>,
+    commands: Mutex<Commands>,
     /// Set while a replacement for `commands` is being opened.
     replacing: AtomicBool,
     options: Options,
     /// The server's address for messages: never the URL, which may hold a password.
     address: String,
-    /// The one subscription connection the latest-value stores share.
-    subscription: Arc<Subscription>,
+    /// The one subscription the stores share.
+    subscription: Subscriptions,
     /// The connections that read the queue stores' streams.
     tails: Tails,
 }
 
+/// The shared subscription: one connection to one server, or sharded channels on a
+/// Cluster (one connection per node).
+enum Subscriptions {
+    Single(Arc<Subscription>),
+    Sharded(Arc<ShardedSubscription>),
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.subscription.shutdown.trigger();
+        match &self.subscription {
+            Subscriptions::Single(subscription) => {
+                subscription.shutdown.trigger();
+            }
+            Subscriptions::Sharded(subscription) => {
+                subscription.shutdown.trigger();
+            }
+        }
     }
 }
 
@@ -320,29 +352,117 @@ impl Redis {
     }
 
     /// Connects with `options`, and checks the server answers a `PING`.
+    ///
+    /// Besides one server's URL, `options` may name a Redis Cluster
+    /// (`redis+cluster://[user:password@]host:port[,host:port...]`: any of its nodes; the
+    /// others are found) or a primary watched by Sentinel
+    /// (`redis+sentinel://[user:password@]host:port[,host:port...]/service[/db]`: the
+    /// sentinels' addresses, and the name they watch the primary under; the credentials
+    /// are the primary's).
     pub async fn connect_with(options: Options) -> Result<Redis, ConnectError> {
-        let client = options.client(false).map_err(ConnectError::InvalidUrl)?;
-        let address = client.get_connection_info().addr().to_string();
-        let (client, mut commands) = match open_manager(&client, &options, &address, Duration::ZERO)
-            .await
-        {
-            Err(ConnectError::Unreachable { source, .. }) if knows_no_resp3(&source) => {
-                // A server older than Redis 6 (or one that refuses HELLO): RESP2.
-                let client = options.client(true).map_err(ConnectError::InvalidUrl)?;
-                let commands = open_manager(&client, &options, &address, Duration::ZERO).await?;
-                (client, commands)
+        let deployment = match &options.target {
+            Target::Url(url) => {
+                crate::endpoint::deployment(url).map_err(ConnectError::InvalidUrl)?
             }
-            opened => (client, opened?),
+            Target::Info(_) => Deployment::Single,
         };
+        let (endpoint, mut commands) = match deployment {
+            Deployment::Single => {
+                let client = options.client(false).map_err(ConnectError::InvalidUrl)?;
+                let address = client.get_connection_info().addr().to_string();
+                let (client, commands) =
+                    match open_manager(&client, &options, &address, Duration::ZERO).await {
+                        Err(ConnectError::Unreachable { source, .. })
+                            if knows_no_resp3(&source) =>
+                        {
+                            // A server older than Redis 6 (or one that refuses HELLO): RESP2.
+                            let client = options.client(true).map_err(ConnectError::InvalidUrl)?;
+                            let commands =
+                                open_manager(&client, &options, &address, Duration::ZERO).await?;
+                            (client, commands)
+                        }
+                        opened => (client, opened?),
+                    };
+                (Endpoint::Single(client), Commands::Single(commands))
+            }
+            Deployment::Sentinel {
+                sentinels,
+                service,
+                node,
+            } => {
+                let address = format!("the primary of {service} (by Sentinel)");
+                let found = runtime::timeout(
+                    options.connect_timeout,
+                    Box::pin(Endpoint::sentinel(sentinels, &service, node)),
+                )
+                .await;
+                let endpoint = match found {
+                    None => {
+                        return Err(ConnectError::Timeout {
+                            address,
+                            timeout: options.connect_timeout,
+                        });
+                    }
+                    Some(Err(source)) => return Err(ConnectError::Unreachable { address, source }),
+                    Some(Ok(endpoint)) => endpoint,
+                };
+                let client =
+                    endpoint
+                        .client(false)
+                        .await
+                        .map_err(|source| ConnectError::Unreachable {
+                            address: address.clone(),
+                            source,
+                        })?;
+                let commands = open_manager(&client, &options, &address, Duration::ZERO).await?;
+                (endpoint, Commands::Single(commands))
+            }
+            Deployment::Cluster(nodes) => {
+                let address = "the Redis Cluster".to_owned();
+                let client = redis::cluster::ClusterClientBuilder::new(nodes)
+                    .use_protocol(ProtocolVersion::RESP3)
+                    .connection_timeout(options.connect_timeout)
+                    .response_timeout(options.response_timeout)
+                    .retries(4)
+                    .build()
+                    .map_err(ConnectError::InvalidUrl)?;
+                let connected = runtime::timeout(
+                    options.connect_timeout,
+                    Box::pin(client.get_async_connection()),
+                )
+                .await;
+                let commands = match connected {
+                    None => {
+                        return Err(ConnectError::Timeout {
+                            address,
+                            timeout: options.connect_timeout,
+                        });
+                    }
+                    Some(Err(source)) => return Err(ConnectError::Unreachable { address, source }),
+                    Some(Ok(connection)) => connection,
+                };
+                (Endpoint::Cluster, Commands::Cluster(commands))
+            }
+        };
+        let address = endpoint.address();
         let pong: Result<String, RedisError> = redis::cmd("PING").query_async(&mut commands).await;
         if let Err(source) = pong {
             return Err(ConnectError::Unreachable { address, source });
         }
+        let endpoint = Arc::new(endpoint);
+        let subscription = match &deployment_nodes(&options) {
+            Some(nodes) => {
+                Subscriptions::Sharded(Arc::new(ShardedSubscription::new(nodes.clone(), &options)))
+            }
+            None => {
+                Subscriptions::Single(Arc::new(Subscription::new(Arc::clone(&endpoint), &options)))
+            }
+        };
         Ok(Redis {
             inner: Arc::new(Inner {
-                subscription: Arc::new(Subscription::new(client.clone(), &options)),
+                subscription,
                 tails: Tails::new(options.stream_readers),
-                client,
+                endpoint,
                 commands: Mutex::new(commands),
                 replacing: AtomicBool::new(false),
                 options,
@@ -370,34 +490,107 @@ impl Redis {
     /// the subscription (while any latest-value store listens) and the stream readers
     /// (while any queue store reads). However many stores there are, at most
     /// [`Options::stream_readers`] + 2.
+    ///
+    /// On a Redis Cluster, the command connection and the subscription each hold one
+    /// connection per node (and no stream readers), so this counts per node.
     pub fn connections(&self) -> usize {
-        1 + usize::from(self.inner.subscription.is_open()) + self.inner.tails.open_readers()
+        let subscribed = match &self.inner.subscription {
+            Subscriptions::Single(subscription) => subscription.is_open(),
+            Subscriptions::Sharded(subscription) => subscription.is_open(),
+        };
+        1 + usize::from(subscribed) + self.inner.tails.open_readers()
+    }
+
+    /// Whether this handle is on a Redis Cluster: names derived from a channel or stream
+    /// carry a hash tag, channels are sharded, and streams have no shared readers.
+    pub fn is_cluster(&self) -> bool {
+        self.inner.endpoint.is_cluster()
+    }
+
+    /// A key or channel named `base` + `suffix`, in `base`'s hash slot on a Cluster
+    /// (`{base}` + `suffix`, unless `base` has a hash tag of its own); on one server,
+    /// just `base` + `suffix`.
+    pub(crate) fn derived(&self, base: &str, suffix: &str) -> Result<String, ConnectError> {
+        if !self.is_cluster() {
+            return Ok(format!("{base}{suffix}"));
+        }
+        crate::endpoint::same_slot(base, suffix).ok_or_else(|| {
+            self.unsupported(RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "on a Redis Cluster, a name with braces must hold a hash tag ({tag})",
+                base.to_owned(),
+            )))
+        })
+    }
+
+    /// On a Cluster: an error unless `key` is in the hash slot of the channel `channel`.
+    pub(crate) async fn check_same_slot(
+        &self,
+        channel: &str,
+        key: &str,
+    ) -> Result<(), ConnectError> {
+        let mut commands = self.commands();
+        let slots: Result<(i64, i64), RedisError> = redis::pipe()
+            .cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(channel)
+            .cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query_async(&mut commands)
+            .await;
+        let (of_channel, of_key) = slots.map_err(|e| self.unreachable(e))?;
+        if of_channel == of_key {
+            return Ok(());
+        }
+        Err(self.unsupported(RedisError::from((
+            redis::ErrorKind::InvalidClientConfig,
+            "on a Redis Cluster the latest-value key must be in its channel's hash slot (give both one hash tag)",
+            format!("{channel} is in slot {of_channel}, {key} in {of_key}"),
+        ))))
     }
 
     /// The shared command connection; cloning it is cheap.
-    pub(crate) fn commands(&self) -> ConnectionManager {
+    pub(crate) fn commands(&self) -> Commands {
         self.inner.commands.lock().expect("commands lock").clone()
     }
 
     /// Takes note of an error from the shared command connection: if the connection must
     /// be replaced, a new one is opened in the background and used from then on.
+    ///
+    /// Behind Sentinel, a connection that fails to reach the server is replaced too, with
+    /// one to the primary the sentinels name now (after a failover, the old address may
+    /// never answer again). A Cluster connection follows the cluster on its own.
     pub(crate) fn failed(&self, error: &RedisError) {
-        if !needs_new_connection(error) || self.inner.replacing.swap(true, Ordering::AcqRel) {
+        let endpoint = &self.inner.endpoint;
+        let replace = match **endpoint {
+            Endpoint::Cluster => false,
+            Endpoint::Single(_) => needs_new_connection(error),
+            Endpoint::Sentinel { .. } => {
+                needs_new_connection(error)
+                    || error.is_io_error()
+                    || error.is_connection_refusal()
+                    || error.is_connection_dropped()
+            }
+        };
+        if !replace || self.inner.replacing.swap(true, Ordering::AcqRel) {
             return;
         }
         let redis = self.clone();
         runtime::spawn(async move {
             let inner = &redis.inner;
-            match open_manager(
-                &inner.client,
-                &inner.options,
-                &inner.address,
-                Duration::ZERO,
-            )
-            .await
-            {
+            let opened = match inner.endpoint.client(inner.endpoint.is_sentinel()).await {
+                Ok(client) => {
+                    open_manager(&client, &inner.options, &inner.address, Duration::ZERO).await
+                }
+                Err(source) => Err(ConnectError::Unreachable {
+                    address: inner.address.clone(),
+                    source,
+                }),
+            };
+            match opened {
                 Ok(fresh) => {
-                    *inner.commands.lock().expect("commands lock") = fresh;
+                    *inner.commands.lock().expect("commands lock") = Commands::Single(fresh);
                     tracing::info!(redis = %inner.address, "replaced a command connection that stopped answering");
                 }
                 Err(e) => {
@@ -418,6 +611,11 @@ impl Redis {
         dropped: impl Fn() + Send + Sync + 'static,
     ) -> Result<ConnectionManager, ConnectError> {
         let inner = &self.inner;
+        let client = inner
+            .endpoint
+            .client(inner.endpoint.is_sentinel())
+            .await
+            .map_err(|e| self.unreachable(e))?;
         let config = manager_config(&inner.options, block).set_push_sender(
             move |push: redis::PushInfo| -> Result<(), ()> {
                 if push.kind == redis::PushKind::Disconnection {
@@ -426,7 +624,7 @@ impl Redis {
                 Ok(())
             },
         );
-        open_with(&inner.client, &inner.options, &inner.address, config).await
+        open_with(&client, &inner.options, &inner.address, config).await
     }
 
     /// Delivers `channel`'s messages to `listener` over the shared subscription; returns
@@ -436,31 +634,38 @@ impl Redis {
         channel: &str,
         listener: Weak<dyn Listener>,
     ) -> Result<(), ConnectError> {
-        self.inner
-            .subscription
-            .add(channel, listener)
-            .await
-            .map_err(|e| self.unreachable(e))
+        let added = match &self.inner.subscription {
+            Subscriptions::Single(subscription) => subscription.add(channel, listener).await,
+            Subscriptions::Sharded(subscription) => subscription.add(channel, listener).await,
+        };
+        added.map_err(|e| self.unreachable(e))
     }
 
     /// Has the subscription deliver `key`'s value to `channel`'s listeners in its place
     /// among the channel's messages (see `Subscription::sync`).
     pub(crate) async fn sync(
         &self,
-        commands: &mut ConnectionManager,
+        commands: &mut Commands,
         channel: &str,
         key: &str,
         tag: u64,
     ) -> Result<i64, RedisError> {
-        self.inner
-            .subscription
-            .sync(commands, channel, key, tag)
-            .await
+        match &self.inner.subscription {
+            Subscriptions::Single(subscription) => {
+                subscription.sync(commands, channel, key, tag).await
+            }
+            Subscriptions::Sharded(subscription) => {
+                subscription.sync(commands, channel, key, tag).await
+            }
+        }
     }
 
     /// Stops delivering `channel`'s messages to `listener`.
     pub(crate) fn stop_listening(&self, channel: &str, listener: &Weak<dyn Listener>) {
-        self.inner.subscription.remove(channel, listener);
+        match &self.inner.subscription {
+            Subscriptions::Single(subscription) => subscription.remove(channel, listener),
+            Subscriptions::Sharded(subscription) => subscription.remove(channel, listener),
+        }
     }
 
     pub(crate) fn unreachable(&self, source: RedisError) -> ConnectError {
@@ -475,6 +680,17 @@ impl Redis {
             address: self.inner.address.clone(),
             source,
         }
+    }
+}
+
+/// The nodes a Cluster URL names (`None`: not a Cluster).
+fn deployment_nodes(options: &Options) -> Option<Vec<redis::ConnectionInfo>> {
+    match &options.target {
+        Target::Url(url) => match crate::endpoint::deployment(url) {
+            Ok(Deployment::Cluster(nodes)) => Some(nodes),
+            _ => None,
+        },
+        Target::Info(_) => None,
     }
 }
 

@@ -158,20 +158,27 @@ impl<T: Codec> RedisStore<T> {
     }
 
     /// Opens the store on `channel`, keeping its latest value in the key
-    /// `<channel>:latest`.
+    /// `<channel>:latest` (on a Redis Cluster `{<channel>}:latest`, in the channel's hash
+    /// slot, unless the channel has a hash tag of its own).
     pub async fn open(redis: &Redis, channel: &str) -> Result<Self, ConnectError> {
-        RedisStore::open_with_key(redis, channel, &format!("{channel}:latest")).await
+        let key = redis.derived(channel, ":latest")?;
+        RedisStore::open_with_key(redis, channel, &key).await
     }
 
     /// Opens the store on `channel`, keeping its latest value in `key`.
     ///
     /// Subscribes before it returns, so nothing published afterwards is missed, and starts
-    /// from the value in `key`, if any.
+    /// from the value in `key`, if any. On a Redis Cluster the channel is a sharded one
+    /// (`SPUBLISH`/`SSUBSCRIBE`), and `key` must be in its hash slot (give both the same
+    /// hash tag): a key elsewhere is [`ConnectError::Unsupported`].
     pub async fn open_with_key(
         redis: &Redis,
         channel: &str,
         key: &str,
     ) -> Result<Self, ConnectError> {
+        if redis.is_cluster() {
+            redis.check_same_slot(channel, key).await?;
+        }
         let shared = Arc::new_cyclic(|me: &Weak<Shared<T>>| Shared {
             me: me.clone() as Weak<dyn Listener>,
             redis: redis.clone(),
@@ -674,7 +681,11 @@ impl<T: Codec> Listener for Shared<T> {
 /// behind (a latest-value store may skip values), retrying with backoff while Redis is
 /// away.
 async fn publish<T: Codec>(shared: Arc<Shared<T>>, mut outgoing: DataSubscriber<Outgoing<T>>) {
-    let script = Script::new(PUBLISH);
+    let script = if shared.redis.is_cluster() {
+        Script::new(&PUBLISH.replace("'PUBLISH'", "'SPUBLISH'"))
+    } else {
+        Script::new(PUBLISH)
+    };
     let mut commands = shared.redis.commands();
     let mut backoff = shared.redis.options().backoff();
     let mut retry: Option<Message<Outgoing<T>>> = None;

@@ -57,8 +57,10 @@
 mod codec;
 mod connection;
 mod data_store;
+mod endpoint;
 mod queue_store;
 mod runtime;
+mod sharded;
 mod shutdown;
 mod subscription;
 mod tail;

@@ -9,9 +9,9 @@ use std::sync::{Arc, LazyLock, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::endpoint::Commands;
 use event_listener::Event;
 use futures_lite::Stream;
-use redis::aio::ConnectionManager;
 use redis::{RedisError, Script, Value};
 use storecast::{
     Epoch, Item, Message, Overflow, Position, QueueStore, QueueSubscriber, Recv, RecvError,
@@ -37,8 +37,9 @@ end
 
 /// Adds an entry, announces its ordinal on the channel `<stream>:added` (so that every
 /// process's reading task reads it at once), and answers {its ordinal (how many entries
-/// the stream has ever had), the stream's epoch, 0}. ARGV: trim (`=` or `~`), max length, data, seconds an idempotency
-/// key is kept, a fresh epoch.
+/// the stream has ever had), the stream's epoch, 0}. ARGV: trim (`=` or `~`), max length,
+/// data, seconds an idempotency key is kept, the announcement channel, a fresh epoch. On a
+/// Redis Cluster the announcement is `SPUBLISH`ed (the channel is in the stream's slot).
 ///
 /// With an idempotency key (KEYS[3]), an entry already added under it is not added again:
 /// the answer is then {its ordinal, its epoch, 1}.
@@ -61,7 +62,7 @@ for i = 1, #info, 2 do
     if KEYS[3] then
       redis.call('SET', KEYS[3], info[i + 1] .. ' ' .. epoch, 'EX', ARGV[4])
     end
-    redis.call('PUBLISH', KEYS[1] .. ':added', info[i + 1])
+    redis.call('PUBLISH', ARGV[5], info[i + 1])
     return {info[i + 1], epoch, 0}
   end
 end
@@ -156,6 +157,12 @@ return {epoch, added - newer, from}
 /// The scripts, hashed once (they run with `EVALSHA`, falling back to `EVAL`).
 static ADD_SCRIPT: LazyLock<Script> =
     LazyLock::new(|| Script::new(&ADD.replace("EPOCH", EPOCH_LUA)));
+static ADD_SHARDED_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        &ADD.replace("EPOCH", EPOCH_LUA)
+            .replace("'PUBLISH'", "'SPUBLISH'"),
+    )
+});
 static READ_SCRIPT: LazyLock<Script> =
     LazyLock::new(|| Script::new(&READ.replace("EPOCH", EPOCH_LUA)));
 static REANCHOR_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(REANCHOR));
@@ -313,6 +320,9 @@ struct Handle<T> {
 struct Shared<T> {
     redis: Redis,
     stream: String,
+    /// The channel new entries are announced on: `<stream>:added` (on a Cluster
+    /// `{<stream>}:added`, as every name derived from the stream).
+    added: String,
     /// The key holding the stream's epoch: `<stream>:epoch`.
     epoch_key: String,
     options: QueueOptions,
@@ -356,16 +366,6 @@ enum Entry<T> {
     },
 }
 
-/// The channel the add script announces `stream`'s new entries on.
-fn added_channel(stream: &str) -> String {
-    format!("{stream}:added")
-}
-
-/// The key that holds the epoch of `stream`.
-fn epoch_key(stream: &str) -> String {
-    format!("{stream}:epoch")
-}
-
 /// An epoch as Redis keeps it (its text), or `None` if the text is not one.
 /// Whether a command that failed with `error` may have run on the server anyway: it was
 /// sent, and the answer did not come (a timeout, or the connection dropped meanwhile).
@@ -396,9 +396,10 @@ impl<T: Codec> RedisQueueStore<T> {
         // Listening before the first read, so that nothing added after it goes unheard.
         let announcements = Arc::new(Announcements::default());
         let listener: Weak<dyn Listener> = Arc::downgrade(&announcements) as Weak<dyn Listener>;
-        redis.listen(&added_channel(stream), listener).await?;
+        let added = redis.derived(stream, ":added")?;
+        let epoch_key = redis.derived(stream, ":epoch")?;
+        redis.listen(&added, listener).await?;
         let mut reader = redis.commands();
-        let epoch_key = epoch_key(stream);
         let failed = |e: RedisError| match e.kind() {
             redis::ErrorKind::Io => redis.unreachable(e),
             _ => redis.unsupported(e),
@@ -421,6 +422,7 @@ impl<T: Codec> RedisQueueStore<T> {
         let shared = Arc::new(Shared {
             redis: redis.clone(),
             stream: stream.to_owned(),
+            added,
             epoch_key,
             ring: QueueStore::with_overflow(options.capacity, options.overflow),
             options,
@@ -436,13 +438,16 @@ impl<T: Codec> RedisQueueStore<T> {
             announcements,
             shutdown: Shutdown::default(),
         });
-        let tail = redis.tails().follow(
-            redis,
-            stream,
-            &shared.epoch_key,
-            &epoch.to_string(),
-            &state.last_id,
-        );
+        // A Cluster's streams are in many slots, which one XREAD cannot cover.
+        let tail = (!redis.is_cluster()).then(|| {
+            redis.tails().follow(
+                redis,
+                stream,
+                &shared.epoch_key,
+                &epoch.to_string(),
+                &state.last_id,
+            )
+        });
         let reading = Reading {
             tail,
             cursor,
@@ -518,7 +523,12 @@ impl<T: Codec> RedisQueueStore<T> {
         // What this process had read before the entry existed (see below).
         let (epoch_before, _, _, read_before) = shared.numbering();
         let generation = shared.generation.load(Ordering::SeqCst);
-        let key = key.map(|key| format!("{}:key:{key}", shared.stream));
+        let key = key.map(|key| {
+            shared
+                .redis
+                .derived(&shared.stream, &format!(":key:{key}"))
+                .unwrap_or_else(|_| format!("{}:key:{key}", shared.stream))
+        });
         let encoded = value.encode();
         let mut backoff = shared.redis.options().backoff();
         let mut maybe_added = false;
@@ -527,7 +537,12 @@ impl<T: Codec> RedisQueueStore<T> {
         let mut attempt = 0;
         let (ordinal, epoch, again) = loop {
             attempt += 1;
-            let mut invocation = ADD_SCRIPT.key(&shared.stream);
+            let script = if shared.redis.is_cluster() {
+                &*ADD_SHARDED_SCRIPT
+            } else {
+                &*ADD_SCRIPT
+            };
+            let mut invocation = script.key(&shared.stream);
             invocation.key(&shared.epoch_key);
             if let Some(key) = &key {
                 invocation.key(key);
@@ -537,6 +552,7 @@ impl<T: Codec> RedisQueueStore<T> {
                 .arg(shared.options.max_len)
                 .arg(encoded.as_ref())
                 .arg(shared.options.key_ttl.as_secs())
+                .arg(&shared.added)
                 .arg(Epoch::random().to_string())
                 .invoke_async(&mut commands)
                 .await;
@@ -757,8 +773,7 @@ impl<T> Shared<T> {
             self.advanced.notify(usize::MAX);
             let listener: Weak<dyn Listener> =
                 Arc::downgrade(&self.announcements) as Weak<dyn Listener>;
-            self.redis
-                .stop_listening(&added_channel(&self.stream), &listener);
+            self.redis.stop_listening(&self.added, &listener);
         }
         self.ring.close();
     }
@@ -812,7 +827,7 @@ struct Batch<T> {
 /// Reads up to `count` entries after the ordinal `after` (`None`: none, only the state),
 /// and whether `anchor` (the id of the newest entry the caller read) was lost.
 async fn read<T: Codec>(
-    connection: &mut ConnectionManager,
+    connection: &mut Commands,
     stream: &str,
     epoch_key: &str,
     after: Option<u64>,
@@ -841,7 +856,7 @@ async fn read<T: Codec>(
 /// ordinal and id of the newest entry still there at or before `last_id`, where reading
 /// goes on.
 async fn reanchor(
-    connection: &mut ConnectionManager,
+    connection: &mut Commands,
     stream: &str,
     epoch_key: &str,
     known: &str,
@@ -965,7 +980,7 @@ fn counters(
 /// gap shows as the first retained ordinal being past the cursor. `anchor` (the newest
 /// entry the caller read, or [`NO_ENTRY`]) is checked as in the `READ` script.
 async fn read_after_id<T: Codec>(
-    connection: &mut ConnectionManager,
+    connection: &mut Commands,
     stream: &str,
     epoch_key: &str,
     cursor: u64,
@@ -1157,8 +1172,10 @@ impl Listener for Announcements {
 
 /// Where the reading task is in the stream.
 struct Reading {
-    /// This stream's place with the shared reader of its `Redis` handle.
-    tail: Tail,
+    /// This stream's place with the shared reader of its `Redis` handle (none on a
+    /// Cluster, whose streams are read only when announced, or every health-check
+    /// interval).
+    tail: Option<Tail>,
     /// The ordinal of the last entry read (in `epoch`).
     cursor: u64,
     /// The epoch the task numbers entries in.
@@ -1225,8 +1242,16 @@ async fn follow<T: Codec>(shared: Arc<Shared<T>>, mut at: Reading) {
                     .map(Fetched::Exact)
                 } else {
                     let epoch = at.epoch.to_string();
+                    let poll = shared.redis.options().health_check_value();
                     futures_lite::future::or(shared.announcements.heard(at.cursor), async {
-                        at.tail.next(&at.last_id, &epoch).await;
+                        match &mut at.tail {
+                            Some(tail) => {
+                                tail.next(&at.last_id, &epoch).await;
+                            }
+                            // Entries other programs add on a Cluster are looked for
+                            // every health-check interval.
+                            None => runtime::sleep(poll).await,
+                        }
                     })
                     .await;
                     Ok(Fetched::Woken)

@@ -11,7 +11,7 @@ use std::time::Duration;
 use event_listener::Event;
 use futures_lite::StreamExt;
 use redis::aio::{PubSubSink, PubSubStream};
-use redis::{Client, ErrorKind, Msg, RedisError, Value};
+use redis::{ErrorKind, Msg, RedisError, Value};
 
 use crate::Options;
 use crate::runtime;
@@ -64,7 +64,8 @@ static SYNC_SCRIPT: std::sync::LazyLock<redis::Script> =
 
 /// The shared subscription of one `Redis` handle.
 pub(crate) struct Subscription {
-    client: Client,
+    /// Where to connect (for Sentinel, the primary is looked up again on every connect).
+    endpoint: Arc<crate::endpoint::Endpoint>,
     /// This subscription's own channel, on which [`SYNC`] tells where a key's value falls
     /// among the channel's messages.
     sync_channel: String,
@@ -87,9 +88,9 @@ pub(crate) struct Subscription {
 }
 
 impl Subscription {
-    pub(crate) fn new(client: Client, options: &Options) -> Self {
+    pub(crate) fn new(endpoint: Arc<crate::endpoint::Endpoint>, options: &Options) -> Self {
         Subscription {
-            client,
+            endpoint,
             sync_channel: format!("storecast:sync:{}", storecast::Epoch::random()),
             options: options.clone(),
             listeners: Mutex::new(HashMap::new()),
@@ -199,7 +200,7 @@ impl Subscription {
     /// `commands`; the answer says whether the subscription heard it (1).
     pub(crate) async fn sync(
         &self,
-        commands: &mut redis::aio::ConnectionManager,
+        commands: &mut crate::endpoint::Commands,
         channel: &str,
         key: &str,
         tag: u64,
@@ -219,7 +220,8 @@ impl Subscription {
     /// A new connection, subscribed to `channels`, within the connect timeout.
     async fn connect(&self, channels: &[String]) -> Result<(PubSubSink, PubSubStream), RedisError> {
         let attempt = async {
-            let pubsub = self.client.get_async_pubsub().await?;
+            let client = self.endpoint.client(true).await?;
+            let pubsub = client.get_async_pubsub().await?;
             let (mut sink, stream) = pubsub.split();
             let mut all = channels.to_vec();
             all.push(self.sync_channel.clone());
@@ -243,38 +245,45 @@ impl Subscription {
 
     /// Hands a batch to the listeners of each channel in it, in order.
     fn deliver(&self, batch: &[Msg]) {
-        let mut by_channel: Vec<(&str, Vec<Heard<'_>>)> = Vec::new();
-        for message in batch {
-            let mut channel = message.get_channel_name();
-            let mut heard = Heard::Message(message.get_payload_bytes());
+        let heard = batch.iter().filter_map(|message| {
+            let channel = message.get_channel_name();
             if channel == self.sync_channel {
-                match parse_sync(message.get_payload_bytes()) {
-                    Some((of, value, tag)) => (channel, heard) = (of, Heard::Key { value, tag }),
-                    None => continue,
-                }
+                let (of, value, tag) = parse_sync(message.get_payload_bytes())?;
+                return Some((of, Heard::Key { value, tag }));
             }
-            match by_channel.iter_mut().find(|(c, _)| *c == channel) {
-                Some((_, heard_there)) => heard_there.push(heard),
-                None => by_channel.push((channel, vec![heard])),
-            }
+            Some((channel, Heard::Message(message.get_payload_bytes())))
+        });
+        deliver(heard, |channel| {
+            let listeners = self.listeners.lock().expect("listeners lock");
+            listeners
+                .get(channel)
+                .map(|on_channel| on_channel.iter().filter_map(Weak::upgrade).collect())
+                .unwrap_or_default()
+        });
+    }
+}
+
+/// Hands what was heard to the listeners of each channel, grouped by channel, in order.
+pub(crate) fn deliver<'a>(
+    heard: impl Iterator<Item = (&'a str, Heard<'a>)>,
+    listeners_of: impl Fn(&str) -> Vec<Arc<dyn Listener>>,
+) {
+    let mut by_channel: Vec<(&str, Vec<Heard<'_>>)> = Vec::new();
+    for (channel, heard) in heard {
+        match by_channel.iter_mut().find(|(c, _)| *c == channel) {
+            Some((_, heard_there)) => heard_there.push(heard),
+            None => by_channel.push((channel, vec![heard])),
         }
-        for (channel, payloads) in by_channel {
-            let listeners: Vec<_> = {
-                let listeners = self.listeners.lock().expect("listeners lock");
-                listeners
-                    .get(channel)
-                    .map(|on_channel| on_channel.iter().filter_map(Weak::upgrade).collect())
-                    .unwrap_or_default()
-            };
-            for listener in listeners {
-                listener.heard(&payloads);
-            }
+    }
+    for (channel, payloads) in by_channel {
+        for listener in listeners_of(channel) {
+            listener.heard(&payloads);
         }
     }
 }
 
 /// A sync message: `LEN:CHANNEL#TAG` then `=VALUE` or `-`.
-fn parse_sync(payload: &[u8]) -> Option<(&str, Option<&[u8]>, u64)> {
+pub(crate) fn parse_sync(payload: &[u8]) -> Option<(&str, Option<&[u8]>, u64)> {
     let colon = payload.iter().position(|&b| b == b':')?;
     let len: usize = std::str::from_utf8(&payload[..colon]).ok()?.parse().ok()?;
     let rest = &payload[colon + 1..];

@@ -9,7 +9,7 @@ use std::time::Duration;
 use storecast::Overflow;
 use storecast::conformance::{self, Harness, LatestFactory, QueueFactory};
 use storecast_redis::{QueueOptions, Redis, RedisQueueStore, RedisStore};
-use support::RedisServer;
+use support::{RedisCluster, RedisServer};
 
 /// Makes each check a store on a channel or stream of its own.
 struct OnRedis {
@@ -82,6 +82,12 @@ async fn run_both_suites(url: String, sleep: fn(Duration) -> futures_lite::futur
 async fn redis_stores_pass_the_suites_on_tokio() {
     let server = RedisServer::start();
     run_both_suites(server.url(), |d| Box::pin(tokio::time::sleep(d))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stores_pass_the_suites_on_a_redis_cluster() {
+    let cluster = RedisCluster::start(3, 0);
+    run_both_suites(cluster.url(), |d| Box::pin(tokio::time::sleep(d))).await;
 }
 
 #[cfg(feature = "smol")]

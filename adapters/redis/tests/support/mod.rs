@@ -17,6 +17,8 @@ pub struct RedisServer {
     persistent: bool,
     /// The password clients must give (`requirepass`), if any.
     password: Option<String>,
+    /// More arguments for `redis-server` (a cluster node's, a replica's).
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
@@ -40,7 +42,21 @@ impl RedisServer {
         RedisServer::start_with(true, Some(password.to_owned()))
     }
 
+    /// Starts a server (keeping nothing on disk) with more arguments for `redis-server`.
+    pub fn start_with_args(args: &[&str]) -> RedisServer {
+        let mut server = RedisServer::prepare(false, None);
+        server.extra = args.iter().map(|a| a.to_string()).collect();
+        server.launch();
+        server
+    }
+
     fn start_with(persistent: bool, password: Option<String>) -> RedisServer {
+        let mut server = RedisServer::prepare(persistent, password);
+        server.launch();
+        server
+    }
+
+    fn prepare(persistent: bool, password: Option<String>) -> RedisServer {
         static COUNT: AtomicU32 = AtomicU32::new(0);
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -52,18 +68,47 @@ impl RedisServer {
             COUNT.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir).expect("a directory for redis-server");
-        let mut server = RedisServer {
+        RedisServer {
             port,
             dir,
             persistent,
             password,
+            extra: Vec::new(),
             child: None,
-        };
-        server.launch();
-        server
+        }
+    }
+
+    /// The server's own directory.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// Starts `redis-server` with its first extra argument as the configuration file.
+    fn launch_first_arg_config(&mut self) {
+        let (config, rest) = self.extra.split_first().expect("a configuration file");
+        let child = Command::new("redis-server")
+            .arg(config)
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(rest)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{INSTALL} ({e})"));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.answers_ping() {
+            assert!(Instant::now() < deadline, "redis-sentinel did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn launch(&mut self) {
+        if self.extra.iter().any(|a| a == "--sentinel") {
+            return self.launch_first_arg_config();
+        }
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
@@ -80,6 +125,7 @@ impl RedisServer {
                     .iter()
                     .flat_map(|password| ["--requirepass", password.as_str()]),
             )
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -104,7 +150,9 @@ impl RedisServer {
         let mut reply = [0u8; 16];
         stream.write_all(b"PING\r\n").is_ok()
             && stream.read(&mut reply).is_ok_and(|n| {
-                reply[..n].starts_with(b"+PONG") || reply[..n].starts_with(b"-NOAUTH")
+                reply[..n].starts_with(b"+PONG")
+                    || reply[..n].starts_with(b"-NOAUTH")
+                    || reply[..n].starts_with(b"-CLUSTERDOWN")
             })
     }
 
@@ -174,5 +222,254 @@ pub async fn eventually(what: &str, limit: Duration, mut condition: impl FnMut()
     while !condition() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A Redis Cluster of real `redis-server` processes on free ports, each in a directory of
+/// its own: `primaries` primaries (each with all its slots in one range) with `replicas`
+/// replicas each. A node is called failed after 1 s without an answer.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Three or more primaries are made with `redis-cli --cluster create`, as an operator
+    /// would; fewer (which that command refuses) by assigning the slots by hand.
+    pub fn start(primaries: usize, replicas: usize) -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..primaries * (1 + replicas))
+            .map(|_| {
+                RedisServer::start_with_args(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-node-timeout",
+                    "1000",
+                    "--cluster-replica-validity-factor",
+                    "0",
+                    "--enable-debug-command",
+                    "yes",
+                ])
+            })
+            .collect();
+        let cluster = RedisCluster { nodes };
+        if primaries >= 3 {
+            let addresses: Vec<String> = cluster
+                .nodes
+                .iter()
+                .map(|n| format!("127.0.0.1:{}", n.port()))
+                .collect();
+            let output = Command::new("redis-cli")
+                .arg("--cluster")
+                .arg("create")
+                .args(&addresses)
+                .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+                .output()
+                .expect("redis-cli");
+            assert!(
+                output.status.success(),
+                "redis-cli --cluster create: {output:?}"
+            );
+        } else {
+            assert_eq!(replicas, 0, "replicas only with three primaries or more");
+            let per = 16384 / primaries;
+            for (i, node) in cluster.nodes.iter().enumerate() {
+                let first = i * per;
+                let last = if i + 1 == primaries {
+                    16383
+                } else {
+                    first + per - 1
+                };
+                node.cli(&[
+                    "CLUSTER",
+                    "ADDSLOTSRANGE",
+                    &first.to_string(),
+                    &last.to_string(),
+                ]);
+                if i > 0 {
+                    cluster.nodes[0].cli(&[
+                        "CLUSTER",
+                        "MEET",
+                        "127.0.0.1",
+                        &node.port().to_string(),
+                    ]);
+                }
+            }
+        }
+        cluster.wait_until_ok(primaries * (1 + replicas), Duration::from_secs(30));
+        cluster
+    }
+
+    /// Waits until every running node says the cluster is ok and knows `known` nodes, and
+    /// every replica is in sync with its primary.
+    pub fn wait_until_ok(&self, known: usize, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let ok = self.running().all(|node| {
+                let info = node.cli(&["CLUSTER", "INFO"]);
+                let role = node.cli(&["ROLE"]);
+                info.contains("cluster_state:ok")
+                    && info.contains(&format!("cluster_known_nodes:{known}"))
+                    && (!role.starts_with("slave") || role.contains("connected"))
+            });
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the cluster did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn running(&self) -> impl Iterator<Item = &RedisServer> {
+        self.nodes.iter().filter(|n| n.pid().is_some())
+    }
+
+    pub fn url(&self) -> String {
+        let nodes: Vec<String> = self
+            .running()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect();
+        format!("redis+cluster://{}", nodes.join(","))
+    }
+
+    /// Runs `redis-cli -c` (following redirections) against a running node.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let node = self.running().next().expect("a running node");
+        let output = Command::new("redis-cli")
+            .args(["-c", "-p", &node.port().to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        assert!(output.status.success(), "redis-cli {args:?}: {output:?}");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    /// The index of the node that serves `key`'s slot as primary now.
+    pub fn primary_of(&self, key: &str) -> usize {
+        self.try_primary_of(key)
+            .unwrap_or_else(|| panic!("no primary serves {key}"))
+    }
+
+    /// The index of the node that serves `key`'s slot as primary now, if any does.
+    pub fn try_primary_of(&self, key: &str) -> Option<usize> {
+        let slot: u16 = self
+            .cli(&["CLUSTER", "KEYSLOT", key])
+            .parse()
+            .expect("a slot");
+        let nodes = self.cli(&["CLUSTER", "NODES"]);
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
+                continue;
+            }
+            let covers = fields[8..].iter().any(|range| {
+                let (a, b) = range.split_once('-').unwrap_or((range, range));
+                match (a.parse::<u16>(), b.parse::<u16>()) {
+                    (Ok(a), Ok(b)) => (a..=b).contains(&slot),
+                    _ => false,
+                }
+            });
+            if covers {
+                let port: u16 = fields[1]
+                    .split(['@', ':'])
+                    .nth(1)
+                    .and_then(|p| p.parse().ok())
+                    .expect("a node address");
+                return self.nodes.iter().position(|n| n.port() == port);
+            }
+        }
+        None
+    }
+
+    /// The indexes of the primaries now.
+    pub fn primaries(&self) -> Vec<usize> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.pid().is_some() && n.cli(&["ROLE"]).starts_with("master"))
+            .map(|(i, _)| i)
+            .collect()
+    }
+}
+
+/// A primary, one replica and three sentinels watching the primary as `storecast`
+/// (down after 1 s without an answer; a quorum of 2).
+pub struct Sentinels {
+    pub primary: RedisServer,
+    pub replica: RedisServer,
+    pub sentinels: Vec<RedisServer>,
+}
+
+/// The service name the sentinels watch.
+pub const SERVICE: &str = "storecast";
+
+impl Sentinels {
+    pub fn start() -> Sentinels {
+        let primary = RedisServer::start_with_args(&[]);
+        let replica = RedisServer::start_with_args(&[
+            "--replicaof",
+            "127.0.0.1",
+            &primary.port().to_string(),
+        ]);
+        let sentinels = (0..3)
+            .map(|_| {
+                let mut sentinel = RedisServer::prepare(false, None);
+                let config = sentinel.dir().join("sentinel.conf");
+                std::fs::write(
+                    &config,
+                    format!(
+                        "sentinel monitor {SERVICE} 127.0.0.1 {} 2\n\
+                         sentinel down-after-milliseconds {SERVICE} 1000\n\
+                         sentinel failover-timeout {SERVICE} 5000\n",
+                        primary.port()
+                    ),
+                )
+                .expect("sentinel.conf");
+                // `redis-server <config> --sentinel` is `redis-sentinel <config>`.
+                sentinel.extra = vec![config.display().to_string(), "--sentinel".into()];
+                sentinel.launch_first_arg_config();
+                sentinel
+            })
+            .collect();
+        let setup = Sentinels {
+            primary,
+            replica,
+            sentinels,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = setup.sentinels.iter().all(|s| {
+                let replicas = s.cli(&["SENTINEL", "REPLICAS", SERVICE]);
+                let sentinels = s.cli(&["SENTINEL", "SENTINELS", SERVICE]);
+                replicas.contains(&setup.replica.port().to_string())
+                    && sentinels.matches("127.0.0.1").count() >= 2
+            });
+            if ready {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the sentinels did not find each other"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        setup
+    }
+
+    pub fn url(&self) -> String {
+        let sentinels: Vec<String> = self
+            .sentinels
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port()))
+            .collect();
+        format!("redis+sentinel://{}/{SERVICE}", sentinels.join(","))
+    }
+
+    /// The port the sentinels call the primary's now.
+    pub fn primary_port(&self) -> u16 {
+        let answer = self.sentinels[0].cli(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE]);
+        answer
+            .lines()
+            .nth(1)
+            .and_then(|p| p.trim().parse().ok())
+            .expect("a primary's port")
     }
 }

@@ -1,0 +1,468 @@
+//! The shared subscription on a Redis Cluster: sharded channels (`SSUBSCRIBE`), so that a
+//! message goes only to the node that holds its channel's slot, not to every node.
+//!
+//! One cluster connection (one connection per node) per [`Redis`](crate::Redis) handle
+//! carries every channel, in RESP3: messages arrive as pushes. Each channel is paired with
+//! a sync channel of this handle in the same slot (`{channel}:storecast-sync:<random>`),
+//! on which [`SYNC`] tells where the latest-value key's value falls among the channel's
+//! messages: both come from the same node, in order.
+//!
+//! When a node's connection drops, or a node stops serving a channel's slot (a failover
+//! or a resharding: the server says `sunsubscribe`), the channel's listeners are told it
+//! was lost; the channel and its sync channel are subscribed again (the `redis` crate
+//! routes them to the slot's new owner), and once both are confirmed the listeners are
+//! told it is back.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use event_listener::Event;
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{ErrorKind, ProtocolVersion, PushInfo, PushKind, RedisError, Value};
+
+use crate::Options;
+use crate::runtime;
+use crate::shutdown::Shutdown;
+use crate::subscription::{Heard, Listener, deliver, parse_sync};
+
+/// Most pushes handed out in one batch.
+const MAX_BATCH: usize = 1024;
+
+/// Publishes a channel's latest-value key (KEYS[1]) to the channel's sync channel
+/// (ARGV[1], in the same slot), as [`crate::subscription`]'s `SYNC` does on one server.
+const SYNC: &str = r"
+local value = redis.call('GET', KEYS[1])
+if value then
+  return redis.call('SPUBLISH', ARGV[1], ARGV[2] .. '=' .. value)
+end
+return redis.call('SPUBLISH', ARGV[1], ARGV[2] .. '-')
+";
+
+static SYNC_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(SYNC));
+
+/// What the subscription knows of a channel it was told it lost.
+#[derive(Default)]
+struct Regaining {
+    /// `SSUBSCRIBE` confirmed for the channel since it was lost.
+    channel: bool,
+    /// And for its sync channel.
+    sync: bool,
+    /// Whether an `SSUBSCRIBE` for the pair is under way.
+    asked: bool,
+}
+
+/// Pushes from the cluster connection, waiting for the dispatching task.
+#[derive(Default)]
+struct Inbox {
+    pushes: Mutex<VecDeque<PushInfo>>,
+    arrived: Event,
+}
+
+/// The sharded subscription of one `Redis` handle on a Cluster.
+pub(crate) struct ShardedSubscription {
+    nodes: Vec<redis::ConnectionInfo>,
+    options: Options,
+    /// The suffix of this handle's sync channels.
+    sync_suffix: String,
+    listeners: Mutex<HashMap<String, Vec<Weak<dyn Listener>>>>,
+    /// Channels lost and not yet confirmed again.
+    regaining: Mutex<HashMap<String, Regaining>>,
+    /// Channels nobody listens on any more, to unsubscribe.
+    leaving: Mutex<Vec<String>>,
+    /// Notified when `regaining` or `leaving` has work.
+    work: Event,
+    connection: Mutex<Option<ClusterConnection>>,
+    opening: async_lock::Mutex<()>,
+    inbox: Arc<Inbox>,
+    started: AtomicBool,
+    pub(crate) shutdown: Shutdown,
+}
+
+impl ShardedSubscription {
+    pub(crate) fn new(nodes: Vec<redis::ConnectionInfo>, options: &Options) -> Self {
+        ShardedSubscription {
+            nodes,
+            options: options.clone(),
+            sync_suffix: format!(":storecast-sync:{}", storecast::Epoch::random()),
+            listeners: Mutex::new(HashMap::new()),
+            regaining: Mutex::new(HashMap::new()),
+            leaving: Mutex::new(Vec::new()),
+            work: Event::new(),
+            connection: Mutex::new(None),
+            opening: async_lock::Mutex::new(()),
+            inbox: Arc::new(Inbox::default()),
+            started: AtomicBool::new(false),
+            shutdown: Shutdown::default(),
+        }
+    }
+
+    /// The sync channel paired with `channel` (same slot).
+    fn sync_channel(&self, channel: &str) -> String {
+        crate::endpoint::same_slot(channel, &self.sync_suffix)
+            .unwrap_or_else(|| format!("{channel}{}", self.sync_suffix))
+    }
+
+    /// The channel a sync channel of this handle is paired with.
+    fn synced_channel<'a>(&self, sync: &'a str) -> Option<&'a str> {
+        let base = sync.strip_suffix(self.sync_suffix.as_str())?;
+        // `{channel}` for a channel without a tag of its own.
+        Some(
+            base.strip_prefix('{')
+                .and_then(|b| b.strip_suffix('}'))
+                .filter(|b| !b.contains(['{', '}']))
+                .unwrap_or(base),
+        )
+    }
+
+    pub(crate) fn is_open(&self) -> bool {
+        self.connection.lock().expect("connection lock").is_some()
+    }
+
+    /// The cluster connection, opened (and its dispatching task started) on first use.
+    async fn open(self: &Arc<Self>) -> Result<ClusterConnection, RedisError> {
+        if let Some(connection) = self.connection.lock().expect("connection lock").clone() {
+            return Ok(connection);
+        }
+        let _opening = self.opening.lock().await;
+        if let Some(connection) = self.connection.lock().expect("connection lock").clone() {
+            return Ok(connection);
+        }
+        let inbox = Arc::downgrade(&self.inbox);
+        let client = ClusterClientBuilder::new(self.nodes.clone())
+            .use_protocol(ProtocolVersion::RESP3)
+            .connection_timeout(self.options.connect_timeout_value())
+            .response_timeout(self.options.response_timeout_value())
+            .retries(4)
+            .push_sender(move |push: PushInfo| -> Result<(), ()> {
+                let Some(inbox) = inbox.upgrade() else {
+                    return Err(());
+                };
+                inbox.pushes.lock().expect("inbox lock").push_back(push);
+                inbox.arrived.notify(1);
+                Ok(())
+            })
+            .build()?;
+        let connection = runtime::timeout(
+            self.options.connect_timeout_value(),
+            // Boxed: the crate's connecting future is deeply nested.
+            Box::pin(client.get_async_connection()),
+        )
+        .await
+        .unwrap_or_else(|| Err(RedisError::from((ErrorKind::Io, "connecting timed out"))))?;
+        *self.connection.lock().expect("connection lock") = Some(connection.clone());
+        if !self.started.swap(true, Ordering::AcqRel) {
+            runtime::spawn(dispatch(Arc::clone(self)));
+            runtime::spawn(maintain(Arc::clone(self)));
+        }
+        Ok(connection)
+    }
+
+    /// Starts delivering `channel`'s messages to `listener`; returns once Redis has
+    /// confirmed the subscription.
+    pub(crate) async fn add(
+        self: &Arc<Self>,
+        channel: &str,
+        listener: Weak<dyn Listener>,
+    ) -> Result<(), RedisError> {
+        let mut connection = Box::pin(self.open()).await?;
+        self.listeners
+            .lock()
+            .expect("listeners lock")
+            .entry(channel.to_owned())
+            .or_default()
+            .push(listener.clone());
+        let pair = [channel.to_owned(), self.sync_channel(channel)];
+        let subscribed = runtime::timeout(
+            self.options.response_timeout_value(),
+            connection.ssubscribe(&pair),
+        )
+        .await;
+        let failure = match subscribed {
+            Some(Ok(())) => return Ok(()),
+            Some(Err(e)) => e,
+            None => RedisError::from((ErrorKind::Io, "SSUBSCRIBE timed out")),
+        };
+        self.remove(channel, &listener);
+        Err(failure)
+    }
+
+    /// Stops delivering to `listener`; the channel is unsubscribed once nobody listens.
+    pub(crate) fn remove(&self, channel: &str, listener: &Weak<dyn Listener>) {
+        let mut listeners = self.listeners.lock().expect("listeners lock");
+        let Some(on_channel) = listeners.get_mut(channel) else {
+            return;
+        };
+        on_channel.retain(|l| !Weak::ptr_eq(l, listener) && l.strong_count() > 0);
+        if !on_channel.is_empty() {
+            return;
+        }
+        listeners.remove(channel);
+        drop(listeners);
+        self.regaining
+            .lock()
+            .expect("regaining lock")
+            .remove(channel);
+        self.leaving
+            .lock()
+            .expect("leaving lock")
+            .push(channel.to_owned());
+        self.work.notify(usize::MAX);
+    }
+
+    /// Has `key`'s value delivered to `channel`'s listeners in order with the channel's
+    /// messages, through the channel's sync channel.
+    pub(crate) async fn sync(
+        &self,
+        commands: &mut crate::endpoint::Commands,
+        channel: &str,
+        key: &str,
+        tag: u64,
+    ) -> Result<i64, RedisError> {
+        SYNC_SCRIPT
+            .key(key)
+            .arg(self.sync_channel(channel))
+            .arg(format!("{}:{channel}#{tag}", channel.len()))
+            .invoke_async(commands)
+            .await
+    }
+
+    fn listeners_of(&self, channel: &str) -> Vec<Arc<dyn Listener>> {
+        self.listeners
+            .lock()
+            .expect("listeners lock")
+            .get(channel)
+            .map(|on| on.iter().filter_map(Weak::upgrade).collect())
+            .unwrap_or_default()
+    }
+
+    /// Tells `channels`' listeners they were lost, and has them subscribed again.
+    fn lose(&self, channels: Vec<String>) {
+        if channels.is_empty() {
+            return;
+        }
+        {
+            let mut regaining = self.regaining.lock().expect("regaining lock");
+            for channel in &channels {
+                regaining.insert(channel.clone(), Regaining::default());
+            }
+        }
+        for channel in &channels {
+            for listener in self.listeners_of(channel) {
+                listener.lost();
+            }
+        }
+        self.work.notify(usize::MAX);
+    }
+
+    /// A confirmation of `SSUBSCRIBE` for `name`: once a lost channel and its sync channel
+    /// are both confirmed, its listeners are told.
+    fn confirmed(&self, name: &str) {
+        let (channel, is_sync) = match self.synced_channel(name) {
+            Some(channel) => (channel, true),
+            None => (name, false),
+        };
+        let back = {
+            let mut regaining = self.regaining.lock().expect("regaining lock");
+            let Some(state) = regaining.get_mut(channel) else {
+                return;
+            };
+            if is_sync {
+                state.sync = true;
+            } else {
+                state.channel = true;
+            }
+            let back = state.channel && state.sync;
+            if back {
+                regaining.remove(channel);
+            }
+            back
+        };
+        if back {
+            tracing::info!(channel, "subscribed to the sharded channel again");
+            for listener in self.listeners_of(channel) {
+                listener.resubscribed();
+            }
+        }
+    }
+}
+
+/// The text of a push's `index`th item.
+fn text(data: &[Value], index: usize) -> Option<&[u8]> {
+    match data.get(index)? {
+        Value::BulkString(bytes) => Some(bytes),
+        Value::SimpleString(text) => Some(text.as_bytes()),
+        _ => None,
+    }
+}
+
+/// Hands out the pushes: messages by channel, in order; confirmations and losses as they
+/// come (after the messages before them).
+async fn dispatch(subscription: Arc<ShardedSubscription>) {
+    let inbox = Arc::clone(&subscription.inbox);
+    let mut batch: Vec<PushInfo> = Vec::new();
+    loop {
+        let listener = inbox.arrived.listen();
+        {
+            let mut pushes = inbox.pushes.lock().expect("inbox lock");
+            let n = pushes.len().min(MAX_BATCH);
+            batch.extend(pushes.drain(..n));
+        }
+        if batch.is_empty() {
+            if subscription.shutdown.unless(listener).await.is_none() {
+                return;
+            }
+            continue;
+        }
+        let mut messages: Vec<(&str, &[u8])> = Vec::new();
+        for push in &batch {
+            match push.kind {
+                PushKind::SMessage => {
+                    let channel = text(&push.data, 0).and_then(|c| std::str::from_utf8(c).ok());
+                    if let (Some(channel), Some(payload)) = (channel, text(&push.data, 1)) {
+                        messages.push((channel, payload));
+                    }
+                }
+                PushKind::SSubscribe => {
+                    hand_out(&subscription, &mut messages);
+                    if let Some(name) =
+                        text(&push.data, 0).and_then(|c| std::str::from_utf8(c).ok())
+                    {
+                        subscription.confirmed(name);
+                    }
+                }
+                PushKind::SUnsubscribe => {
+                    hand_out(&subscription, &mut messages);
+                    // The server dropped a channel we still listen on (its slot moved).
+                    let Some(name) = text(&push.data, 0).and_then(|c| std::str::from_utf8(c).ok())
+                    else {
+                        continue;
+                    };
+                    let channel = subscription.synced_channel(name).unwrap_or(name);
+                    let listened = subscription
+                        .listeners
+                        .lock()
+                        .expect("listeners lock")
+                        .contains_key(channel);
+                    if listened {
+                        tracing::warn!(
+                            channel,
+                            "Redis Cluster moved a sharded channel; subscribing again"
+                        );
+                        subscription.lose(vec![channel.to_owned()]);
+                    }
+                }
+                PushKind::Disconnection => {
+                    hand_out(&subscription, &mut messages);
+                    // Some node's connection dropped (which one, the crate does not say):
+                    // every channel is read again.
+                    tracing::warn!("lost a Redis Cluster node's connection; subscribing again");
+                    let all: Vec<String> = subscription
+                        .listeners
+                        .lock()
+                        .expect("listeners lock")
+                        .keys()
+                        .cloned()
+                        .collect();
+                    subscription.lose(all);
+                }
+                _ => {}
+            }
+        }
+        hand_out(&subscription, &mut messages);
+        batch.clear();
+    }
+}
+
+/// Delivers the messages gathered so far (sync messages as the key's value).
+fn hand_out(subscription: &ShardedSubscription, messages: &mut Vec<(&str, &[u8])>) {
+    if messages.is_empty() {
+        return;
+    }
+    let heard = messages.drain(..).filter_map(|(channel, payload)| {
+        if subscription.synced_channel(channel).is_some() {
+            let (of, value, tag) = parse_sync(payload)?;
+            Some((of, Heard::Key { value, tag }))
+        } else {
+            Some((channel, Heard::Message(payload)))
+        }
+    });
+    deliver(heard, |channel| subscription.listeners_of(channel));
+}
+
+/// Subscribes lost channels again (retrying with backoff until Redis confirms), and
+/// unsubscribes channels nobody listens on.
+async fn maintain(subscription: Arc<ShardedSubscription>) {
+    let mut backoff = subscription.options.backoff();
+    loop {
+        let listener = subscription.work.listen();
+        let Some(mut connection) = subscription
+            .connection
+            .lock()
+            .expect("connection lock")
+            .clone()
+        else {
+            return;
+        };
+        let leaving = std::mem::take(&mut *subscription.leaving.lock().expect("leaving lock"));
+        for channel in leaving {
+            let listened = subscription
+                .listeners
+                .lock()
+                .expect("listeners lock")
+                .contains_key(&channel);
+            if !listened {
+                let pair = [channel.clone(), subscription.sync_channel(&channel)];
+                let _ = runtime::timeout(
+                    subscription.options.response_timeout_value(),
+                    connection.sunsubscribe(&pair),
+                )
+                .await;
+            }
+        }
+        let asking: Vec<String> = {
+            let mut regaining = subscription.regaining.lock().expect("regaining lock");
+            regaining
+                .iter_mut()
+                .filter(|(_, state)| !state.asked)
+                .map(|(channel, state)| {
+                    state.asked = true;
+                    channel.clone()
+                })
+                .collect()
+        };
+        let mut failed = false;
+        for channel in asking {
+            let pair = [channel.clone(), subscription.sync_channel(&channel)];
+            let subscribed = runtime::timeout(
+                subscription.options.response_timeout_value(),
+                connection.ssubscribe(&pair),
+            )
+            .await;
+            if !matches!(subscribed, Some(Ok(()))) {
+                failed = true;
+                if let Some(state) = subscription
+                    .regaining
+                    .lock()
+                    .expect("regaining lock")
+                    .get_mut(&channel)
+                {
+                    state.asked = false;
+                }
+            }
+        }
+        if failed {
+            tracing::warn!("subscribing to sharded channels again failed; retrying");
+            if subscription.shutdown.unless(backoff.wait()).await.is_none() {
+                return;
+            }
+            continue;
+        }
+        backoff.reset();
+        if subscription.shutdown.unless(listener).await.is_none() {
+            return;
+        }
+    }
+}

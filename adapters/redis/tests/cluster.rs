@@ -1,0 +1,438 @@
+//! The stores on a real Redis Cluster (three primaries with a replica each, made with
+//! `redis-cli --cluster create`) and on a primary watched by three real sentinels: topics
+//! on every shard, sharded channels, a constant number of connections per node, positions
+//! that agree across processes, and the failover of a primary (killed) survived with
+//! nothing lost that the replica had and every loss reported.
+
+mod reading;
+mod support;
+
+use std::time::Duration;
+
+use reading::{PATIENCE, next, next_value, quick};
+use storecast::{Position, RecvError, ResetReason, Store};
+use storecast_redis::{ConnectError, QueueOptions, Redis, RedisQueueStore, RedisStore};
+use support::{RedisCluster, Sentinels, eventually};
+
+/// Names `prefix-N`, the first one whose slot the node `node` serves.
+fn name_on(cluster: &RedisCluster, node: usize, prefix: &str) -> String {
+    (0..)
+        .map(|n| format!("{prefix}-{n}"))
+        .find(|name| cluster.primary_of(name) == node)
+        .expect("a name")
+}
+
+/// Submits, retrying while the cluster fails over.
+async fn submit_eventually(store: &RedisQueueStore<String>, text: &str) -> Position {
+    let deadline = tokio::time::Instant::now() + PATIENCE * 2;
+    loop {
+        match store.submit(text.to_owned()).await {
+            Ok(position) => return position,
+            Err(e) => {
+                assert!(tokio::time::Instant::now() < deadline, "{e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// The next message, skipping the news that a connection was interrupted (and failing on
+/// any other news: a gap or a reset).
+async fn next_skipping_interruptions<S>(subscriber: &mut S) -> (String, Position)
+where
+    S: futures_lite::Stream<Item = storecast::Item<String>> + Unpin,
+{
+    loop {
+        match next(subscriber).await {
+            Ok(message) => return ((*message).clone(), message.position()),
+            Err(RecvError::Interrupted) => continue,
+            Err(e) => panic!("expected a message, got `{e}`"),
+        }
+    }
+}
+
+/// Normal and pub/sub clients connected to node `node` now, but for `redis-cli` itself.
+fn clients(cluster: &RedisCluster, node: usize) -> usize {
+    let list = cluster.nodes[node].cli(&["CLIENT", "LIST"]);
+    list.lines()
+        .filter(|line| !line.contains("cmd=client|list") && !line.contains("flags=S"))
+        .filter(|line| !line.contains("flags=M"))
+        .count()
+}
+
+/// Waits until the replica of a primary has every write its primary has.
+fn wait_replicated(cluster: &RedisCluster, primary: usize) {
+    let offset = |node: usize, field: &str| -> Option<u64> {
+        cluster.nodes[node]
+            .cli(&["INFO", "replication"])
+            .lines()
+            .find_map(|line| line.strip_prefix(field))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let replica = (0..cluster.nodes.len())
+        .find(|&n| {
+            n != primary
+                && cluster.nodes[n].pid().is_some()
+                && cluster.nodes[n]
+                    .cli(&["ROLE"])
+                    .contains(&cluster.nodes[primary].port().to_string())
+        })
+        .expect("a replica of the primary");
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while offset(primary, "master_repl_offset:") != offset(replica, "slave_repl_offset:") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replica never caught up"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_on_every_shard_agree_across_processes_on_sharded_channels_and_few_connections() {
+    let cluster = RedisCluster::start(3, 1);
+    let primaries = cluster.primaries();
+    assert_eq!(primaries.len(), 3);
+    let here = Redis::connect_with(quick(&cluster.url())).await.unwrap();
+    let there = Redis::connect_with(quick(&cluster.url())).await.unwrap();
+    assert!(here.is_cluster());
+    let baseline: Vec<usize> = primaries.iter().map(|&p| clients(&cluster, p)).collect();
+
+    // Twenty topics of each kind, spread over the slots; at least one on every primary.
+    let names: Vec<String> = (0..20).map(|n| format!("topic-{n}")).collect();
+    for &primary in &primaries {
+        assert!(
+            names.iter().any(|name| cluster.primary_of(name) == primary),
+            "a topic on every shard"
+        );
+    }
+    let mut latest = Vec::new();
+    let mut queues = Vec::new();
+    for name in &names {
+        let a: RedisStore<String> = here.data_store(name).await.unwrap();
+        let b: RedisStore<String> = there.data_store(name).await.unwrap();
+        let watcher = b.subscribe();
+        latest.push((a, b, watcher));
+        let stream = format!("{name}-q");
+        let a = here
+            .queue_store::<String>(&stream, QueueOptions::default())
+            .await
+            .unwrap();
+        let b = there
+            .queue_store::<String>(&stream, QueueOptions::default())
+            .await
+            .unwrap();
+        let reader = b.subscribe();
+        queues.push((a, b, reader));
+    }
+    for (n, (a, _, watcher)) in latest.iter_mut().enumerate() {
+        a.try_submit(format!("v{n}")).unwrap();
+        assert_eq!(next_value(watcher).await.0, format!("v{n}"));
+    }
+    for (n, (a, b, reader)) in queues.iter_mut().enumerate() {
+        assert_eq!(a.epoch(), b.epoch(), "one epoch per stream, kept in Redis");
+        for m in 0..3 {
+            let position = a.submit(format!("e{n}.{m}")).await.unwrap();
+            assert_eq!(next_value(reader).await, (format!("e{n}.{m}"), position));
+        }
+    }
+
+    // Sharded: each channel is known only to the node of its slot, as a shard channel.
+    let channel = &names[0];
+    let owner = cluster.primary_of(channel);
+    let shard = cluster.nodes[owner].cli(&["PUBSUB", "SHARDNUMSUB", channel]);
+    assert!(shard.ends_with('2'), "two processes listen: {shard}");
+    for &primary in &primaries {
+        let plain = cluster.nodes[primary].cli(&["PUBSUB", "NUMSUB", channel]);
+        assert!(plain.ends_with('0'), "no plain subscription: {plain}");
+    }
+    assert_eq!(
+        cluster.cli(&["GET", &format!("{{{channel}}}:latest")]),
+        "v0"
+    );
+
+    // Forty stores in each process, and each holds two connections per node: commands and
+    // the subscription.
+    for (&primary, before) in primaries.iter().zip(baseline) {
+        let now = clients(&cluster, primary);
+        assert!(
+            now <= before + 4,
+            "node {primary}: {now} clients, {before} before the stores"
+        );
+    }
+    assert_eq!(here.connections(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_latest_key_outside_its_channels_slot_is_refused_on_a_cluster() {
+    let cluster = RedisCluster::start(3, 0);
+    let redis = Redis::connect_with(quick(&cluster.url())).await.unwrap();
+    let refused = RedisStore::<String>::open_with_key(&redis, "prices", "elsewhere").await;
+    assert!(matches!(refused, Err(ConnectError::Unsupported { .. })));
+    let tagged = RedisStore::<String>::open_with_key(&redis, "{eu}prices", "{eu}latest").await;
+    assert!(tagged.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_primary_is_replaced_and_its_topics_resume_with_nothing_lost() {
+    let mut cluster = RedisCluster::start(3, 1);
+    let primaries = cluster.primaries();
+    let victim = primaries[0];
+    let other = primaries[1];
+    let stream = name_on(&cluster, victim, "orders");
+    let channel = name_on(&cluster, victim, "prices");
+    let calm = name_on(&cluster, other, "calm");
+
+    let here = Redis::connect_with(quick(&cluster.url())).await.unwrap();
+    let there = Redis::connect_with(quick(&cluster.url())).await.unwrap();
+    let producer = here
+        .queue_store::<String>(&stream, QueueOptions::default())
+        .await
+        .unwrap();
+    let consumer = there
+        .queue_store::<String>(&stream, QueueOptions::default())
+        .await
+        .unwrap();
+    let calm_producer = here
+        .queue_store::<String>(&calm, QueueOptions::default())
+        .await
+        .unwrap();
+    let calm_consumer = there
+        .queue_store::<String>(&calm, QueueOptions::default())
+        .await
+        .unwrap();
+    let publisher: RedisStore<String> = here.data_store(&channel).await.unwrap();
+    let watched: RedisStore<String> = there.data_store(&channel).await.unwrap();
+    let mut reader = consumer.subscribe();
+    let mut calm_reader = calm_consumer.subscribe();
+    let mut watcher = watched.subscribe();
+
+    let epoch = producer.epoch();
+    let mut expected = Vec::new();
+    for n in 0..10 {
+        let text = format!("before-{n}");
+        expected.push((text.clone(), producer.submit(text).await.unwrap()));
+    }
+    publisher.try_submit("old".into()).unwrap();
+    assert_eq!(next_value(&mut watcher).await.0, "old");
+    for (text, position) in &expected {
+        assert_eq!(&next_value(&mut reader).await, &(text.clone(), *position));
+    }
+    wait_replicated(&cluster, victim);
+
+    cluster.nodes[victim].kill();
+    // The other shards go on serving while the failed one is replaced.
+    let calm_position = submit_eventually(&calm_producer, "meanwhile").await;
+    assert_eq!(
+        next_skipping_interruptions(&mut calm_reader).await,
+        ("meanwhile".to_string(), calm_position)
+    );
+    eventually("a replica to take over", PATIENCE * 2, || {
+        cluster.try_primary_of(&stream).is_some_and(|p| p != victim)
+    })
+    .await;
+
+    for n in 0..10 {
+        let text = format!("after-{n}");
+        expected.push((text.clone(), submit_eventually(&producer, &text).await));
+    }
+    assert_eq!(
+        producer.epoch(),
+        epoch,
+        "nothing was lost: the same identity"
+    );
+    for (text, position) in &expected[10..] {
+        assert_eq!(
+            &next_skipping_interruptions(&mut reader).await,
+            &(text.clone(), *position)
+        );
+    }
+    assert_eq!(consumer.epoch(), epoch);
+
+    // The latest-value topic was interrupted (its subscription went with the node) and
+    // recovers on the new primary.
+    let deadline = tokio::time::Instant::now() + PATIENCE * 2;
+    let mut interrupted = false;
+    loop {
+        publisher.try_submit("new".into()).unwrap();
+        match tokio::time::timeout(
+            Duration::from_millis(500),
+            futures_lite::StreamExt::next(&mut watcher),
+        )
+        .await
+        {
+            Ok(Some(Ok(message))) if *message == "new" => break,
+            Ok(Some(Err(RecvError::Interrupted))) => interrupted = true,
+            Ok(Some(_)) | Err(_) => {}
+            Ok(None) => panic!("the subscriber ended"),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the latest topic never recovered"
+        );
+    }
+    assert!(interrupted, "the subscriber was told of the interruption");
+    eventually("the key on the new primary", PATIENCE, || {
+        cluster.cli(&["GET", &format!("{{{channel}}}:latest")]) == "new"
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_to_a_replica_that_was_behind_changes_the_identity_and_tells_subscribers() {
+    let mut cluster = RedisCluster::start(3, 1);
+    let victim = cluster.primaries()[0];
+    let stream = name_on(&cluster, victim, "behind");
+    let here = Redis::connect_with(quick(&cluster.url())).await.unwrap();
+    let there = Redis::connect_with(quick(&cluster.url())).await.unwrap();
+    let producer = here
+        .queue_store::<String>(&stream, QueueOptions::default())
+        .await
+        .unwrap();
+    let consumer = there
+        .queue_store::<String>(&stream, QueueOptions::default())
+        .await
+        .unwrap();
+    let mut reader = consumer.subscribe();
+    for n in 0..5 {
+        let text = format!("kept-{n}");
+        let position = producer.submit(text.clone()).await.unwrap();
+        assert_eq!(next_value(&mut reader).await, (text, position));
+    }
+    wait_replicated(&cluster, victim);
+    let old = producer.epoch();
+
+    // The replica stops (SIGSTOP) and its link is cut; the primary takes three more
+    // entries, then dies: the replica, going on, never had them.
+    let replica = (0..cluster.nodes.len())
+        .find(|&n| {
+            n != victim
+                && cluster.nodes[n]
+                    .cli(&["ROLE"])
+                    .contains(&cluster.nodes[victim].port().to_string())
+        })
+        .expect("the victim's replica");
+    let pid = cluster.nodes[replica].pid().expect("running").to_string();
+    let signal = |signal: &str| {
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    };
+    signal("-STOP");
+    cluster.nodes[victim].cli(&["CLIENT", "KILL", "TYPE", "replica"]);
+    for n in 0..3 {
+        let text = format!("lost-{n}");
+        let position = producer.submit(text.clone()).await.unwrap();
+        assert_eq!(next_value(&mut reader).await, (text, position));
+    }
+    cluster.nodes[victim].kill();
+    signal("-CONT");
+
+    eventually("the replica to take over", PATIENCE * 2, || {
+        cluster.try_primary_of(&stream).is_some_and(|p| p != victim)
+    })
+    .await;
+    let position = submit_eventually(&producer, "next").await;
+    // Both processes moved to a new epoch; the subscriber was told its stream was reset.
+    assert_ne!(position.epoch(), old);
+    eventually("both processes in the new epoch", PATIENCE, || {
+        producer.epoch() == consumer.epoch() && consumer.epoch() != old
+    })
+    .await;
+    let mut reset = false;
+    loop {
+        match next(&mut reader).await {
+            Err(RecvError::Reset {
+                reason: ResetReason::Lost,
+            }) => reset = true,
+            Err(RecvError::Interrupted) => {}
+            Ok(message) => {
+                assert_eq!((*message).clone(), "next");
+                assert_eq!(message.position(), position);
+                break;
+            }
+            Err(e) => panic!("unexpected news: {e}"),
+        }
+    }
+    assert!(reset, "the subscriber was told entries were lost");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_sentinel_the_stores_follow_the_primary_through_a_failover() {
+    let mut setup = Sentinels::start();
+    let here = Redis::connect_with(quick(&setup.url())).await.unwrap();
+    let there = Redis::connect_with(quick(&setup.url())).await.unwrap();
+    assert!(here.address().contains(&setup.primary.port().to_string()));
+    let producer = here
+        .queue_store::<String>("orders", QueueOptions::default())
+        .await
+        .unwrap();
+    let consumer = there
+        .queue_store::<String>("orders", QueueOptions::default())
+        .await
+        .unwrap();
+    let publisher: RedisStore<String> = here.data_store("prices").await.unwrap();
+    let watched: RedisStore<String> = there.data_store("prices").await.unwrap();
+    let mut reader = consumer.subscribe();
+    let mut watcher = watched.subscribe();
+    let epoch = producer.epoch();
+    let mut expected = Vec::new();
+    for n in 0..10 {
+        let text = format!("before-{n}");
+        expected.push((text.clone(), producer.submit(text).await.unwrap()));
+    }
+    publisher.try_submit("old".into()).unwrap();
+    assert_eq!(next_value(&mut watcher).await.0, "old");
+    for (text, position) in &expected {
+        assert_eq!(&next_value(&mut reader).await, &(text.clone(), *position));
+    }
+    let replica_port = setup.replica.port();
+    eventually("the replica to catch up", PATIENCE, || {
+        setup.replica.cli(&["XLEN", "orders"]) == "10"
+    })
+    .await;
+
+    setup.primary.kill();
+    eventually("the sentinels to promote the replica", PATIENCE * 2, || {
+        setup.primary_port() == replica_port
+    })
+    .await;
+    for n in 0..10 {
+        let text = format!("after-{n}");
+        expected.push((text.clone(), submit_eventually(&producer, &text).await));
+    }
+    assert_eq!(
+        producer.epoch(),
+        epoch,
+        "nothing was lost: the same identity"
+    );
+    for (text, position) in &expected[10..] {
+        assert_eq!(
+            &next_skipping_interruptions(&mut reader).await,
+            &(text.clone(), *position)
+        );
+    }
+    assert_eq!(setup.replica.cli(&["XLEN", "orders"]), "20");
+
+    let deadline = tokio::time::Instant::now() + PATIENCE * 2;
+    loop {
+        publisher.try_submit("new".into()).unwrap();
+        match tokio::time::timeout(
+            Duration::from_millis(500),
+            futures_lite::StreamExt::next(&mut watcher),
+        )
+        .await
+        {
+            Ok(Some(Ok(message))) if *message == "new" => break,
+            Ok(None) => panic!("the subscriber ended"),
+            _ => {}
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the latest topic never recovered"
+        );
+    }
+    assert_eq!(setup.replica.cli(&["GET", "prices:latest"]), "new");
+}
