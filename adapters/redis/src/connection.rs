@@ -393,7 +393,7 @@ impl Redis {
                 let address = format!("the primary of {service} (by Sentinel)");
                 let found = runtime::timeout(
                     options.connect_timeout,
-                    Box::pin(Endpoint::sentinel(sentinels, &service, node)),
+                    runtime::erased(Endpoint::sentinel(sentinels, &service, node)),
                 )
                 .await;
                 let endpoint = match found {
@@ -428,7 +428,7 @@ impl Redis {
                     .map_err(ConnectError::InvalidUrl)?;
                 let connected = runtime::timeout(
                     options.connect_timeout,
-                    Box::pin(client.get_async_connection()),
+                    runtime::erased(client.get_async_connection()),
                 )
                 .await;
                 let commands = match connected {
@@ -634,9 +634,14 @@ impl Redis {
         channel: &str,
         listener: Weak<dyn Listener>,
     ) -> Result<(), ConnectError> {
+        // Boxed: what the stores' futures hold stays shallow (the crate's are deep).
         let added = match &self.inner.subscription {
-            Subscriptions::Single(subscription) => subscription.add(channel, listener).await,
-            Subscriptions::Sharded(subscription) => subscription.add(channel, listener).await,
+            Subscriptions::Single(subscription) => {
+                runtime::erased(subscription.add(channel, listener)).await
+            }
+            Subscriptions::Sharded(subscription) => {
+                runtime::erased(subscription.add(channel, listener)).await
+            }
         };
         added.map_err(|e| self.unreachable(e))
     }

@@ -172,7 +172,7 @@ impl Endpoint {
             builder = builder.set_client_to_redis_password(password);
         }
         let mut lookup = builder.build()?;
-        let current = Box::pin(lookup.async_get_client()).await?;
+        let current = crate::runtime::erased(lookup.async_get_client()).await?;
         Ok(Endpoint::Sentinel {
             lookup: Box::new(async_lock::Mutex::new(lookup)),
             current: Mutex::new(current),
@@ -193,7 +193,7 @@ impl Endpoint {
                 }
                 let mut lookup = lookup.lock().await;
                 // Boxed: the crate's lookup future is deeply nested.
-                let found = Box::pin(lookup.async_get_client()).await?;
+                let found = crate::runtime::erased(lookup.async_get_client()).await?;
                 *current.lock().expect("primary lock") = found.clone();
                 Ok(found)
             }

@@ -126,3 +126,12 @@ mod tests {
         assert!(drawn.iter().any(|d| *d != first), "no jitter: {drawn:?}");
     }
 }
+
+/// `future` on the heap with its type erased. The `redis` crate's connecting futures are
+/// deeply nested types; erased, they keep the types of futures that hold them (a store's
+/// open, an application's task) shallow enough for the compiler's limits.
+pub(crate) fn erased<'a, T>(
+    future: impl std::future::Future<Output = T> + Send + 'a,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>> {
+    Box::pin(future)
+}

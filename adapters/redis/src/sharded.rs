@@ -148,7 +148,7 @@ impl ShardedSubscription {
         let connection = runtime::timeout(
             self.options.connect_timeout_value(),
             // Boxed: the crate's connecting future is deeply nested.
-            Box::pin(client.get_async_connection()),
+            runtime::erased(client.get_async_connection()),
         )
         .await
         .unwrap_or_else(|| Err(RedisError::from((ErrorKind::Io, "connecting timed out"))))?;
@@ -167,7 +167,7 @@ impl ShardedSubscription {
         channel: &str,
         listener: Weak<dyn Listener>,
     ) -> Result<(), RedisError> {
-        let mut connection = Box::pin(self.open()).await?;
+        let mut connection = runtime::erased(self.open()).await?;
         self.listeners
             .lock()
             .expect("listeners lock")

@@ -60,34 +60,6 @@ fn clients(cluster: &RedisCluster, node: usize) -> usize {
         .count()
 }
 
-/// Waits until the replica of a primary has every write its primary has.
-fn wait_replicated(cluster: &RedisCluster, primary: usize) {
-    let offset = |node: usize, field: &str| -> Option<u64> {
-        cluster.nodes[node]
-            .cli(&["INFO", "replication"])
-            .lines()
-            .find_map(|line| line.strip_prefix(field))
-            .and_then(|v| v.trim().parse().ok())
-    };
-    let replica = (0..cluster.nodes.len())
-        .find(|&n| {
-            n != primary
-                && cluster.nodes[n].pid().is_some()
-                && cluster.nodes[n]
-                    .cli(&["ROLE"])
-                    .contains(&cluster.nodes[primary].port().to_string())
-        })
-        .expect("a replica of the primary");
-    let deadline = std::time::Instant::now() + PATIENCE;
-    while offset(primary, "master_repl_offset:") != offset(replica, "slave_repl_offset:") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the replica never caught up"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topics_on_every_shard_agree_across_processes_on_sharded_channels_and_few_connections() {
     let cluster = RedisCluster::start(3, 1);
@@ -218,7 +190,7 @@ async fn a_killed_primary_is_replaced_and_its_topics_resume_with_nothing_lost() 
     for (text, position) in &expected {
         assert_eq!(&next_value(&mut reader).await, &(text.clone(), *position));
     }
-    wait_replicated(&cluster, victim);
+    cluster.wait_replicated(victim);
 
     cluster.nodes[victim].kill();
     // The other shards go on serving while the failed one is replaced.
@@ -299,19 +271,12 @@ async fn a_failover_to_a_replica_that_was_behind_changes_the_identity_and_tells_
         let position = producer.submit(text.clone()).await.unwrap();
         assert_eq!(next_value(&mut reader).await, (text, position));
     }
-    wait_replicated(&cluster, victim);
+    cluster.wait_replicated(victim);
     let old = producer.epoch();
 
     // The replica stops (SIGSTOP) and its link is cut; the primary takes three more
     // entries, then dies: the replica, going on, never had them.
-    let replica = (0..cluster.nodes.len())
-        .find(|&n| {
-            n != victim
-                && cluster.nodes[n]
-                    .cli(&["ROLE"])
-                    .contains(&cluster.nodes[victim].port().to_string())
-        })
-        .expect("the victim's replica");
+    let replica = cluster.replica_of(victim);
     let pid = cluster.nodes[replica].pid().expect("running").to_string();
     let signal = |signal: &str| {
         let status = std::process::Command::new("kill")

@@ -379,6 +379,35 @@ impl RedisCluster {
         None
     }
 
+    /// The index of a running replica of the node `primary`.
+    pub fn replica_of(&self, primary: usize) -> usize {
+        let port = self.nodes[primary].port().to_string();
+        (0..self.nodes.len())
+            .find(|&n| {
+                n != primary
+                    && self.nodes[n].pid().is_some()
+                    && self.nodes[n].cli(&["ROLE"]).contains(&port)
+            })
+            .expect("a replica of the primary")
+    }
+
+    /// Waits until the replica of `primary` has every write its primary has.
+    pub fn wait_replicated(&self, primary: usize) {
+        let offset = |node: usize, field: &str| -> Option<u64> {
+            self.nodes[node]
+                .cli(&["INFO", "replication"])
+                .lines()
+                .find_map(|line| line.strip_prefix(field))
+                .and_then(|v| v.trim().parse().ok())
+        };
+        let replica = self.replica_of(primary);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while offset(primary, "master_repl_offset:") != offset(replica, "slave_repl_offset:") {
+            assert!(Instant::now() < deadline, "the replica never caught up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The indexes of the primaries now.
     pub fn primaries(&self) -> Vec<usize> {
         self.nodes
