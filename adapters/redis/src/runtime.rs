@@ -110,6 +110,15 @@ fn jittered(delay: Duration) -> Duration {
     half + half.mul_f64((random >> 11) as f64 / (1u64 << 53) as f64)
 }
 
+/// `future` on the heap with its type erased. The `redis` crate's connecting futures are
+/// deeply nested types; erased, they keep the types of futures that hold them (a store's
+/// open, an application's task) shallow enough for the compiler's limits.
+pub(crate) fn erased<'a, T>(
+    future: impl std::future::Future<Output = T> + Send + 'a,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>> {
+    Box::pin(future)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,13 +134,4 @@ mod tests {
         let first = drawn[0];
         assert!(drawn.iter().any(|d| *d != first), "no jitter: {drawn:?}");
     }
-}
-
-/// `future` on the heap with its type erased. The `redis` crate's connecting futures are
-/// deeply nested types; erased, they keep the types of futures that hold them (a store's
-/// open, an application's task) shallow enough for the compiler's limits.
-pub(crate) fn erased<'a, T>(
-    future: impl std::future::Future<Output = T> + Send + 'a,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>> {
-    Box::pin(future)
 }
