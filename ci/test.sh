@@ -28,6 +28,7 @@ bash ci/embedded.sh
 step "benchmark smoke run (checks losslessness and order; figures are not compared here)"
 cargo run -q --release -p storecast-bench -- --quick
 cargo run -q --release -p storecast-bench --bin redis -- --quick
+cargo run -q --release -p storecast-bench --bin cluster -- --quick
 
 step "workspace tests: unit, conformance suite (in memory and on Redis), stress, Redis faults, hub end to end (HTTP, WebSocket, browser, two hubs on Redis), doctests"
 # storecast-redis/smol adds the Redis stores' smol and async-std runs to its Tokio ones;

@@ -129,7 +129,9 @@ pub struct Config {
     pub retry_ms: Option<u64>,
 
     /// Put every topic on this Redis server (`redis://[:password@]host:port[/db]`, or
-    /// `rediss://` for TLS), so that
+    /// `rediss://` for TLS), on the primary that Sentinel names
+    /// (`redis+sentinel://host:port[,host:port...]/service[/db]`), or on a Redis Cluster
+    /// (`redis+cluster://host:port[,host:port...]`), so that
     /// several hubs share topics and other programs can publish: latest-value topics on
     /// the channel `<prefix><topic>`, queue topics on the stream `<prefix><topic>`.
     #[arg(long, env = "STORECAST_REDIS", hide_env_values = true)]
