@@ -1108,9 +1108,15 @@ enum Fetched<T> {
     /// and epoch, and the entries after the cursor, gaps accounted for.
     Exact(Batch<T>),
     /// Caught up, it was told to read again: an entry was announced, or the shared reader
-    /// saw one (added by another program), lost Redis, or found the epoch key changed.
-    Woken,
+    /// saw one (added by another program), lost Redis, or found the epoch key changed;
+    /// or (`true`, on a Cluster) it is time to look for entries other programs added.
+    Woken(bool),
 }
+
+/// On a Cluster, the longest a caught-up reading task goes without looking at its stream
+/// for entries other programs added with a plain `XADD` (the interval doubles from the
+/// health-check interval each time it finds none).
+const LONGEST_POLL: Duration = Duration::from_secs(60);
 
 /// Announcements of new entries on the channel `<stream>:added`, heard on the shared
 /// subscription.
@@ -1209,6 +1215,9 @@ async fn follow<T: Codec>(shared: Arc<Shared<T>>, mut at: Reading) {
     let mut failing = false;
     let mut exact = true;
     let mut audited = std::time::Instant::now();
+    let base_poll = shared.redis.options().health_check_value();
+    let mut poll = base_poll;
+    let mut polled = false;
     loop {
         let audit = audited.elapsed() >= AUDIT_EVERY;
         let anchor = at.anchor.as_deref().unwrap_or(NO_ENTRY);
@@ -1242,19 +1251,26 @@ async fn follow<T: Codec>(shared: Arc<Shared<T>>, mut at: Reading) {
                     .map(Fetched::Exact)
                 } else {
                     let epoch = at.epoch.to_string();
-                    let poll = shared.redis.options().health_check_value();
-                    futures_lite::future::or(shared.announcements.heard(at.cursor), async {
+                    let announced = async {
+                        shared.announcements.heard(at.cursor).await;
+                        false
+                    };
+                    let by_poll = futures_lite::future::or(announced, async {
                         match &mut at.tail {
                             Some(tail) => {
                                 tail.next(&at.last_id, &epoch).await;
+                                false
                             }
-                            // Entries other programs add on a Cluster are looked for
-                            // every health-check interval.
-                            None => runtime::sleep(poll).await,
+                            // On a Cluster, entries other programs add are looked for
+                            // every health-check interval, less often while none come.
+                            None => {
+                                runtime::sleep(poll).await;
+                                true
+                            }
                         }
                     })
                     .await;
-                    Ok(Fetched::Woken)
+                    Ok(Fetched::Woken(by_poll))
                 }
             })
             .await;
@@ -1281,13 +1297,19 @@ async fn follow<T: Codec>(shared: Arc<Shared<T>>, mut at: Reading) {
             backoff.reset();
         }
         let entries = match fetched {
-            Fetched::Woken => {
+            Fetched::Woken(by_poll) => {
+                polled = by_poll;
                 exact = true;
                 continue;
             }
             Fetched::Exact(batch) => {
                 if audit {
                     audited = std::time::Instant::now();
+                }
+                if !batch.entries.is_empty() {
+                    poll = base_poll;
+                } else if std::mem::take(&mut polled) {
+                    poll = (poll * 2).min(LONGEST_POLL.max(base_poll));
                 }
                 let full = batch.entries.len() >= batch_size;
                 let numbered = batch.after + batch.entries.len() as u64;

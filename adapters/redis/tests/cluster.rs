@@ -136,6 +136,33 @@ async fn topics_on_every_shard_agree_across_processes_on_sharded_channels_and_fe
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_other_programs_add_with_a_plain_xadd_reach_subscribers_on_a_cluster() {
+    let cluster = RedisCluster::start(3, 0);
+    let redis = Redis::connect_with(quick(&cluster.url())).await.unwrap();
+    let store = redis
+        .queue_store::<String>("plain", QueueOptions::default())
+        .await
+        .unwrap();
+    let mut reader = store.subscribe();
+    // Announced: at once. Not announced (redis-cli XADD): at the reader's next look.
+    let position = store.submit("announced".into()).await.unwrap();
+    assert_eq!(
+        next_value(&mut reader).await,
+        ("announced".into(), position)
+    );
+    for n in 0..3 {
+        cluster.cli(&["XADD", "plain", "*", "data", &format!("plain-{n}")]);
+        let (text, at) = next_value(&mut reader).await;
+        assert_eq!(text, format!("plain-{n}"));
+        assert_eq!(at.offset(), position.offset() + 1 + n);
+    }
+    // An announcement by hand (any payload) has it read at once too.
+    cluster.cli(&["XADD", "plain", "*", "data", "told"]);
+    cluster.cli(&["SPUBLISH", "{plain}:added", "?"]);
+    assert_eq!(next_value(&mut reader).await.0, "told");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_latest_key_outside_its_channels_slot_is_refused_on_a_cluster() {
     let cluster = RedisCluster::start(3, 0);
     let redis = Redis::connect_with(quick(&cluster.url())).await.unwrap();
