@@ -276,8 +276,21 @@ pub enum ConnectError {
 /// A Redis server, and the connections the stores made from this handle share.
 ///
 /// One command connection serves every store made from the same handle, and one
-/// subscription connection every latest-value store, whatever their channels; each queue
-/// store adds the one connection its reader blocks on. Connections reconnect on their own.
+/// subscription connection every store, whatever their channels; a few shared readers
+/// ([`Options::stream_readers`]) watch the queue stores' streams. On a Redis Cluster the
+/// command connection and the subscription hold one connection per node (and there are
+/// no stream readers). Connections reconnect on their own; behind Sentinel they go to
+/// the primary the sentinels name at the time.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), storecast_redis::ConnectError> {
+/// use storecast_redis::Redis;
+///
+/// // Any nodes of a Redis Cluster (the others are found), or the sentinels of a primary.
+/// let cluster = Redis::connect("redis+cluster://10.0.0.1:7000,10.0.0.2:7000").await?;
+/// let watched = Redis::connect("redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/orders").await?;
+/// # Ok(()) }
+/// ```
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), storecast_redis::ConnectError> {

@@ -37,7 +37,7 @@ const SUBMITTERS_PER_TOPIC: usize = 4;
 /// How far the publishers may be ahead of what was delivered.
 const IN_FLIGHT: u64 = 50_000;
 
-/// Publishes ARGV[1] to the sharded channel KEYS[1], ARGV[2] times: the publishers cost
+/// Publishes `ARGV[1]` to the sharded channel `KEYS[1]`, `ARGV[2]` times: the publishers cost
 /// this process one command per batch, so that Redis, not the benchmark, does the work
 /// of publishing.
 static PUBLISH_MANY: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
