@@ -18,7 +18,11 @@ use crate::tail::Tails;
 ///
 /// The URL is the `redis` crate's: `redis://[user:password@]host[:port][/db]`,
 /// `rediss://` for TLS (feature `tls`; the system's trust store unless
-/// `root_certificate` says otherwise), `unix:///path`. Connections speak RESP3 (Redis 6
+/// `root_certificate` says otherwise), `unix:///path`; a Redis Cluster is
+/// `redis+cluster://[user:password@]host:port[,host:port...]` (any of its nodes), and a
+/// primary watched by Sentinel `redis+sentinel://[user:password@]host:port[,...]/service[/db]`
+/// (the sentinels, and the name they watch it under; the credentials are the primary's).
+/// TLS is for one server only so far. Connections speak RESP3 (Redis 6
 /// or later), so a connection the server closed is noticed when it closes, not by the
 /// next command; `?protocol=resp2` in the URL keeps the older protocol (and a server
 /// that does not know RESP3 is spoken to in RESP2). An application that builds its own
@@ -107,9 +111,11 @@ impl Options {
         self
     }
 
-    /// How often a subscription pings the server, so that a connection that died silently
-    /// is noticed (and replaced) within about this long; also how long a queue's reader
-    /// blocks in one `XREAD`. At least 10 ms.
+    /// How often a subscription pings the server (on a Cluster, every node), so that a
+    /// connection that died silently is noticed (and replaced) within about this long;
+    /// also how long a queue's reader blocks in one `XREAD`, and on a Cluster how soon a
+    /// caught-up queue looks for entries other programs added with a plain `XADD`. At
+    /// least 10 ms.
     pub fn health_check(mut self, interval: Duration) -> Self {
         self.health_check = interval.max(Duration::from_millis(10));
         self
@@ -432,13 +438,8 @@ impl Redis {
             }
             Deployment::Cluster(nodes) => {
                 let address = "the Redis Cluster".to_owned();
-                let client = redis::cluster::ClusterClientBuilder::new(nodes)
-                    .use_protocol(ProtocolVersion::RESP3)
-                    .connection_timeout(options.connect_timeout)
-                    .response_timeout(options.response_timeout)
-                    .retries(4)
-                    .build()
-                    .map_err(ConnectError::InvalidUrl)?;
+                let client =
+                    cluster_client(nodes.clone(), &options).map_err(ConnectError::InvalidUrl)?;
                 let connected = runtime::timeout(
                     options.connect_timeout,
                     runtime::erased(client.get_async_connection()),
@@ -454,7 +455,7 @@ impl Redis {
                     Some(Err(source)) => return Err(ConnectError::Unreachable { address, source }),
                     Some(Ok(connection)) => connection,
                 };
-                (Endpoint::Cluster, Commands::Cluster(commands))
+                (Endpoint::Cluster(nodes), Commands::Cluster(commands))
             }
         };
         let address = endpoint.address();
@@ -484,7 +485,8 @@ impl Redis {
         })
     }
 
-    /// The server's address (host and port, never the credentials).
+    /// The server's address (host and port, never the credentials); behind Sentinel, the
+    /// primary's when the handle connected.
     pub fn address(&self) -> &str {
         &self.inner.address
     }
@@ -577,7 +579,9 @@ impl Redis {
     pub(crate) fn failed(&self, error: &RedisError) {
         let endpoint = &self.inner.endpoint;
         let replace = match **endpoint {
-            Endpoint::Cluster => false,
+            // The crate follows moved slots and dropped connections, but not a node that
+            // stopped answering (a host gone): a new connection learns the slots anew.
+            Endpoint::Cluster(_) => error.is_timeout(),
             Endpoint::Single(_) => needs_new_connection(error),
             Endpoint::Sentinel { .. } => {
                 needs_new_connection(error)
@@ -592,6 +596,31 @@ impl Redis {
         let redis = self.clone();
         runtime::spawn(async move {
             let inner = &redis.inner;
+            if let Endpoint::Cluster(nodes) = &*inner.endpoint {
+                // From the nodes that answer now: the crate would wait on one that does not.
+                let connected = runtime::timeout(inner.options.connect_timeout * 2, async {
+                    let answering = answering_nodes(nodes, &inner.options).await;
+                    let client = cluster_client(answering, &inner.options)?;
+                    runtime::erased(client.get_async_connection()).await
+                })
+                .await;
+                match connected {
+                    Some(Ok(fresh)) => {
+                        *inner.commands.lock().expect("commands lock") = Commands::Cluster(fresh);
+                        tracing::info!(
+                            "replaced a Redis Cluster connection that stopped answering"
+                        );
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "could not replace the Redis Cluster connection; will try again")
+                    }
+                    None => tracing::warn!(
+                        "could not replace the Redis Cluster connection in time; will try again"
+                    ),
+                }
+                inner.replacing.store(false, Ordering::Release);
+                return;
+            }
             let opened = match inner.endpoint.client(inner.endpoint.is_sentinel()).await {
                 Ok(client) => {
                     open_manager(&client, &inner.options, &inner.address, Duration::ZERO).await
@@ -686,6 +715,16 @@ impl Redis {
         }
     }
 
+    /// Why opening a store failed: Redis away or in a failover (worth trying again), or
+    /// Redis refusing what the store needs.
+    pub(crate) fn open_error(&self, source: RedisError) -> ConnectError {
+        if source.kind() == redis::ErrorKind::Io || is_passing(&source) {
+            self.unreachable(source)
+        } else {
+            self.unsupported(source)
+        }
+    }
+
     pub(crate) fn unreachable(&self, source: RedisError) -> ConnectError {
         ConnectError::Unreachable {
             address: self.inner.address.clone(),
@@ -701,6 +740,50 @@ impl Redis {
     }
 }
 
+/// A client for the Cluster reached through `nodes`. No retries inside the crate: a
+/// command it sent again after a dropped connection could run twice (a queue entry added
+/// twice), and its last error would hide that the first may have run. The stores retry
+/// where that is safe; a redirection still updates the slot map.
+pub(crate) fn cluster_client(
+    nodes: Vec<redis::ConnectionInfo>,
+    options: &Options,
+) -> Result<redis::cluster::ClusterClient, RedisError> {
+    redis::cluster::ClusterClientBuilder::new(nodes)
+        .use_protocol(ProtocolVersion::RESP3)
+        .connection_timeout(options.connect_timeout)
+        .response_timeout(options.response_timeout)
+        .retries(0)
+        .build()
+}
+
+/// Those of `nodes` that answer a `PING` within the response timeout, asked one after
+/// another (all of them if none does, to fail with the crate's own error).
+pub(crate) async fn answering_nodes(
+    nodes: &[redis::ConnectionInfo],
+    options: &Options,
+) -> Vec<redis::ConnectionInfo> {
+    let mut answering = Vec::new();
+    for node in nodes {
+        let probe = async {
+            let client = Client::open(node.clone())?;
+            let mut connection = client.get_multiplexed_async_connection().await?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut connection)
+                .await
+        };
+        if let Some(Ok(_)) =
+            runtime::timeout(options.response_timeout, runtime::erased(probe)).await
+        {
+            answering.push(node.clone());
+        }
+    }
+    if answering.is_empty() {
+        nodes.to_vec()
+    } else {
+        answering
+    }
+}
+
 /// The nodes a Cluster URL names (`None`: not a Cluster).
 fn deployment_nodes(options: &Options) -> Option<Vec<redis::ConnectionInfo>> {
     match &options.target {
@@ -710,6 +793,15 @@ fn deployment_nodes(options: &Options) -> Option<Vec<redis::ConnectionInfo>> {
         },
         Target::Info(_) => None,
     }
+}
+
+/// Whether `error` is a Cluster's passing state: a slot moved or moving, the cluster or a
+/// shard down during a failover, or no connection to a slot's node yet. The command did
+/// not run; it may be sent again.
+pub(crate) fn is_passing(error: &RedisError) -> bool {
+    error.is_cluster_error()
+        || matches!(error.code(), Some("MASTERDOWN" | "READONLY"))
+        || error.kind() == redis::ErrorKind::ClusterConnectionNotFound
 }
 
 /// Whether a connection attempt failed because the server does not speak RESP3.

@@ -177,6 +177,8 @@ impl<T: Codec> RedisStore<T> {
         key: &str,
     ) -> Result<Self, ConnectError> {
         if redis.is_cluster() {
+            // A channel with braces but no hash tag has no name in its slot to sync on.
+            redis.derived(channel, "")?;
             redis.check_same_slot(channel, key).await?;
         }
         let shared = Arc::new_cyclic(|me: &Weak<Shared<T>>| Shared {
@@ -211,7 +213,8 @@ impl<T: Codec> RedisStore<T> {
         let syncs = shared.syncs.load(Ordering::Acquire);
         let mut caught_up = shared.sync_from_key().await;
         while let Err(e) = &caught_up {
-            if !e.is_io_error() && !e.is_timeout() || std::time::Instant::now() >= deadline {
+            let passing = e.is_io_error() || e.is_timeout() || crate::connection::is_passing(e);
+            if !passing || std::time::Instant::now() >= deadline {
                 break;
             }
             backoff.wait().await;
@@ -237,10 +240,7 @@ impl<T: Codec> RedisStore<T> {
         }
         caught_up.map_err(|e| {
             shared.stop();
-            match e.kind() {
-                redis::ErrorKind::Io => redis.unreachable(e),
-                _ => redis.unsupported(e),
-            }
+            redis.open_error(e)
         })?;
         let outgoing = shared.outbox.subscribe();
         runtime::spawn(publish(Arc::clone(&shared), outgoing));

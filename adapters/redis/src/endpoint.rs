@@ -141,7 +141,7 @@ pub(crate) enum Endpoint {
         service: String,
     },
     /// A Redis Cluster (its connection finds the nodes).
-    Cluster,
+    Cluster(Vec<redis::ConnectionInfo>),
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -149,7 +149,7 @@ impl std::fmt::Debug for Endpoint {
         match self {
             Endpoint::Single(_) => f.write_str("Endpoint::Single"),
             Endpoint::Sentinel { service, .. } => write!(f, "Endpoint::Sentinel({service})"),
-            Endpoint::Cluster => f.write_str("Endpoint::Cluster"),
+            Endpoint::Cluster(_) => f.write_str("Endpoint::Cluster"),
         }
     }
 }
@@ -197,7 +197,7 @@ impl Endpoint {
                 *current.lock().expect("primary lock") = found.clone();
                 Ok(found)
             }
-            Endpoint::Cluster => Err(RedisError::from((
+            Endpoint::Cluster(_) => Err(RedisError::from((
                 ErrorKind::InvalidClientConfig,
                 "a Redis Cluster has no single server to connect to",
             ))),
@@ -218,12 +218,12 @@ impl Endpoint {
                     .get_connection_info()
                     .addr()
             ),
-            Endpoint::Cluster => "the Redis Cluster".to_owned(),
+            Endpoint::Cluster(_) => "the Redis Cluster".to_owned(),
         }
     }
 
     pub(crate) fn is_cluster(&self) -> bool {
-        matches!(self, Endpoint::Cluster)
+        matches!(self, Endpoint::Cluster(_))
     }
 
     pub(crate) fn is_sentinel(&self) -> bool {

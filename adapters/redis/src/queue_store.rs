@@ -323,7 +323,8 @@ struct Shared<T> {
     /// The channel new entries are announced on: `<stream>:added` (on a Cluster
     /// `{<stream>}:added`, as every name derived from the stream).
     added: String,
-    /// The key holding the stream's epoch: `<stream>:epoch`.
+    /// The key holding the stream's epoch: `<stream>:epoch` (`{<stream>}:epoch` on a
+    /// Cluster).
     epoch_key: String,
     options: QueueOptions,
     /// This process's subscribers read here; the reading task fills it in stream order.
@@ -375,9 +376,13 @@ fn may_have_run(error: &RedisError) -> bool {
         || (error.is_io_error() && !error.is_connection_refusal())
 }
 
-/// Whether `error` is the connection's (worth another attempt), not the server's refusal.
+/// Whether `error` is the connection's or a Cluster's passing state (worth another
+/// attempt), not the server's refusal.
 fn is_transport(error: &RedisError) -> bool {
-    error.is_timeout() || error.is_io_error() || error.is_connection_dropped()
+    error.is_timeout()
+        || error.is_io_error()
+        || error.is_connection_dropped()
+        || crate::connection::is_passing(error)
 }
 
 fn parse_epoch(text: Option<&str>) -> Option<Epoch> {
@@ -400,10 +405,7 @@ impl<T: Codec> RedisQueueStore<T> {
         let epoch_key = redis.derived(stream, ":epoch")?;
         redis.listen(&added, listener).await?;
         let mut reader = redis.commands();
-        let failed = |e: RedisError| match e.kind() {
-            redis::ErrorKind::Io => redis.unreachable(e),
-            _ => redis.unsupported(e),
-        };
+        let failed = |e: RedisError| redis.open_error(e);
         let state = read::<T>(&mut reader, stream, &epoch_key, None, 0, NO_ENTRY)
             .await
             .map_err(failed)?;

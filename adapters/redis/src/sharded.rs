@@ -65,8 +65,12 @@ struct Inbox {
 pub(crate) struct ShardedSubscription {
     nodes: Vec<redis::ConnectionInfo>,
     options: Options,
-    /// The suffix of this handle's sync channels.
+    /// The suffix of this handle's sync channels for channels without a hash tag
+    /// (`{channel}` + suffix)...
     sync_suffix: String,
+    /// ... and for channels with one (`channel` + suffix): different, so that the
+    /// channels `eu` and `{eu}` never share a sync channel.
+    tagged_sync_suffix: String,
     listeners: Mutex<HashMap<String, Vec<Weak<dyn Listener>>>>,
     /// Channels lost and not yet confirmed again.
     regaining: Mutex<HashMap<String, Regaining>>,
@@ -83,10 +87,12 @@ pub(crate) struct ShardedSubscription {
 
 impl ShardedSubscription {
     pub(crate) fn new(nodes: Vec<redis::ConnectionInfo>, options: &Options) -> Self {
+        let random = storecast::Epoch::random();
         ShardedSubscription {
             nodes,
             options: options.clone(),
-            sync_suffix: format!(":storecast-sync:{}", storecast::Epoch::random()),
+            sync_suffix: format!(":storecast-sync:{random}"),
+            tagged_sync_suffix: format!(":storecast-tsync:{random}"),
             listeners: Mutex::new(HashMap::new()),
             regaining: Mutex::new(HashMap::new()),
             leaving: Mutex::new(Vec::new()),
@@ -99,39 +105,66 @@ impl ShardedSubscription {
         }
     }
 
-    /// The sync channel paired with `channel` (same slot).
+    /// The sync channel paired with `channel` (same slot; a channel with braces but no
+    /// hash tag is refused before it gets here).
     fn sync_channel(&self, channel: &str) -> String {
-        crate::endpoint::same_slot(channel, &self.sync_suffix)
-            .unwrap_or_else(|| format!("{channel}{}", self.sync_suffix))
+        if channel.contains(['{', '}']) {
+            format!("{channel}{}", self.tagged_sync_suffix)
+        } else {
+            format!("{{{channel}}}{}", self.sync_suffix)
+        }
     }
 
     /// The channel a sync channel of this handle is paired with.
     fn synced_channel<'a>(&self, sync: &'a str) -> Option<&'a str> {
-        let base = sync.strip_suffix(self.sync_suffix.as_str())?;
-        // `{channel}` for a channel without a tag of its own.
-        Some(
-            base.strip_prefix('{')
-                .and_then(|b| b.strip_suffix('}'))
-                .filter(|b| !b.contains(['{', '}']))
-                .unwrap_or(base),
-        )
+        if let Some(channel) = sync.strip_suffix(self.tagged_sync_suffix.as_str()) {
+            return Some(channel);
+        }
+        sync.strip_suffix(self.sync_suffix.as_str())?
+            .strip_prefix('{')?
+            .strip_suffix('}')
+    }
+
+    /// Drops the cluster connection and opens another, then has every channel subscribed
+    /// on it (its listeners are told they were lost). Whether the new one opened.
+    async fn reopen(self: &Arc<Self>) -> bool {
+        *self.connection.lock().expect("connection lock") = None;
+        let all: Vec<String> = self
+            .listeners
+            .lock()
+            .expect("listeners lock")
+            .keys()
+            .cloned()
+            .collect();
+        self.lose(all);
+        let _opening = self.opening.lock().await;
+        match self.connect(true).await {
+            Ok(connection) => {
+                *self.connection.lock().expect("connection lock") = Some(connection);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not connect to the Redis Cluster; retrying");
+                false
+            }
+        }
     }
 
     pub(crate) fn is_open(&self) -> bool {
         self.connection.lock().expect("connection lock").is_some()
     }
 
-    /// The cluster connection, opened (and its dispatching task started) on first use.
-    async fn open(self: &Arc<Self>) -> Result<ClusterConnection, RedisError> {
-        if let Some(connection) = self.connection.lock().expect("connection lock").clone() {
-            return Ok(connection);
-        }
-        let _opening = self.opening.lock().await;
-        if let Some(connection) = self.connection.lock().expect("connection lock").clone() {
-            return Ok(connection);
-        }
+    /// A new cluster connection whose pushes go to the inbox.
+    /// With `probe`, only through the nodes that answer now (the crate would wait on one
+    /// that does not).
+    async fn connect(&self, probe: bool) -> Result<ClusterConnection, RedisError> {
         let inbox = Arc::downgrade(&self.inbox);
-        let client = ClusterClientBuilder::new(self.nodes.clone())
+        let nodes = if probe {
+            crate::connection::answering_nodes(&self.nodes, &self.options).await
+        } else {
+            self.nodes.clone()
+        };
+        let client = ClusterClientBuilder::new(nodes)
             .use_protocol(ProtocolVersion::RESP3)
             .connection_timeout(self.options.connect_timeout_value())
             .response_timeout(self.options.response_timeout_value())
@@ -152,6 +185,19 @@ impl ShardedSubscription {
         )
         .await
         .unwrap_or_else(|| Err(RedisError::from((ErrorKind::Io, "connecting timed out"))))?;
+        Ok(connection)
+    }
+
+    /// The cluster connection, opened (and its dispatching task started) on first use.
+    async fn open(self: &Arc<Self>) -> Result<ClusterConnection, RedisError> {
+        if let Some(connection) = self.connection.lock().expect("connection lock").clone() {
+            return Ok(connection);
+        }
+        let _opening = self.opening.lock().await;
+        if let Some(connection) = self.connection.lock().expect("connection lock").clone() {
+            return Ok(connection);
+        }
+        let connection = self.connect(false).await?;
         *self.connection.lock().expect("connection lock") = Some(connection.clone());
         if !self.started.swap(true, Ordering::AcqRel) {
             runtime::spawn(dispatch(Arc::clone(self)));
@@ -238,16 +284,23 @@ impl ShardedSubscription {
             .unwrap_or_default()
     }
 
-    /// Tells `channels`' listeners they were lost, and has them subscribed again.
+    /// Tells the listeners of `channels` (those still listened on) they were lost, and
+    /// has them subscribed again.
     fn lose(&self, channels: Vec<String>) {
+        let channels: Vec<String> = {
+            // Under the listeners' lock: a channel removed meanwhile is not regained.
+            let listeners = self.listeners.lock().expect("listeners lock");
+            let mut regaining = self.regaining.lock().expect("regaining lock");
+            channels
+                .into_iter()
+                .filter(|channel| listeners.contains_key(channel))
+                .inspect(|channel| {
+                    regaining.insert(channel.clone(), Regaining::default());
+                })
+                .collect()
+        };
         if channels.is_empty() {
             return;
-        }
-        {
-            let mut regaining = self.regaining.lock().expect("regaining lock");
-            for channel in &channels {
-                regaining.insert(channel.clone(), Regaining::default());
-            }
         }
         for channel in &channels {
             for listener in self.listeners_of(channel) {
@@ -392,20 +445,40 @@ fn hand_out(subscription: &ShardedSubscription, messages: &mut Vec<(&str, &[u8])
     deliver(heard, |channel| subscription.listeners_of(channel));
 }
 
-/// Subscribes lost channels again (retrying with backoff until Redis confirms), and
-/// unsubscribes channels nobody listens on.
+/// Subscribes lost channels again (retrying with backoff until Redis confirms),
+/// unsubscribes channels nobody listens on, and pings every node each health-check
+/// interval: a node that stopped answering without closing its connection (a host gone,
+/// a partition) is noticed, and the cluster connection is opened anew (the crate does not
+/// reconnect on a timeout).
 async fn maintain(subscription: Arc<ShardedSubscription>) {
     let mut backoff = subscription.options.backoff();
+    let mut next_ping = std::time::Instant::now() + subscription.options.health_check_value();
     loop {
         let listener = subscription.work.listen();
-        let Some(mut connection) = subscription
+        let current = subscription
             .connection
             .lock()
             .expect("connection lock")
-            .clone()
-        else {
-            return;
+            .clone();
+        let Some(mut connection) = current else {
+            // A reconnection failed: again, after a while.
+            if subscription.shutdown.unless(backoff.wait()).await.is_none() {
+                return;
+            }
+            if subscription.reopen().await {
+                backoff.reset();
+            }
+            continue;
         };
+        if std::time::Instant::now() >= next_ping {
+            next_ping = std::time::Instant::now() + subscription.options.health_check_value();
+            if !answers(&subscription, &mut connection).await {
+                tracing::warn!("a Redis Cluster node stopped answering; connecting anew");
+                subscription.reopen().await;
+                continue;
+            }
+        }
+        let mut failed = false;
         let leaving = std::mem::take(&mut *subscription.leaving.lock().expect("leaving lock"));
         for channel in leaving {
             let listened = subscription
@@ -413,13 +486,29 @@ async fn maintain(subscription: Arc<ShardedSubscription>) {
                 .lock()
                 .expect("listeners lock")
                 .contains_key(&channel);
-            if !listened {
-                let pair = [channel.clone(), subscription.sync_channel(&channel)];
-                let _ = runtime::timeout(
-                    subscription.options.response_timeout_value(),
-                    connection.sunsubscribe(&pair),
-                )
-                .await;
+            if listened || failed {
+                if failed {
+                    subscription
+                        .leaving
+                        .lock()
+                        .expect("leaving lock")
+                        .push(channel);
+                }
+                continue;
+            }
+            let pair = [channel.clone(), subscription.sync_channel(&channel)];
+            let left = runtime::timeout(
+                subscription.options.response_timeout_value(),
+                connection.sunsubscribe(&pair),
+            )
+            .await;
+            if !matches!(left, Some(Ok(()))) {
+                failed = true;
+                subscription
+                    .leaving
+                    .lock()
+                    .expect("leaving lock")
+                    .push(channel);
             }
         }
         let asking: Vec<String> = {
@@ -433,14 +522,30 @@ async fn maintain(subscription: Arc<ShardedSubscription>) {
                 })
                 .collect()
         };
-        let mut failed = false;
         for channel in asking {
-            let pair = [channel.clone(), subscription.sync_channel(&channel)];
-            let subscribed = runtime::timeout(
-                subscription.options.response_timeout_value(),
-                connection.ssubscribe(&pair),
-            )
-            .await;
+            let listened = subscription
+                .listeners
+                .lock()
+                .expect("listeners lock")
+                .contains_key(&channel);
+            // After a failure, the rest waits for the next round.
+            let subscribed = if !listened {
+                subscription
+                    .regaining
+                    .lock()
+                    .expect("regaining lock")
+                    .remove(&channel);
+                continue;
+            } else if failed {
+                None
+            } else {
+                let pair = [channel.clone(), subscription.sync_channel(&channel)];
+                runtime::timeout(
+                    subscription.options.response_timeout_value(),
+                    connection.ssubscribe(&pair),
+                )
+                .await
+            };
             if !matches!(subscribed, Some(Ok(()))) {
                 failed = true;
                 if let Some(state) = subscription
@@ -461,8 +566,30 @@ async fn maintain(subscription: Arc<ShardedSubscription>) {
             continue;
         }
         backoff.reset();
-        if subscription.shutdown.unless(listener).await.is_none() {
+        let wait = next_ping.saturating_duration_since(std::time::Instant::now());
+        let woken = futures_lite::future::or(
+            async {
+                listener.await;
+            },
+            runtime::sleep(wait),
+        );
+        if subscription.shutdown.unless(woken).await.is_none() {
             return;
         }
+    }
+}
+
+/// Whether every node answers a `PING` within the response timeout. A node refusing
+/// connections (it died, and said so) is not this check's business: the drop was pushed.
+async fn answers(subscription: &ShardedSubscription, connection: &mut ClusterConnection) -> bool {
+    use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
+    let ping = connection.route_command(
+        redis::cmd("PING"),
+        RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllNodes, None)),
+    );
+    match runtime::timeout(subscription.options.response_timeout_value(), ping).await {
+        None => false,
+        Some(Ok(_)) => true,
+        Some(Err(e)) => !e.is_timeout(),
     }
 }

@@ -278,6 +278,68 @@ async fn a_killed_primary_is_replaced_and_its_topics_resume_with_nothing_lost() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_that_stops_answering_without_closing_is_noticed_and_its_topics_recover() {
+    // SIGSTOP: the connections stay open and nothing answers, as when a host vanishes.
+    let cluster = RedisCluster::start(3, 1);
+    let victim = cluster.primaries()[0];
+    let channel = name_on(&cluster, victim, "silent");
+    let stream = name_on(&cluster, victim, "silent-q");
+    let here = Redis::connect_with(quick(&cluster.url())).await.unwrap();
+    let there = Redis::connect_with(quick(&cluster.url())).await.unwrap();
+    let publisher: RedisStore<String> = here.data_store(&channel).await.unwrap();
+    let watched: RedisStore<String> = there.data_store(&channel).await.unwrap();
+    let producer = here
+        .queue_store::<String>(&stream, QueueOptions::default())
+        .await
+        .unwrap();
+    let consumer = there
+        .queue_store::<String>(&stream, QueueOptions::default())
+        .await
+        .unwrap();
+    let mut watcher = watched.subscribe();
+    let mut reader = consumer.subscribe();
+    publisher.try_submit("old".into()).unwrap();
+    assert_eq!(next_value(&mut watcher).await.0, "old");
+    let first = producer.submit("first".into()).await.unwrap();
+    assert_eq!(next_value(&mut reader).await, ("first".into(), first));
+    cluster.wait_replicated(victim);
+
+    cluster.stop(victim);
+    eventually("the replica to take over", PATIENCE * 2, || {
+        cluster.try_primary_of(&stream).is_some_and(|p| p != victim)
+    })
+    .await;
+
+    let second = submit_eventually(&producer, "second").await;
+    assert_eq!(
+        next_skipping_interruptions(&mut reader).await,
+        ("second".to_string(), second)
+    );
+    let deadline = tokio::time::Instant::now() + PATIENCE * 2;
+    let mut interrupted = false;
+    loop {
+        publisher.try_submit("new".into()).unwrap();
+        match tokio::time::timeout(
+            Duration::from_millis(500),
+            futures_lite::StreamExt::next(&mut watcher),
+        )
+        .await
+        {
+            Ok(Some(Ok(message))) if *message == "new" => break,
+            Ok(Some(Err(RecvError::Interrupted))) => interrupted = true,
+            Ok(None) => panic!("the subscriber ended"),
+            _ => {}
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the latest topic never recovered"
+        );
+    }
+    assert!(interrupted, "the subscriber was told of the interruption");
+    cluster.resume(victim);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failover_to_a_replica_that_was_behind_changes_the_identity_and_tells_subscribers() {
     let mut cluster = RedisCluster::start(3, 1);
     let victim = cluster.primaries()[0];
@@ -304,15 +366,7 @@ async fn a_failover_to_a_replica_that_was_behind_changes_the_identity_and_tells_
     // The replica stops (SIGSTOP) and its link is cut; the primary takes three more
     // entries, then dies: the replica, going on, never had them.
     let replica = cluster.replica_of(victim);
-    let pid = cluster.nodes[replica].pid().expect("running").to_string();
-    let signal = |signal: &str| {
-        let status = std::process::Command::new("kill")
-            .args([signal, &pid])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-    };
-    signal("-STOP");
+    cluster.stop(replica);
     cluster.nodes[victim].cli(&["CLIENT", "KILL", "TYPE", "replica"]);
     for n in 0..3 {
         let text = format!("lost-{n}");
@@ -320,7 +374,7 @@ async fn a_failover_to_a_replica_that_was_behind_changes_the_identity_and_tells_
         assert_eq!(next_value(&mut reader).await, (text, position));
     }
     cluster.nodes[victim].kill();
-    signal("-CONT");
+    cluster.resume(replica);
 
     eventually("the replica to take over", PATIENCE * 2, || {
         cluster.try_primary_of(&stream).is_some_and(|p| p != victim)

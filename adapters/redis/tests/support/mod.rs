@@ -230,6 +230,8 @@ pub async fn eventually(what: &str, limit: Duration, mut condition: impl FnMut()
 /// replicas each. A node is called failed after 1 s without an answer.
 pub struct RedisCluster {
     pub nodes: Vec<RedisServer>,
+    /// Nodes stopped with SIGSTOP (which answer nothing).
+    stopped: std::sync::Mutex<Vec<usize>>,
 }
 
 impl RedisCluster {
@@ -250,7 +252,10 @@ impl RedisCluster {
                 ])
             })
             .collect();
-        let cluster = RedisCluster { nodes };
+        let cluster = RedisCluster {
+            nodes,
+            stopped: std::sync::Mutex::new(Vec::new()),
+        };
         if primaries >= 3 {
             let addresses: Vec<String> = cluster
                 .nodes
@@ -319,7 +324,34 @@ impl RedisCluster {
     }
 
     fn running(&self) -> impl Iterator<Item = &RedisServer> {
-        self.nodes.iter().filter(|n| n.pid().is_some())
+        let stopped = self.stopped.lock().unwrap().clone();
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(move |(i, n)| n.pid().is_some() && !stopped.contains(i))
+            .map(|(_, n)| n)
+    }
+
+    /// Stops the node `node` with SIGSTOP: its connections stay open and it answers
+    /// nothing, as when its host vanishes.
+    pub fn stop(&self, node: usize) {
+        self.signal(node, "-STOP");
+        self.stopped.lock().unwrap().push(node);
+    }
+
+    /// Lets a stopped node go on (SIGCONT).
+    pub fn resume(&self, node: usize) {
+        self.signal(node, "-CONT");
+        self.stopped.lock().unwrap().retain(|&n| n != node);
+    }
+
+    fn signal(&self, node: usize, signal: &str) {
+        let pid = self.nodes[node].pid().expect("a running node").to_string();
+        let status = Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {signal} {pid}");
     }
 
     pub fn url(&self) -> String {
@@ -386,6 +418,7 @@ impl RedisCluster {
             .find(|&n| {
                 n != primary
                     && self.nodes[n].pid().is_some()
+                    && !self.stopped.lock().unwrap().contains(&n)
                     && self.nodes[n].cli(&["ROLE"]).contains(&port)
             })
             .expect("a replica of the primary")
@@ -413,7 +446,11 @@ impl RedisCluster {
         self.nodes
             .iter()
             .enumerate()
-            .filter(|(_, n)| n.pid().is_some() && n.cli(&["ROLE"]).starts_with("master"))
+            .filter(|(i, n)| {
+                n.pid().is_some()
+                    && !self.stopped.lock().unwrap().contains(i)
+                    && n.cli(&["ROLE"]).starts_with("master")
+            })
             .map(|(i, _)| i)
             .collect()
     }
