@@ -21,6 +21,12 @@
 //! costs Redis no commands of its own. Connecting to an unreachable server is a
 //! [`ConnectError`]; losing it later is not fatal: the stores reconnect with backoff.
 //!
+//! The same stores run on a Redis Cluster (`redis+cluster://host:port,...`: sharded
+//! channels, each topic's keys in its slot by hash tags, one command connection and one
+//! subscription per node, no stream readers) and on a primary watched by Sentinel
+//! (`redis+sentinel://host:port,.../service`: the primary looked up again whenever a
+//! connection is opened again). See [`Redis::connect_with`].
+//!
 //! # Features
 //!
 //! | feature | what it adds |

@@ -486,7 +486,8 @@ impl<T: Codec> RedisQueueStore<T> {
     /// about three response timeouts), and a caller can retry safely too: a client that
     /// got no answer publishes again with the same key.
     ///
-    /// The key lives in Redis as `<stream>:key:<key>`; give each message its own (a UUID,
+    /// The key lives in Redis as `<stream>:key:<key>` (`{<stream>}:key:<key>` on a
+    /// Cluster); give each message its own (a UUID,
     /// or a client's request id).
     ///
     /// ```no_run
