@@ -482,3 +482,62 @@ async fn behind_sentinel_the_stores_follow_the_primary_through_a_failover() {
     }
     assert_eq!(setup.replica.cli(&["GET", "prices:latest"]), "new");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_latest_topics_all_recover_after_a_primary_is_killed() {
+    let mut cluster = RedisCluster::start(3, 1);
+    let victim = cluster.primaries()[0];
+    let here = Redis::connect_with(quick(&cluster.url())).await.unwrap();
+    let there = Redis::connect_with(quick(&cluster.url())).await.unwrap();
+    let mut publishers = Vec::new();
+    let mut watched = Vec::new();
+    for n in 0..1000 {
+        let channel = format!("many-{n}");
+        publishers.push(here.data_store::<String>(&channel).await.unwrap());
+        watched.push(there.data_store::<String>(&channel).await.unwrap());
+    }
+    let on_victim = watched
+        .iter()
+        .filter(|store| cluster.primary_of(store.channel()) == victim)
+        .count();
+    assert!(
+        on_victim > 100,
+        "a third of the topics on the victim: {on_victim}"
+    );
+    for publisher in &publishers {
+        publisher.try_submit("before".into()).unwrap();
+    }
+    eventually("every topic to show its value", PATIENCE, || {
+        watched
+            .iter()
+            .all(|s| s.current().is_some_and(|m| *m == "before"))
+    })
+    .await;
+
+    cluster.nodes[victim].kill();
+    eventually("a replica to take over", PATIENCE * 2, || {
+        cluster.primaries().len() == 3
+    })
+    .await;
+    let started = std::time::Instant::now();
+    // Published until every topic shows it: the publishers' own retries cover the failover.
+    eventually("every topic to recover", PATIENCE * 2, || {
+        for publisher in &publishers {
+            if publisher.current().is_none_or(|m| *m != "after") {
+                publisher.try_submit("after".into()).unwrap();
+            }
+        }
+        watched
+            .iter()
+            .all(|s| s.current().is_some_and(|m| *m == "after"))
+    })
+    .await;
+    println!(
+        "1,000 latest topics ({on_victim} on the killed primary) recovered {:?} after the failover",
+        started.elapsed()
+    );
+    assert!(
+        watched.iter().any(|s| s.interruptions() > 0),
+        "subscribers were told of the interruption"
+    );
+}
