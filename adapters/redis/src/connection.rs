@@ -464,11 +464,11 @@ impl Redis {
             return Err(ConnectError::Unreachable { address, source });
         }
         let endpoint = Arc::new(endpoint);
-        let subscription = match &deployment_nodes(&options) {
-            Some(nodes) => {
+        let subscription = match &*endpoint {
+            Endpoint::Cluster(nodes) => {
                 Subscriptions::Sharded(Arc::new(ShardedSubscription::new(nodes.clone(), &options)))
             }
-            None => {
+            _ => {
                 Subscriptions::Single(Arc::new(Subscription::new(Arc::clone(&endpoint), &options)))
             }
         };
@@ -781,17 +781,6 @@ pub(crate) async fn answering_nodes(
         nodes.to_vec()
     } else {
         answering
-    }
-}
-
-/// The nodes a Cluster URL names (`None`: not a Cluster).
-fn deployment_nodes(options: &Options) -> Option<Vec<redis::ConnectionInfo>> {
-    match &options.target {
-        Target::Url(url) => match crate::endpoint::deployment(url) {
-            Ok(Deployment::Cluster(nodes)) => Some(nodes),
-            _ => None,
-        },
-        Target::Info(_) => None,
     }
 }
 

@@ -25,7 +25,7 @@ use redis::{ErrorKind, ProtocolVersion, PushInfo, PushKind, RedisError, Value};
 use crate::Options;
 use crate::runtime;
 use crate::shutdown::Shutdown;
-use crate::subscription::{Heard, Listener, deliver, parse_sync};
+use crate::subscription::{Heard, Listener, Listeners, deliver, parse_sync};
 
 /// Most pushes handed out in one batch.
 const MAX_BATCH: usize = 1024;
@@ -71,7 +71,7 @@ pub(crate) struct ShardedSubscription {
     /// ... and for channels with one (`channel` + suffix): different, so that the
     /// channels `eu` and `{eu}` never share a sync channel.
     tagged_sync_suffix: String,
-    listeners: Mutex<HashMap<String, Vec<Weak<dyn Listener>>>>,
+    listeners: Listeners,
     /// Channels lost and not yet confirmed again.
     regaining: Mutex<HashMap<String, Regaining>>,
     /// Channels nobody listens on any more, to unsubscribe.
@@ -93,7 +93,7 @@ impl ShardedSubscription {
             options: options.clone(),
             sync_suffix: format!(":storecast-sync:{random}"),
             tagged_sync_suffix: format!(":storecast-tsync:{random}"),
-            listeners: Mutex::new(HashMap::new()),
+            listeners: Listeners::default(),
             regaining: Mutex::new(HashMap::new()),
             leaving: Mutex::new(Vec::new()),
             work: Event::new(),
@@ -129,14 +129,7 @@ impl ShardedSubscription {
     /// on it (its listeners are told they were lost). Whether the new one opened.
     async fn reopen(self: &Arc<Self>) -> bool {
         *self.connection.lock().expect("connection lock") = None;
-        let all: Vec<String> = self
-            .listeners
-            .lock()
-            .expect("listeners lock")
-            .keys()
-            .cloned()
-            .collect();
-        self.lose(all);
+        self.lose(self.listeners.channels());
         let _opening = self.opening.lock().await;
         match self.connect(true).await {
             Ok(connection) => {
@@ -214,12 +207,7 @@ impl ShardedSubscription {
         listener: Weak<dyn Listener>,
     ) -> Result<(), RedisError> {
         let mut connection = runtime::erased(self.open()).await?;
-        self.listeners
-            .lock()
-            .expect("listeners lock")
-            .entry(channel.to_owned())
-            .or_default()
-            .push(listener.clone());
+        self.listeners.add(channel, listener.clone());
         let pair = [channel.to_owned(), self.sync_channel(channel)];
         let subscribed = runtime::timeout(
             self.options.response_timeout_value(),
@@ -237,16 +225,9 @@ impl ShardedSubscription {
 
     /// Stops delivering to `listener`; the channel is unsubscribed once nobody listens.
     pub(crate) fn remove(&self, channel: &str, listener: &Weak<dyn Listener>) {
-        let mut listeners = self.listeners.lock().expect("listeners lock");
-        let Some(on_channel) = listeners.get_mut(channel) else {
-            return;
-        };
-        on_channel.retain(|l| !Weak::ptr_eq(l, listener) && l.strong_count() > 0);
-        if !on_channel.is_empty() {
+        if !self.listeners.remove(channel, listener) {
             return;
         }
-        listeners.remove(channel);
-        drop(listeners);
         self.regaining
             .lock()
             .expect("regaining lock")
@@ -275,21 +256,12 @@ impl ShardedSubscription {
             .await
     }
 
-    fn listeners_of(&self, channel: &str) -> Vec<Arc<dyn Listener>> {
-        self.listeners
-            .lock()
-            .expect("listeners lock")
-            .get(channel)
-            .map(|on| on.iter().filter_map(Weak::upgrade).collect())
-            .unwrap_or_default()
-    }
-
     /// Tells the listeners of `channels` (those still listened on) they were lost, and
     /// has them subscribed again.
     fn lose(&self, channels: Vec<String>) {
         let channels: Vec<String> = {
             // Under the listeners' lock: a channel removed meanwhile is not regained.
-            let listeners = self.listeners.lock().expect("listeners lock");
+            let listeners = self.listeners.lock();
             let mut regaining = self.regaining.lock().expect("regaining lock");
             channels
                 .into_iter()
@@ -303,7 +275,7 @@ impl ShardedSubscription {
             return;
         }
         for channel in &channels {
-            for listener in self.listeners_of(channel) {
+            for listener in self.listeners.of(channel) {
                 listener.lost();
             }
         }
@@ -335,7 +307,7 @@ impl ShardedSubscription {
         };
         if back {
             tracing::info!(channel, "subscribed to the sharded channel again");
-            for listener in self.listeners_of(channel) {
+            for listener in self.listeners.of(channel) {
                 listener.resubscribed();
             }
         }
@@ -394,11 +366,7 @@ async fn dispatch(subscription: Arc<ShardedSubscription>) {
                         continue;
                     };
                     let channel = subscription.synced_channel(name).unwrap_or(name);
-                    let listened = subscription
-                        .listeners
-                        .lock()
-                        .expect("listeners lock")
-                        .contains_key(channel);
+                    let listened = subscription.listeners.has(channel);
                     if listened {
                         tracing::warn!(
                             channel,
@@ -412,14 +380,7 @@ async fn dispatch(subscription: Arc<ShardedSubscription>) {
                     // Some node's connection dropped (which one, the crate does not say):
                     // every channel is read again.
                     tracing::warn!("lost a Redis Cluster node's connection; subscribing again");
-                    let all: Vec<String> = subscription
-                        .listeners
-                        .lock()
-                        .expect("listeners lock")
-                        .keys()
-                        .cloned()
-                        .collect();
-                    subscription.lose(all);
+                    subscription.lose(subscription.listeners.channels());
                 }
                 _ => {}
             }
@@ -442,7 +403,7 @@ fn hand_out(subscription: &ShardedSubscription, messages: &mut Vec<(&str, &[u8])
             Some((channel, Heard::Message(payload)))
         }
     });
-    deliver(heard, |channel| subscription.listeners_of(channel));
+    deliver(heard, |channel| subscription.listeners.of(channel));
 }
 
 /// Subscribes lost channels again (retrying with backoff until Redis confirms),
@@ -481,11 +442,7 @@ async fn maintain(subscription: Arc<ShardedSubscription>) {
         let mut failed = false;
         let leaving = std::mem::take(&mut *subscription.leaving.lock().expect("leaving lock"));
         for channel in leaving {
-            let listened = subscription
-                .listeners
-                .lock()
-                .expect("listeners lock")
-                .contains_key(&channel);
+            let listened = subscription.listeners.has(&channel);
             if listened || failed {
                 if failed {
                     subscription
@@ -523,11 +480,7 @@ async fn maintain(subscription: Arc<ShardedSubscription>) {
                 .collect()
         };
         for channel in asking {
-            let listened = subscription
-                .listeners
-                .lock()
-                .expect("listeners lock")
-                .contains_key(&channel);
+            let listened = subscription.listeners.has(&channel);
             // After a failure, the rest waits for the next round.
             let subscribed = if !listened {
                 subscription

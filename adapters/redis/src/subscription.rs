@@ -46,6 +46,67 @@ pub(crate) trait Listener: Send + Sync + 'static {
     fn resubscribed(self: Arc<Self>);
 }
 
+/// Who listens on which channel of a shared subscription (one server's or a Cluster's).
+#[derive(Default)]
+pub(crate) struct Listeners(Mutex<HashMap<String, Vec<Weak<dyn Listener>>>>);
+
+impl Listeners {
+    /// The map itself, for a caller that must decide under the lock.
+    pub(crate) fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Weak<dyn Listener>>>> {
+        self.0.lock().expect("listeners lock")
+    }
+
+    pub(crate) fn add(&self, channel: &str, listener: Weak<dyn Listener>) {
+        self.lock()
+            .entry(channel.to_owned())
+            .or_default()
+            .push(listener);
+    }
+
+    /// Takes `listener` (and any gone) off `channel`; whether nobody listens on it any
+    /// more (it is then forgotten).
+    pub(crate) fn remove(&self, channel: &str, listener: &Weak<dyn Listener>) -> bool {
+        let mut listeners = self.lock();
+        let Some(on_channel) = listeners.get_mut(channel) else {
+            return false;
+        };
+        on_channel.retain(|l| !Weak::ptr_eq(l, listener) && l.strong_count() > 0);
+        if !on_channel.is_empty() {
+            return false;
+        }
+        listeners.remove(channel);
+        true
+    }
+
+    pub(crate) fn has(&self, channel: &str) -> bool {
+        self.lock().contains_key(channel)
+    }
+
+    /// The live listeners of `channel`.
+    pub(crate) fn of(&self, channel: &str) -> Vec<Arc<dyn Listener>> {
+        self.lock()
+            .get(channel)
+            .map(|on_channel| on_channel.iter().filter_map(Weak::upgrade).collect())
+            .unwrap_or_default()
+    }
+
+    /// Every live listener.
+    pub(crate) fn all(&self) -> Vec<Arc<dyn Listener>> {
+        self.lock()
+            .values()
+            .flatten()
+            .filter_map(Weak::upgrade)
+            .collect()
+    }
+
+    /// Every channel listened on.
+    pub(crate) fn channels(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+}
+
 /// Reads a channel's latest-value key (KEYS[1]) and publishes what it holds to the
 /// subscription's own sync channel (ARGV[1]), prefixed with the channel and the caller's
 /// tag (ARGV[2], `LEN:CHANNEL#TAG`): `=` and the value, or `-` for no key. Read and publish are one step for Redis, so the sync
@@ -71,7 +132,7 @@ pub(crate) struct Subscription {
     sync_channel: String,
     options: Options,
     /// Who listens on which channel.
-    listeners: Mutex<HashMap<String, Vec<Weak<dyn Listener>>>>,
+    listeners: Listeners,
     /// For subscribing and pinging; `None` before the first connection and while
     /// reconnecting.
     sink: Mutex<Option<PubSubSink>>,
@@ -93,7 +154,7 @@ impl Subscription {
             endpoint,
             sync_channel: format!("storecast:sync:{}", storecast::Epoch::random()),
             options: options.clone(),
-            listeners: Mutex::new(HashMap::new()),
+            listeners: Listeners::default(),
             sink: Mutex::new(None),
             opening: async_lock::Mutex::new(()),
             started: AtomicBool::new(false),
@@ -111,12 +172,7 @@ impl Subscription {
         listener: Weak<dyn Listener>,
     ) -> Result<(), RedisError> {
         let mut sink = self.open().await?;
-        self.listeners
-            .lock()
-            .expect("listeners lock")
-            .entry(channel.to_owned())
-            .or_default()
-            .push(listener.clone());
+        self.listeners.add(channel, listener.clone());
         let subscribed = runtime::timeout(
             self.options.response_timeout_value(),
             sink.subscribe(channel),
@@ -138,16 +194,9 @@ impl Subscription {
 
     /// Stops delivering to `listener`; the channel is unsubscribed once nobody listens.
     pub(crate) fn remove(&self, channel: &str, listener: &Weak<dyn Listener>) {
-        let mut listeners = self.listeners.lock().expect("listeners lock");
-        let Some(on_channel) = listeners.get_mut(channel) else {
-            return;
-        };
-        on_channel.retain(|l| !Weak::ptr_eq(l, listener) && l.strong_count() > 0);
-        if !on_channel.is_empty() {
+        if !self.listeners.remove(channel, listener) {
             return;
         }
-        listeners.remove(channel);
-        drop(listeners);
         // The dispatching task sends the UNSUBSCRIBE: this may run outside any runtime (a
         // store dropped in synchronous code).
         self.leaving
@@ -233,16 +282,6 @@ impl Subscription {
             .unwrap_or_else(|| Err(RedisError::from((ErrorKind::Io, "connecting timed out"))))
     }
 
-    /// Every live listener.
-    fn all_listeners(&self) -> Vec<Arc<dyn Listener>> {
-        let listeners = self.listeners.lock().expect("listeners lock");
-        listeners
-            .values()
-            .flatten()
-            .filter_map(Weak::upgrade)
-            .collect()
-    }
-
     /// Hands a batch to the listeners of each channel in it, in order.
     fn deliver(&self, batch: &[Msg]) {
         let heard = batch.iter().filter_map(|message| {
@@ -253,13 +292,7 @@ impl Subscription {
             }
             Some((channel, Heard::Message(message.get_payload_bytes())))
         });
-        deliver(heard, |channel| {
-            let listeners = self.listeners.lock().expect("listeners lock");
-            listeners
-                .get(channel)
-                .map(|on_channel| on_channel.iter().filter_map(Weak::upgrade).collect())
-                .unwrap_or_default()
-        });
+        deliver(heard, |channel| self.listeners.of(channel));
     }
 }
 
@@ -350,12 +383,9 @@ async fn dispatch(subscription: Arc<Subscription>, mut stream: PubSubStream) {
                 };
                 for channel in leaving {
                     // Unless somebody listens again already.
-                    let listened = subscription
-                        .listeners
-                        .lock()
-                        .expect("listeners lock")
-                        .contains_key(&channel);
-                    if !listened && sink.unsubscribe(&channel).await.is_err() {
+                    if !subscription.listeners.has(&channel)
+                        && sink.unsubscribe(&channel).await.is_err()
+                    {
                         return;
                     }
                 }
@@ -373,17 +403,11 @@ async fn dispatch(subscription: Arc<Subscription>, mut stream: PubSubStream) {
         }
         *subscription.sink.lock().expect("sink lock") = None;
         tracing::warn!("lost the Redis subscription; reconnecting");
-        for listener in subscription.all_listeners() {
+        for listener in subscription.listeners.all() {
             listener.lost();
         }
         stream = loop {
-            let channels: Vec<String> = subscription
-                .listeners
-                .lock()
-                .expect("listeners lock")
-                .keys()
-                .cloned()
-                .collect();
+            let channels = subscription.listeners.channels();
             match subscription
                 .shutdown
                 .unless(subscription.connect(&channels))
@@ -394,7 +418,7 @@ async fn dispatch(subscription: Arc<Subscription>, mut stream: PubSubStream) {
                     *subscription.sink.lock().expect("sink lock") = Some(sink);
                     backoff.reset();
                     tracing::info!(channels = channels.len(), "resubscribed to Redis");
-                    for listener in subscription.all_listeners() {
+                    for listener in subscription.listeners.all() {
                         listener.resubscribed();
                     }
                     break stream;
