@@ -9,7 +9,7 @@ mod support;
 
 use std::time::Duration;
 
-use reading::{PATIENCE, next, next_value, quick};
+use reading::{PATIENCE, next, next_value, quick, submit_eventually};
 use storecast::{Position, RecvError, ResetReason, Store};
 use storecast_redis::{ConnectError, QueueOptions, Redis, RedisQueueStore, RedisStore};
 use support::{RedisCluster, Sentinels, eventually};
@@ -20,20 +20,6 @@ fn name_on(cluster: &RedisCluster, node: usize, prefix: &str) -> String {
         .map(|n| format!("{prefix}-{n}"))
         .find(|name| cluster.primary_of(name) == node)
         .expect("a name")
-}
-
-/// Submits, retrying while the cluster fails over.
-async fn submit_eventually(store: &RedisQueueStore<String>, text: &str) -> Position {
-    let deadline = tokio::time::Instant::now() + PATIENCE * 2;
-    loop {
-        match store.submit(text.to_owned()).await {
-            Ok(position) => return position,
-            Err(e) => {
-                assert!(tokio::time::Instant::now() < deadline, "{e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
 }
 
 /// The next message, skipping the news that a connection was interrupted (and failing on
@@ -49,6 +35,54 @@ where
             Err(e) => panic!("expected a message, got `{e}`"),
         }
     }
+}
+
+/// Submits `value` to `publisher` until `watcher` shows it (while a failover settles),
+/// failing after twice the patience; whether `watcher` was told of an interruption
+/// meanwhile.
+async fn recovers<S>(publisher: &RedisStore<String>, watcher: &mut S, value: &str) -> bool
+where
+    S: futures_lite::Stream<Item = storecast::Item<String>> + Unpin,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE * 2;
+    let mut interrupted = false;
+    loop {
+        publisher.try_submit(value.into()).unwrap();
+        match tokio::time::timeout(
+            Duration::from_millis(500),
+            futures_lite::StreamExt::next(watcher),
+        )
+        .await
+        {
+            Ok(Some(Ok(message))) if *message == value => return interrupted,
+            Ok(Some(Err(RecvError::Interrupted))) => interrupted = true,
+            Ok(None) => panic!("the subscriber ended"),
+            _ => {}
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the latest topic never recovered"
+        );
+    }
+}
+
+/// The same stream's queue store on two handles (two processes, as far as Redis can tell).
+async fn queue_pair(
+    here: &Redis,
+    there: &Redis,
+    stream: &str,
+) -> (RedisQueueStore<String>, RedisQueueStore<String>) {
+    let open = |redis: &Redis| {
+        let redis = redis.clone();
+        let stream = stream.to_owned();
+        async move {
+            redis
+                .queue_store::<String>(&stream, QueueOptions::default())
+                .await
+                .unwrap()
+        }
+    };
+    (open(here).await, open(there).await)
 }
 
 /// Normal and pub/sub clients connected to node `node` now, but for `redis-cli` itself.
@@ -184,22 +218,8 @@ async fn a_killed_primary_is_replaced_and_its_topics_resume_with_nothing_lost() 
 
     let here = Redis::connect_with(quick(&cluster.url())).await.unwrap();
     let there = Redis::connect_with(quick(&cluster.url())).await.unwrap();
-    let producer = here
-        .queue_store::<String>(&stream, QueueOptions::default())
-        .await
-        .unwrap();
-    let consumer = there
-        .queue_store::<String>(&stream, QueueOptions::default())
-        .await
-        .unwrap();
-    let calm_producer = here
-        .queue_store::<String>(&calm, QueueOptions::default())
-        .await
-        .unwrap();
-    let calm_consumer = there
-        .queue_store::<String>(&calm, QueueOptions::default())
-        .await
-        .unwrap();
+    let (producer, consumer) = queue_pair(&here, &there, &stream).await;
+    let (calm_producer, calm_consumer) = queue_pair(&here, &there, &calm).await;
     let publisher: RedisStore<String> = here.data_store(&channel).await.unwrap();
     let watched: RedisStore<String> = there.data_store(&channel).await.unwrap();
     let mut reader = consumer.subscribe();
@@ -221,7 +241,7 @@ async fn a_killed_primary_is_replaced_and_its_topics_resume_with_nothing_lost() 
 
     cluster.nodes[victim].kill();
     // The other shards go on serving while the failed one is replaced.
-    let calm_position = submit_eventually(&calm_producer, "meanwhile").await;
+    let calm_position = submit_eventually(&calm_producer, "meanwhile", PATIENCE * 2).await;
     assert_eq!(
         next_skipping_interruptions(&mut calm_reader).await,
         ("meanwhile".to_string(), calm_position)
@@ -233,7 +253,10 @@ async fn a_killed_primary_is_replaced_and_its_topics_resume_with_nothing_lost() 
 
     for n in 0..10 {
         let text = format!("after-{n}");
-        expected.push((text.clone(), submit_eventually(&producer, &text).await));
+        expected.push((
+            text.clone(),
+            submit_eventually(&producer, &text, PATIENCE * 2).await,
+        ));
     }
     assert_eq!(
         producer.epoch(),
@@ -250,26 +273,7 @@ async fn a_killed_primary_is_replaced_and_its_topics_resume_with_nothing_lost() 
 
     // The latest-value topic was interrupted (its subscription went with the node) and
     // recovers on the new primary.
-    let deadline = tokio::time::Instant::now() + PATIENCE * 2;
-    let mut interrupted = false;
-    loop {
-        publisher.try_submit("new".into()).unwrap();
-        match tokio::time::timeout(
-            Duration::from_millis(500),
-            futures_lite::StreamExt::next(&mut watcher),
-        )
-        .await
-        {
-            Ok(Some(Ok(message))) if *message == "new" => break,
-            Ok(Some(Err(RecvError::Interrupted))) => interrupted = true,
-            Ok(Some(_)) | Err(_) => {}
-            Ok(None) => panic!("the subscriber ended"),
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the latest topic never recovered"
-        );
-    }
+    let interrupted = recovers(&publisher, &mut watcher, "new").await;
     assert!(interrupted, "the subscriber was told of the interruption");
     eventually("the key on the new primary", PATIENCE, || {
         cluster.cli(&["GET", &format!("{{{channel}}}:latest")]) == "new"
@@ -288,14 +292,7 @@ async fn a_primary_that_stops_answering_without_closing_is_noticed_and_its_topic
     let there = Redis::connect_with(quick(&cluster.url())).await.unwrap();
     let publisher: RedisStore<String> = here.data_store(&channel).await.unwrap();
     let watched: RedisStore<String> = there.data_store(&channel).await.unwrap();
-    let producer = here
-        .queue_store::<String>(&stream, QueueOptions::default())
-        .await
-        .unwrap();
-    let consumer = there
-        .queue_store::<String>(&stream, QueueOptions::default())
-        .await
-        .unwrap();
+    let (producer, consumer) = queue_pair(&here, &there, &stream).await;
     let mut watcher = watched.subscribe();
     let mut reader = consumer.subscribe();
     publisher.try_submit("old".into()).unwrap();
@@ -310,31 +307,12 @@ async fn a_primary_that_stops_answering_without_closing_is_noticed_and_its_topic
     })
     .await;
 
-    let second = submit_eventually(&producer, "second").await;
+    let second = submit_eventually(&producer, "second", PATIENCE * 2).await;
     assert_eq!(
         next_skipping_interruptions(&mut reader).await,
         ("second".to_string(), second)
     );
-    let deadline = tokio::time::Instant::now() + PATIENCE * 2;
-    let mut interrupted = false;
-    loop {
-        publisher.try_submit("new".into()).unwrap();
-        match tokio::time::timeout(
-            Duration::from_millis(500),
-            futures_lite::StreamExt::next(&mut watcher),
-        )
-        .await
-        {
-            Ok(Some(Ok(message))) if *message == "new" => break,
-            Ok(Some(Err(RecvError::Interrupted))) => interrupted = true,
-            Ok(None) => panic!("the subscriber ended"),
-            _ => {}
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the latest topic never recovered"
-        );
-    }
+    let interrupted = recovers(&publisher, &mut watcher, "new").await;
     assert!(interrupted, "the subscriber was told of the interruption");
     cluster.resume(victim);
 }
@@ -346,14 +324,7 @@ async fn a_failover_to_a_replica_that_was_behind_changes_the_identity_and_tells_
     let stream = name_on(&cluster, victim, "behind");
     let here = Redis::connect_with(quick(&cluster.url())).await.unwrap();
     let there = Redis::connect_with(quick(&cluster.url())).await.unwrap();
-    let producer = here
-        .queue_store::<String>(&stream, QueueOptions::default())
-        .await
-        .unwrap();
-    let consumer = there
-        .queue_store::<String>(&stream, QueueOptions::default())
-        .await
-        .unwrap();
+    let (producer, consumer) = queue_pair(&here, &there, &stream).await;
     let mut reader = consumer.subscribe();
     for n in 0..5 {
         let text = format!("kept-{n}");
@@ -380,7 +351,7 @@ async fn a_failover_to_a_replica_that_was_behind_changes_the_identity_and_tells_
         cluster.try_primary_of(&stream).is_some_and(|p| p != victim)
     })
     .await;
-    let position = submit_eventually(&producer, "next").await;
+    let position = submit_eventually(&producer, "next", PATIENCE * 2).await;
     // Both processes moved to a new epoch; the subscriber was told its stream was reset.
     assert_ne!(position.epoch(), old);
     eventually("both processes in the new epoch", PATIENCE, || {
@@ -411,14 +382,7 @@ async fn behind_sentinel_the_stores_follow_the_primary_through_a_failover() {
     let here = Redis::connect_with(quick(&setup.url())).await.unwrap();
     let there = Redis::connect_with(quick(&setup.url())).await.unwrap();
     assert!(here.address().contains(&setup.primary.port().to_string()));
-    let producer = here
-        .queue_store::<String>("orders", QueueOptions::default())
-        .await
-        .unwrap();
-    let consumer = there
-        .queue_store::<String>("orders", QueueOptions::default())
-        .await
-        .unwrap();
+    let (producer, consumer) = queue_pair(&here, &there, "orders").await;
     let publisher: RedisStore<String> = here.data_store("prices").await.unwrap();
     let watched: RedisStore<String> = there.data_store("prices").await.unwrap();
     let mut reader = consumer.subscribe();
@@ -447,7 +411,10 @@ async fn behind_sentinel_the_stores_follow_the_primary_through_a_failover() {
     .await;
     for n in 0..10 {
         let text = format!("after-{n}");
-        expected.push((text.clone(), submit_eventually(&producer, &text).await));
+        expected.push((
+            text.clone(),
+            submit_eventually(&producer, &text, PATIENCE * 2).await,
+        ));
     }
     assert_eq!(
         producer.epoch(),
@@ -462,24 +429,7 @@ async fn behind_sentinel_the_stores_follow_the_primary_through_a_failover() {
     }
     assert_eq!(setup.replica.cli(&["XLEN", "orders"]), "20");
 
-    let deadline = tokio::time::Instant::now() + PATIENCE * 2;
-    loop {
-        publisher.try_submit("new".into()).unwrap();
-        match tokio::time::timeout(
-            Duration::from_millis(500),
-            futures_lite::StreamExt::next(&mut watcher),
-        )
-        .await
-        {
-            Ok(Some(Ok(message))) if *message == "new" => break,
-            Ok(None) => panic!("the subscriber ended"),
-            _ => {}
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the latest topic never recovered"
-        );
-    }
+    recovers(&publisher, &mut watcher, "new").await;
     assert_eq!(setup.replica.cli(&["GET", "prices:latest"]), "new");
 }
 

@@ -8,7 +8,7 @@ mod support;
 
 use std::time::Duration;
 
-use reading::{PATIENCE, next, next_value, quick};
+use reading::{PATIENCE, next, next_value, quick, submit_eventually};
 use storecast::{Epoch, Position, RecvError, ResetReason, Start, Store};
 use storecast_redis::{QueueOptions, Redis, RedisQueueStore};
 use support::{RedisServer, eventually};
@@ -26,20 +26,6 @@ async fn two_processes(server: &RedisServer, stream: &str) -> [RedisQueueStore<S
         );
     }
     stores.try_into().ok().unwrap()
-}
-
-/// Submits, retrying while the store's connection comes back.
-async fn submit_eventually(store: &RedisQueueStore<String>, text: &str) -> Position {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        match store.submit(text.to_owned()).await {
-            Ok(position) => return position,
-            Err(e) => {
-                assert!(tokio::time::Instant::now() < deadline, "{e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
 }
 
 /// Both stores are in one epoch, other than `old`.
@@ -105,7 +91,7 @@ async fn a_crash_that_loses_entries_moves_every_process_to_a_new_epoch_and_tells
 
     server.restart();
     let new = both_move_on(&stores, old).await;
-    let p9 = submit_eventually(a, "m9").await;
+    let p9 = submit_eventually(a, "m9", PATIENCE).await;
     assert_eq!(p9, Position::new(new, 6), "m9 follows what Redis kept");
     for sub in &mut live {
         assert_eq!(

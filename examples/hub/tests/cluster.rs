@@ -24,25 +24,6 @@ fn topic_on(cluster: &RedisCluster, node: usize, prefix: &str) -> String {
         .expect("a name")
 }
 
-/// Publishes until the hub takes it (while Redis fails over a publish gets 503); returns
-/// the id.
-async fn publish_eventually(hub: &Hub, topic: &str, body: &str) -> String {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
-    loop {
-        let (status, text) = hub.publish(topic, body.to_owned()).await;
-        if status == 200 {
-            let json: serde_json::Value = serde_json::from_str(&text).unwrap();
-            return json["id"].as_str().unwrap().to_owned();
-        }
-        assert_eq!(status, 503, "{text}");
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "publishing never recovered: {text}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// The next message event, passing over `interrupted` notices and failing on any other
 /// notice (a reset, a gap).
 async fn next_message(events: &mut Events) -> (String, String) {
@@ -98,13 +79,17 @@ async fn two_hubs_on_a_cluster_share_topics_on_every_shard_and_ride_out_a_failov
     cluster.nodes[victim].kill();
 
     // Other shards go on meanwhile.
-    let id = publish_eventually(&a, &calm, "meanwhile").await;
+    let id = a
+        .publish_eventually(&calm, "meanwhile", Duration::from_secs(40))
+        .await;
     assert_eq!(
         next_message(&mut calm_events).await,
         ("meanwhile".into(), id)
     );
 
-    let id = publish_eventually(&a, &queue, "third").await;
+    let id = a
+        .publish_eventually(&queue, "third", Duration::from_secs(40))
+        .await;
     assert_eq!(
         next_message(&mut queue_events).await,
         ("third".into(), id),
@@ -116,7 +101,8 @@ async fn two_hubs_on_a_cluster_share_topics_on_every_shard_and_ride_out_a_failov
         .await
         .expect("an event");
     assert_eq!(told.event, "interrupted");
-    publish_eventually(&a, &latest, "1.09").await;
+    a.publish_eventually(&latest, "1.09", Duration::from_secs(40))
+        .await;
     loop {
         let (data, _) = next_message(&mut latest_events).await;
         if data == "1.09" {
@@ -157,7 +143,9 @@ async fn a_hub_behind_sentinel_keeps_serving_after_the_primary_fails_over() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    let second = publish_eventually(&hub, "jobs", "job 2").await;
+    let second = hub
+        .publish_eventually("jobs", "job 2", Duration::from_secs(40))
+        .await;
     assert_eq!(
         next_message(&mut queue).await,
         ("job 2".into(), second),
@@ -168,7 +156,8 @@ async fn a_hub_behind_sentinel_keeps_serving_after_the_primary_fails_over() {
         .await
         .expect("an event");
     assert_eq!(told.event, "interrupted");
-    publish_eventually(&hub, "prices.usd", "1.01").await;
+    hub.publish_eventually("prices.usd", "1.01", Duration::from_secs(40))
+        .await;
     loop {
         if next_message(&mut latest).await.0 == "1.01" {
             break;

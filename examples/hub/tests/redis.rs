@@ -103,44 +103,14 @@ async fn a_queue_topic_loses_nothing_across_a_redis_restart_and_latest_topics_sa
     server.restart();
 
     // While the hub reconnects a publish may be refused with 503 (and nothing is lost).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let (status, text) = hub.publish("jobs", "job 2").await;
-        if status == 200 {
-            break;
-        }
-        assert_eq!(status, 503, "{text}");
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "publishing never recovered: {text}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    hub.publish_eventually("jobs", "job 2", Duration::from_secs(20))
+        .await;
     assert_eq!(queue.next().await.data, "job 2");
     let told = latest
         .try_next(Duration::from_secs(20))
         .await
         .expect("an event");
     assert_eq!(told.event, "interrupted");
-}
-
-/// Publishes until the hub takes it (while it reconnects to Redis a publish gets 503);
-/// returns the id.
-async fn publish_eventually(hub: &Hub, topic: &str, body: &str) -> String {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let (status, text) = hub.publish(topic, body.to_owned()).await;
-        if status == 200 {
-            let json: serde_json::Value = serde_json::from_str(&text).unwrap();
-            return json["id"].as_str().unwrap().to_owned();
-        }
-        assert_eq!(status, 503, "{text}");
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "publishing never recovered: {text}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test]
@@ -165,7 +135,9 @@ async fn when_redis_loses_entries_every_hub_says_reset_and_old_ids_are_told() {
     }
 
     server.restart();
-    let after = publish_eventually(&a, "ledger", "after").await;
+    let after = a
+        .publish_eventually("ledger", "after", Duration::from_secs(20))
+        .await;
     let (offset, epoch) = after.split_once('-').unwrap();
     assert_eq!(offset, "4", "numbered after what Redis kept");
     assert!(!ids[0].ends_with(&format!("-{epoch}")), "a new epoch");

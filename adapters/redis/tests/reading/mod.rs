@@ -38,3 +38,22 @@ where
         Err(e) => panic!("expected a message, got `{e}`"),
     }
 }
+
+/// Submits, retrying (every 50 ms) while the store's connection comes back or Redis fails
+/// over; fails after `patience` with the last error.
+pub async fn submit_eventually(
+    store: &storecast_redis::RedisQueueStore<String>,
+    text: &str,
+    patience: Duration,
+) -> storecast::Position {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        match store.submit(text.to_owned()).await {
+            Ok(position) => return position,
+            Err(e) => {
+                assert!(tokio::time::Instant::now() < deadline, "{e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

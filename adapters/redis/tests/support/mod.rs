@@ -19,6 +19,8 @@ pub struct RedisServer {
     password: Option<String>,
     /// More arguments for `redis-server` (a cluster node's, a replica's).
     extra: Vec<String>,
+    /// A configuration file given first (a sentinel's).
+    config: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -74,6 +76,7 @@ impl RedisServer {
             persistent,
             password,
             extra: Vec::new(),
+            config: None,
             child: None,
         }
     }
@@ -83,48 +86,30 @@ impl RedisServer {
         &self.dir
     }
 
-    /// Starts `redis-server` with its first extra argument as the configuration file.
-    fn launch_first_arg_config(&mut self) {
-        let (config, rest) = self.extra.split_first().expect("a configuration file");
-        let child = Command::new("redis-server")
-            .arg(config)
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .args(rest)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{INSTALL} ({e})"));
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.answers_ping() {
-            assert!(Instant::now() < deadline, "redis-sentinel did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
     fn launch(&mut self) {
-        if self.extra.iter().any(|a| a == "--sentinel") {
-            return self.launch_first_arg_config();
-        }
-        let child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        // A configuration file (a sentinel's, which it rewrites) comes first.
+        command
+            .args(&self.config)
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .arg("--dir")
-            .arg(&self.dir)
-            .args(["--save", ""])
-            .args(if self.persistent {
-                ["--appendonly", "yes", "--appendfsync", "always"]
-            } else {
-                ["--appendonly", "no", "--appendfsync", "no"]
-            })
-            .args(
-                self.password
-                    .iter()
-                    .flat_map(|password| ["--requirepass", password.as_str()]),
-            )
+            .arg(&self.dir);
+        if self.config.is_none() {
+            command
+                .args(["--save", ""])
+                .args(if self.persistent {
+                    ["--appendonly", "yes", "--appendfsync", "always"]
+                } else {
+                    ["--appendonly", "no", "--appendfsync", "no"]
+                })
+                .args(
+                    self.password
+                        .iter()
+                        .flat_map(|password| ["--requirepass", password.as_str()]),
+                );
+        }
+        let child = command
             .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -490,8 +475,9 @@ impl Sentinels {
                 )
                 .expect("sentinel.conf");
                 // `redis-server <config> --sentinel` is `redis-sentinel <config>`.
-                sentinel.extra = vec![config.display().to_string(), "--sentinel".into()];
-                sentinel.launch_first_arg_config();
+                sentinel.config = Some(config);
+                sentinel.extra = vec!["--sentinel".into()];
+                sentinel.launch();
                 sentinel
             })
             .collect();

@@ -56,6 +56,25 @@ impl Hub {
         (response.status().as_u16(), response.text().await.unwrap())
     }
 
+    /// Publishes until the hub takes it (while it reconnects to Redis, or Redis fails
+    /// over, a publish gets 503), failing after `patience`; returns the id.
+    pub async fn publish_eventually(&self, topic: &str, body: &str, patience: Duration) -> String {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let (status, text) = self.publish(topic, body.to_owned()).await;
+            if status == 200 {
+                let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+                return json["id"].as_str().unwrap().to_owned();
+            }
+            assert_eq!(status, 503, "{text}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "publishing never recovered: {text}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Publishes and expects success; returns the message id.
     pub async fn published(&self, topic: &str, body: &str) -> String {
         let (status, text) = self.publish(topic, body.to_owned()).await;
