@@ -36,9 +36,12 @@ return redis.call('PUBLISH', ARGV[1], ARGV[2])
 /// A subscriber first gets the current value, then newer ones; like
 /// [`storecast::DataStore`] it may skip values, never sees a position twice and always
 /// ends up with the last. (When two processes publish at once, a value can be shown again
-/// at a newer position, so that every process ends on the value Redis ordered last.) [`submit`](RedisStore::submit) never waits: the value reaches this
-/// process's subscribers at once and is published (with `SET` of the latest-value key and
-/// `PUBLISH`, as one script) in the background.
+/// at a newer position, so that every process ends on the value Redis ordered last.)
+///
+/// A value submitted here reaches this process's subscribers at once and is published
+/// (with `SET` of the latest-value key and `PUBLISH`, as one script) by a background task.
+/// [`try_submit`](RedisStore::try_submit) never waits for it;
+/// [`submit`](RedisStore::submit) waits for Redis's answer and says if it did not come.
 ///
 /// # One subscription per process
 ///
@@ -133,6 +136,11 @@ struct Shared<T> {
     synced: event_listener::Event,
     /// The newest of this process's values that Redis has taken (its publish answered).
     published_own: AtomicU64,
+    /// The newest of this process's values whose publish failed (it is tried again): while
+    /// it is newer than `published_own`, Redis cannot be reached and `submit` says so.
+    failed_own: AtomicU64,
+    /// Notified after every publish, answered or failed.
+    attempted: event_listener::Event,
     /// Syncs sent and not heard yet: each one's tag, and `published_own` when it was sent
     /// (on the command connection, after those publishes: its read comes after them).
     sync_marks: Mutex<VecDeque<(u64, u64)>>,
@@ -201,6 +209,8 @@ impl<T: Codec> RedisStore<T> {
             syncs: AtomicU64::new(0),
             synced: event_listener::Event::new(),
             published_own: AtomicU64::new(0),
+            failed_own: AtomicU64::new(0),
+            attempted: event_listener::Event::new(),
             sync_marks: Mutex::new(VecDeque::new()),
             sync_tag: AtomicU64::new(0),
         });
@@ -249,38 +259,93 @@ impl<T: Codec> RedisStore<T> {
         })
     }
 
-    /// Makes `value` the current value here at once and publishes it in the background:
-    /// [`try_submit`](RedisStore::try_submit) as a future that is ready at once (the
-    /// signature of [`Store::submit`]).
+    /// Makes `value` the current value here at once, then waits until Redis has taken it
+    /// (or a newer value submitted here, which supersedes it).
+    ///
+    /// - [`SubmitError::Unavailable`]: Redis cannot be reached now (the publish of an
+    ///   earlier value failed and is being tried again). Nothing was done with `value`.
+    /// - [`SubmitError::OutcomeUnknown`]: Redis did not answer in time (twice the
+    ///   response timeout), or the publish failed. The value is current here and the
+    ///   store goes on trying to publish it (unless a newer one supersedes it), so it may
+    ///   reach Redis later. The value handed back is read back from its encoding.
+    /// - [`SubmitError::Closed`]: the store is closed.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use storecast::SubmitError;
+    /// use storecast_redis::RedisStore;
+    ///
+    /// let store: RedisStore<String> = RedisStore::connect("redis://127.0.0.1:6379").await?;
+    /// match store.submit("21.5".to_string()).await {
+    ///     Ok(position) => println!("Redis has it, at {position}"),
+    ///     Err(SubmitError::OutcomeUnknown(_)) => println!("Redis did not answer; it may have it"),
+    ///     Err(e) => println!("not submitted: {e}"),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn submit(&self, value: T) -> Result<Position, SubmitError<T>> {
-        self.try_submit(value)
-            .map_err(|e| SubmitError::Closed(e.into_inner()))
+        let shared = &*self.handle.shared;
+        if shared.failing() && !shared.shutdown.is_triggered() {
+            return Err(SubmitError::Unavailable(value));
+        }
+        let value = Arc::new(value);
+        let Some(position) = self.submit_arc(&value) else {
+            let value = Arc::try_unwrap(value)
+                .ok()
+                .expect("a refused value was never shared");
+            return Err(SubmitError::Closed(value));
+        };
+        let patience = shared.redis.options().response_timeout_value() * 2;
+        let taken = runtime::timeout(patience, async {
+            loop {
+                let listener = shared.attempted.listen();
+                if let Some(taken) = shared.outcome(position) {
+                    return taken;
+                }
+                if shared.shutdown.unless(listener).await.is_none() {
+                    return shared.outcome(position).unwrap_or(false);
+                }
+            }
+        })
+        .await;
+        if taken == Some(true) {
+            return Ok(position);
+        }
+        let value = Arc::try_unwrap(value)
+            .or_else(|shared_value| T::decode(&shared_value.encode()).map_err(|_| shared_value));
+        match value {
+            Ok(value) => Err(SubmitError::OutcomeUnknown(value)),
+            Err(_) => panic!("the value's codec cannot decode its own encoding"),
+        }
     }
 
     /// Makes `value` the current value here at once and publishes it in the background.
     /// Never waits; fails only on a closed store ([`TrySubmitError::Closed`]).
     pub fn try_submit(&self, value: T) -> Result<Position, TrySubmitError<T>> {
-        let shared = &*self.handle.shared;
         let value = Arc::new(value);
-        let _submitting = shared.submitting.lock().expect("submit lock");
-        let position = match shared.local.try_submit_arc(Arc::clone(&value)) {
-            Ok(position) => position,
-            Err(refused) => {
-                drop(refused);
-                let value = Arc::try_unwrap(value)
+        self.submit_arc(&value).ok_or_else(|| {
+            TrySubmitError::Closed(
+                Arc::try_unwrap(value)
                     .ok()
-                    .expect("a refused value was never shared");
-                return Err(TrySubmitError::Closed(value));
-            }
-        };
+                    .expect("a refused value was never shared"),
+            )
+        })
+    }
+
+    /// Submits here and hands the value to the publishing task; `None` if the store is
+    /// closed.
+    fn submit_arc(&self, value: &Arc<T>) -> Option<Position> {
+        let shared = &*self.handle.shared;
+        let _submitting = shared.submitting.lock().expect("submit lock");
+        let position = shared.local.try_submit_arc(Arc::clone(value)).ok()?;
         shared.last_own.store(position.offset(), Ordering::Release);
         // Fails only if the store closed meanwhile; the value was delivered here anyway.
         let _ = shared.outbox.try_submit(Outgoing {
             position,
-            value,
+            value: Arc::clone(value),
             bytes: Vec::new(),
         });
-        Ok(position)
+        Some(position)
     }
 }
 
@@ -573,6 +638,23 @@ impl<T: Codec> Shared<T> {
         self.in_flight_len.store(in_flight.len(), Ordering::Release);
     }
 
+    /// Whether the last publish from here failed and none has been answered since.
+    fn failing(&self) -> bool {
+        self.failed_own.load(Ordering::Acquire) > self.published_own.load(Ordering::Acquire)
+    }
+
+    /// What became of the value submitted here at `position`: taken by Redis (with it or a
+    /// newer value from here), its publish failed, or not known yet.
+    fn outcome(&self, position: Position) -> Option<bool> {
+        if self.published_own.load(Ordering::Acquire) >= position.offset() {
+            Some(true)
+        } else if self.failed_own.load(Ordering::Acquire) >= position.offset() {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
     fn forget_echo(&self, position: Position) {
         let mut in_flight = self.in_flight.lock().expect("in-flight lock");
         in_flight.retain(|out| out.position != position);
@@ -715,10 +797,15 @@ async fn publish<T: Codec>(shared: Arc<Shared<T>>, mut outgoing: DataSubscriber<
                 shared
                     .published_own
                     .fetch_max(out.position.offset(), Ordering::AcqRel);
+                shared.attempted.notify(usize::MAX);
                 backoff.reset();
             }
             Err(e) => {
                 shared.forget_echo(out.position);
+                shared
+                    .failed_own
+                    .fetch_max(out.position.offset(), Ordering::AcqRel);
+                shared.attempted.notify(usize::MAX);
                 if shared.shutdown.is_triggered() {
                     return;
                 }

@@ -752,6 +752,66 @@ async fn a_submit_redis_answers_too_late_for_is_outcome_unknown_and_a_keyed_one_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_latest_submit_says_what_redis_did_with_the_value() {
+    let mut server = RedisServer::start();
+    // Answers within 1 s, or the outcome is unknown.
+    let redis = Redis::connect_with(quick(&server.url())).await.unwrap();
+    let store = redis.data_store::<String>("said").await.unwrap();
+    // A submit returns once Redis has the value.
+    for n in 0..50 {
+        store.submit(format!("v{n}")).await.unwrap();
+        assert_eq!(server.cli(&["GET", "said:latest"]), format!("v{n}"));
+    }
+
+    // Redis busy for 3 s: no answer in time, so the outcome is unknown; the value stays
+    // current here and is published once Redis answers.
+    let url = server.url();
+    let busy = std::thread::spawn(move || {
+        let mut connection = redis::Client::open(url).unwrap().get_connection().unwrap();
+        let _: () = redis::cmd("EVAL")
+            .arg(
+                "local s = tonumber(redis.call('TIME')[1]) \
+                 while tonumber(redis.call('TIME')[1]) - s < 3 do end",
+            )
+            .arg(0)
+            .query(&mut connection)
+            .unwrap();
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let late = store.submit("late".to_owned()).await;
+    assert!(
+        matches!(&late, Err(SubmitError::OutcomeUnknown(value)) if value == "late"),
+        "{late:?}"
+    );
+    busy.join().unwrap();
+    eventually("the late value to reach Redis", PATIENCE, || {
+        server.cli(&["GET", "said:latest"]) == "late"
+    })
+    .await;
+    store.submit("answered".to_owned()).await.unwrap();
+
+    // Redis gone: the first publish fails (outcome unknown: it is tried again), and from
+    // then on a submit is refused at once, leaving the current value as it was.
+    server.kill();
+    let lost = store.submit("lost".to_owned()).await;
+    assert!(matches!(lost, Err(SubmitError::OutcomeUnknown(_))), "{lost:?}");
+    let refused = store.submit("refused".to_owned()).await;
+    assert!(
+        matches!(&refused, Err(SubmitError::Unavailable(value)) if value == "refused"),
+        "{refused:?}"
+    );
+    assert_eq!(*store.current().unwrap(), "lost");
+    server.restart();
+    // The failed value is published when Redis is back; submits are taken again.
+    eventually("the store to publish again", PATIENCE, || {
+        server.cli(&["GET", "said:latest"]) == "lost"
+    })
+    .await;
+    store.submit("back".to_owned()).await.unwrap();
+    assert_eq!(server.cli(&["GET", "said:latest"]), "back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_latest_store_opened_while_redis_comes_back_waits_for_it() {
     let mut server = RedisServer::start();
     let redis = Redis::connect_with(quick(&server.url())).await.unwrap();
