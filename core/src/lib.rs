@@ -113,7 +113,7 @@ pub use boxed::{BoxStore, BoxSubscriber};
 #[cfg(feature = "alloc")]
 pub use data_store::{DataStore, DataSubscriber};
 #[cfg(feature = "alloc")]
-pub use queue_store::{QueueStore, QueueSubscriber};
+pub use queue_store::{Batch, QueueStore, QueueSubscriber};
 #[cfg(feature = "alloc")]
 pub use store::{Item, Message, Store, Subscriber};
 

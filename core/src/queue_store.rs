@@ -263,14 +263,7 @@ impl<T> QueueStore<T> {
     pub fn try_submit(&self, value: T) -> Result<Position, TrySubmitError<T>> {
         self.shared
             .try_publish(Arc::new(value))
-            .map_err(|e| match e {
-                TrySubmitError::Full(v) => TrySubmitError::Full(unwrap_unshared(v)),
-                TrySubmitError::Closed(v) => TrySubmitError::Closed(unwrap_unshared(v)),
-                TrySubmitError::WouldBlock(v) => TrySubmitError::WouldBlock(unwrap_unshared(v)),
-                TrySubmitError::OutcomeUnknown(v) => {
-                    TrySubmitError::OutcomeUnknown(unwrap_unshared(v))
-                }
-            })
+            .map_err(unwrap_refused)
     }
 
     /// Submits an already shared value if there is room now; see
@@ -316,6 +309,29 @@ impl<T> QueueStore<T> {
     #[cfg(feature = "std")]
     pub fn submit_blocking(&self, value: T) -> Result<Position, SubmitError<T>> {
         crate::recv::block_on(self.submit(value))
+    }
+
+    /// Submits through the returned [`Batch`] to wake waiting subscribers once for many
+    /// messages: a producer that has several at hand (a batch read from the network)
+    /// spares its subscribers a wake-up for each.
+    ///
+    /// ```
+    /// use storecast::QueueStore;
+    ///
+    /// let store = QueueStore::new(8);
+    /// let mut subscriber = store.subscribe();
+    /// let mut batch = store.batch();
+    /// for n in 0..3 {
+    ///     batch.try_submit(n).unwrap();
+    /// }
+    /// batch.flush(); // or drop it
+    /// assert_eq!(*subscriber.try_recv().unwrap(), 0);
+    /// ```
+    pub fn batch(&self) -> Batch<'_, T> {
+        Batch {
+            store: self,
+            parked: false,
+        }
     }
 
     /// Whether a message could be submitted now without waiting: always under
@@ -434,6 +450,19 @@ impl<T> Shared<T> {
     }
 
     fn try_publish(&self, value: Arc<T>) -> Result<Position, TrySubmitError<Arc<T>>> {
+        let (position, parked) = self.try_publish_quietly(value)?;
+        if parked {
+            self.wakers.wake_all();
+        }
+        Ok(position)
+    }
+
+    /// [`try_publish`](Shared::try_publish) without waking parked subscribers: says
+    /// whether any was, and the caller must then wake them.
+    fn try_publish_quietly(
+        &self,
+        value: Arc<T>,
+    ) -> Result<(Position, bool), TrySubmitError<Arc<T>>> {
         let mut guard = self.state.lock();
         let state = &mut *guard;
         if state.closed {
@@ -459,10 +488,56 @@ impl<T> Shared<T> {
         drop(guard);
         // The overwritten value's destructor runs outside the locks.
         drop(replaced);
-        if parked {
-            self.wakers.wake_all();
+        Ok((Position::new(self.epoch, position), parked))
+    }
+}
+
+/// Submits several messages to a [`QueueStore`] and wakes waiting subscribers once for
+/// all of them, when it is [flushed](Batch::flush) or dropped, rather than once for each
+/// (see [`QueueStore::batch`]).
+#[derive(Debug)]
+pub struct Batch<'a, T> {
+    store: &'a QueueStore<T>,
+    /// Whether a subscriber waits for a message already submitted.
+    parked: bool,
+}
+
+impl<T> Batch<'_, T> {
+    /// [`QueueStore::try_submit_arc`], without waking anyone yet.
+    pub fn try_submit_arc(&mut self, value: Arc<T>) -> Result<Position, TrySubmitError<Arc<T>>> {
+        let (position, parked) = self.store.shared.try_publish_quietly(value)?;
+        self.parked |= parked;
+        Ok(position)
+    }
+
+    /// [`QueueStore::try_submit`], without waking anyone yet.
+    pub fn try_submit(&mut self, value: T) -> Result<Position, TrySubmitError<T>> {
+        self.try_submit_arc(Arc::new(value)).map_err(unwrap_refused)
+    }
+
+    /// Wakes the subscribers waiting for what was submitted so far. Call it before
+    /// waiting for anything (room in a lossless queue, above all: the subscribers who would
+    /// make it may be the ones waiting).
+    pub fn flush(&mut self) {
+        if core::mem::take(&mut self.parked) {
+            self.store.shared.wakers.wake_all();
         }
-        Ok(Position::new(self.epoch, position))
+    }
+}
+
+impl<T> Drop for Batch<'_, T> {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// A refusal of a value that was never shared, with the value recovered.
+fn unwrap_refused<T>(refused: TrySubmitError<Arc<T>>) -> TrySubmitError<T> {
+    match refused {
+        TrySubmitError::Full(v) => TrySubmitError::Full(unwrap_unshared(v)),
+        TrySubmitError::Closed(v) => TrySubmitError::Closed(unwrap_unshared(v)),
+        TrySubmitError::WouldBlock(v) => TrySubmitError::WouldBlock(unwrap_unshared(v)),
+        TrySubmitError::OutcomeUnknown(v) => TrySubmitError::OutcomeUnknown(unwrap_unshared(v)),
     }
 }
 

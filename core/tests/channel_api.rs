@@ -328,3 +328,59 @@ fn box_store_holds_different_stores_in_one_map() {
         assert_eq!(*subscriber.try_recv().unwrap(), format!("to {i}"));
     }
 }
+
+/// Counts its wake-ups.
+struct Counting(std::sync::atomic::AtomicUsize);
+
+impl std::task::Wake for Counting {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_batch_wakes_a_waiting_subscriber_once_when_flushed_or_dropped() {
+    use std::sync::atomic::Ordering::SeqCst;
+    use std::task::{Context, Poll, Waker};
+
+    let store = QueueStore::new(8);
+    let mut subscriber = store.subscribe();
+    let counting = Arc::new(Counting(0.into()));
+    let waker = Waker::from(Arc::clone(&counting));
+    let mut cx = Context::from_waker(&waker);
+    assert!(subscriber.poll_next_unpin(&mut cx).is_pending());
+
+    let mut batch = store.batch();
+    for n in 0..3 {
+        batch.try_submit(n).unwrap();
+    }
+    assert_eq!(
+        counting.0.load(SeqCst),
+        0,
+        "woken before the batch was flushed"
+    );
+    batch.flush();
+    assert_eq!(counting.0.load(SeqCst), 1);
+    for n in 0..3 {
+        assert_eq!(
+            subscriber
+                .poll_next_unpin(&mut cx)
+                .map(|m| *m.unwrap().unwrap()),
+            Poll::Ready(n)
+        );
+    }
+    assert!(subscriber.poll_next_unpin(&mut cx).is_pending());
+
+    // Dropped without a flush: still woken.
+    batch.try_submit(3).unwrap();
+    drop(batch);
+    assert_eq!(counting.0.load(SeqCst), 2);
+    assert_eq!(*subscriber.try_recv().unwrap(), 3);
+
+    // A full lossless queue hands the value back, as try_submit does.
+    let lossless = QueueStore::with_overflow(1, Overflow::Wait);
+    let _reader = lossless.subscribe();
+    let mut batch = lossless.batch();
+    batch.try_submit(0).unwrap();
+    assert_eq!(batch.try_submit(1).unwrap_err().into_inner(), 1);
+}

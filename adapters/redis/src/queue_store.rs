@@ -1357,6 +1357,9 @@ async fn follow<T: Codec>(shared: Arc<Shared<T>>, mut at: Reading) {
                 entries
             }
         };
+        // Subscribers are woken once for the whole batch (or before the task waits for
+        // room), not once for each entry.
+        let mut batch = shared.ring.batch();
         for (id, value) in entries {
             at.cursor += 1;
             at.anchor = Some(id.clone());
@@ -1366,8 +1369,15 @@ async fn follow<T: Codec>(shared: Arc<Shared<T>>, mut at: Reading) {
                 let position = Position::new(at.epoch, ordinal);
                 let entry = Entry::Message(Message::new(position, value));
                 shared.taking.store(ordinal, Ordering::SeqCst);
-                if shared.ring.submit(entry).await.is_err() {
-                    return;
+                match batch.try_submit(entry) {
+                    Ok(_) => {}
+                    Err(TrySubmitError::Full(entry)) => {
+                        batch.flush();
+                        if shared.ring.submit(entry).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => return,
                 }
             } else {
                 shared.undecodable.fetch_add(1, Ordering::Relaxed);

@@ -794,7 +794,10 @@ async fn a_latest_submit_says_what_redis_did_with_the_value() {
     // then on a submit is refused at once, leaving the current value as it was.
     server.kill();
     let lost = store.submit("lost".to_owned()).await;
-    assert!(matches!(lost, Err(SubmitError::OutcomeUnknown(_))), "{lost:?}");
+    assert!(
+        matches!(lost, Err(SubmitError::OutcomeUnknown(_))),
+        "{lost:?}"
+    );
     let refused = store.submit("refused".to_owned()).await;
     assert!(
         matches!(&refused, Err(SubmitError::Unavailable(value)) if value == "refused"),
