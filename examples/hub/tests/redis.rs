@@ -281,6 +281,30 @@ async fn a_publish_redis_answers_too_late_is_a_503_that_says_so_and_a_keyed_retr
     assert_eq!(server.cli(&["XLEN", "storecast:orders"]), "3");
 }
 
+#[tokio::test]
+async fn a_latest_publish_while_redis_is_away_is_a_503_not_a_200() {
+    let mut server = RedisServer::start();
+    let hub = hub_on(&server);
+    let mut latest = hub.events("/events/prices.eur", &[]).await;
+    hub.published("prices.eur", "1.08").await;
+    assert_eq!(latest.next().await.data, "1.08");
+
+    server.kill();
+    // The first publish fails under way (it may still reach Redis later); then the hub
+    // knows Redis is away and says the message was not published.
+    let (status, text) = hub.publish_keyed("prices.eur", "1.09", None).await;
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("MAY HAVE BEEN PUBLISHED"), "{text}");
+    let (status, text) = hub.publish_keyed("prices.eur", "1.10", None).await;
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("was not published"), "{text}");
+
+    server.restart();
+    hub.publish_eventually("prices.eur", "1.11", Duration::from_secs(20))
+        .await;
+    assert_eq!(server.cli(&["GET", "storecast:prices.eur:latest"]), "1.11");
+}
+
 /// How many clients of `kind` (`normal`, `pubsub`) Redis has, redis-cli's own included.
 fn clients(server: &RedisServer, kind: &str) -> usize {
     server
