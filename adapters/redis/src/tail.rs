@@ -28,8 +28,9 @@ use crate::connection::Redis;
 use crate::runtime;
 
 /// How often a reader checks the epoch keys of the streams it reads (one `MGET`), so that a
-/// stream whose epoch another process changed is read exactly even if no entry comes.
-const AUDIT_EVERY: Duration = Duration::from_secs(30);
+/// stream whose epoch another process changed is read exactly even if no entry comes: this
+/// many health-check intervals (30 s by default).
+const AUDIT_EVERY: u32 = 6;
 
 /// How many times a reader asks Redis to unblock its `XREAD` (which may not have reached
 /// the server yet) before it lets the read time out instead.
@@ -292,7 +293,7 @@ async fn read(redis: Redis, group: Arc<Group>) {
     loop {
         let gathered = {
             let mut state = group.lock();
-            let gathered = gather(&mut state, audited.elapsed() >= AUDIT_EVERY);
+            let gathered = gather(&mut state, audited.elapsed() >= block * AUDIT_EVERY);
             if gathered.is_some() {
                 state.reading = true;
                 state.stale = false;

@@ -311,3 +311,32 @@ async fn an_entry_deleted_with_xdel_is_not_taken_for_a_loss() {
     assert_eq!((a.resets(), b.resets()), (0, 0));
     assert_eq!(p4.epoch(), a.epoch());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_epoch_another_process_began_reaches_idle_readers_with_no_entry_added() {
+    // Another process found a loss and began a new epoch, and no entry has come since:
+    // nothing is announced, so only the readers' audit of the epoch keys (every 6
+    // health-check intervals) can tell these processes.
+    let server = RedisServer::start();
+    let stores = two_processes(&server, "audited").await;
+    let [a, b] = &stores;
+    let mut live = b.subscribe();
+    for n in 1..=3 {
+        a.submit(format!("m{n}")).await.unwrap();
+    }
+    for n in 1..=3 {
+        assert_eq!(next_value(&mut live).await.0, format!("m{n}"));
+    }
+    let old = a.epoch();
+    let began = Epoch::random();
+    server.cli(&["SET", "audited:epoch", &began.to_string()]);
+    assert_eq!(both_move_on(&stores, old).await, began);
+    assert!(matches!(
+        next(&mut live).await.unwrap_err(),
+        RecvError::Reset { .. }
+    ));
+    // And the next entry is numbered in it, after the last.
+    let p4 = a.submit("m4".to_string()).await.unwrap();
+    assert_eq!((p4.epoch(), p4.offset()), (began, 4));
+    assert_eq!(next_value(&mut live).await, ("m4".to_string(), p4));
+}
