@@ -1,9 +1,7 @@
 //! The queue store: every subscriber gets every message, in order, from a bounded ring
 //! shared by all of them.
 
-use alloc::boxed::Box;
 use alloc::sync::Arc;
-use alloc::vec::Vec;
 use core::fmt;
 use core::future::Future;
 use core::pin::Pin;
@@ -16,7 +14,7 @@ use crate::backpressure::Backpressure;
 use crate::notify::{Parking, Published, Wakers};
 use crate::position::oldest_retained;
 use crate::recv::Recv;
-use crate::slot::{Miss, Slot};
+use crate::slot::{Miss, Ring, Slot};
 use crate::store::{Item, Message, Store, Subscriber};
 use crate::sync::{AtomicBool, AtomicUsize, CachePadded, Mutex, Ordering};
 use crate::wait::poll_until;
@@ -101,11 +99,12 @@ struct Shared<T> {
     epoch: Epoch,
     /// Handles to the store (not subscribers): the last one to go closes it.
     handles: AtomicUsize,
-    /// The ring: message at position `p` lives in slot `p % slots.len()`. Under `Wait`,
+    /// The ring: message at position `p` lives in slot `p % slots.len()` (allocated as
+    /// messages first reach it). Under `Wait`,
     /// subscribers read slots unguarded: `backpressure` keeps submitters from overwriting
     /// a message someone has yet to read. Under the lossy policies they read guarded
     /// (see `slot.rs`).
-    slots: Box<[Slot<T>]>,
+    slots: Ring<T>,
     /// How many messages are retained (and, under `Wait`, may be unread) at most.
     capacity: usize,
     /// Under `Wait`: which blocks of the ring every subscriber has read.
@@ -183,12 +182,11 @@ impl<T> QueueStore<T> {
         let ring = backpressure
             .as_ref()
             .map_or(capacity, Backpressure::ring_len);
-        let slots: Vec<_> = (0..ring).map(|_| Slot::new(0, None)).collect();
         QueueStore {
             shared: Arc::new(Shared {
                 epoch,
                 handles: AtomicUsize::new(1),
-                slots: slots.into_boxed_slice(),
+                slots: Ring::new(ring),
                 capacity,
                 backpressure,
                 last: Published::new(0),
@@ -445,8 +443,10 @@ impl<T> QueueStore<T> {
 }
 
 impl<T> Shared<T> {
+    /// The slot of a published position.
     fn slot(&self, position: u64) -> &Slot<T> {
-        &self.slots[(position % self.slots.len() as u64) as usize]
+        self.slots
+            .slot((position % self.slots.len() as u64) as usize)
     }
 
     fn try_publish(&self, value: Arc<T>) -> Result<Position, TrySubmitError<Arc<T>>> {
@@ -469,7 +469,9 @@ impl<T> Shared<T> {
             return Err(TrySubmitError::Closed(value));
         }
         let position = self.last.load() + 1;
-        let slot = self.slot(position);
+        let slot = self
+            .slots
+            .slot_to_write((position % self.slots.len() as u64) as usize);
         let replaced = match &self.backpressure {
             Some(backpressure) => {
                 if !backpressure.has_room(position, &mut state.oldest_open) {

@@ -17,9 +17,12 @@
 //!
 //! Loom models of both protocols are in `tests/loom.rs`.
 
+use alloc::boxed::Box;
 use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::marker::PhantomData;
 
-use crate::sync::{AtomicU64, AtomicUsize, Backoff, Ordering, UnsafeCell};
+use crate::sync::{AtomicPtr, AtomicU64, AtomicUsize, Backoff, Ordering, UnsafeCell};
 
 /// The bit of `guard` a writer holds while it replaces the value.
 const WRITER: usize = 1 << (usize::BITS - 1);
@@ -141,5 +144,86 @@ impl<T> Slot<T> {
         let old = self.value.with_mut(|v| unsafe { (*v).replace(value) });
         self.position.store(position, Ordering::Release);
         old
+    }
+}
+
+/// How many slots of a [`Ring`] are allocated together.
+const CHUNK: usize = 64;
+
+/// The slots of a queue, allocated a chunk at a time as messages first reach them: a
+/// store that has seen few messages holds few slots, however large its capacity (an idle
+/// topic of a hub with 10,000 of them, say).
+///
+/// A writer (serialised by the caller) allocates a chunk before it writes the chunk's
+/// first slot and publishes the chunk with `Release`; a reader only asks for a slot whose
+/// position it acquired the publication of (the queue's `last`), which the writer
+/// published after the chunk, so the reader finds the chunk.
+pub(crate) struct Ring<T> {
+    chunks: Box<[AtomicPtr<Slot<T>>]>,
+    len: usize,
+    /// Owns slots, as the `Box<[Slot<T>]>` each chunk is (for `Send`, `Sync` and drop).
+    _slots: PhantomData<Box<[Slot<T>]>>,
+}
+
+impl<T> Ring<T> {
+    pub(crate) fn new(len: usize) -> Self {
+        Ring {
+            chunks: (0..len.div_ceil(CHUNK))
+                .map(|_| AtomicPtr::new(core::ptr::null_mut()))
+                .collect(),
+            len,
+            _slots: PhantomData,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    fn chunk_len(&self, chunk: usize) -> usize {
+        CHUNK.min(self.len - chunk * CHUNK)
+    }
+
+    /// The slot at `index`, for a writer: its chunk is allocated if it was not yet.
+    /// Writers must be serialised by the caller.
+    pub(crate) fn slot_to_write(&self, index: usize) -> &Slot<T> {
+        let chunk = index / CHUNK;
+        let mut slots = self.chunks[chunk].load(Ordering::Acquire);
+        if slots.is_null() {
+            let fresh: Box<[Slot<T>]> = (0..self.chunk_len(chunk))
+                .map(|_| Slot::new(0, None))
+                .collect::<Vec<_>>()
+                .into_boxed_slice();
+            slots = Box::into_raw(fresh).cast::<Slot<T>>();
+            // Release: the empty slots are visible to whoever acquires the pointer.
+            self.chunks[chunk].store(slots, Ordering::Release);
+        }
+        // SAFETY: `slots` points to a live chunk of `chunk_len(chunk)` slots (freed only
+        // on drop), and `index % CHUNK` is within it.
+        unsafe { &*slots.add(index % CHUNK) }
+    }
+
+    /// The slot at `index`, for a reader of a position published in it.
+    pub(crate) fn slot(&self, index: usize) -> &Slot<T> {
+        // Acquire: pairs with the writer's release of the chunk, which happened before the
+        // position the caller acquired was published.
+        let slots = self.chunks[index / CHUNK].load(Ordering::Acquire);
+        assert!(!slots.is_null(), "a slot read before it was written");
+        // SAFETY: as in `slot_to_write`.
+        unsafe { &*slots.add(index % CHUNK) }
+    }
+}
+
+impl<T> Drop for Ring<T> {
+    fn drop(&mut self) {
+        for (chunk, slots) in self.chunks.iter().enumerate() {
+            let slots = slots.load(Ordering::Acquire);
+            if !slots.is_null() {
+                let len = self.chunk_len(chunk);
+                // SAFETY: made by `Box::into_raw` of a boxed slice of `len` slots in
+                // `slot_to_write`, and freed only here.
+                drop(unsafe { Box::from_raw(core::ptr::slice_from_raw_parts_mut(slots, len)) });
+            }
+        }
     }
 }

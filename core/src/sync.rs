@@ -13,10 +13,10 @@
 #![cfg_attr(not(feature = "alloc"), allow(unused_imports, dead_code))]
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+pub(crate) use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 #[cfg(all(not(loom), feature = "alloc"))]
-pub(crate) use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+pub(crate) use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
 #[cfg(all(not(loom), feature = "alloc", target_has_atomic = "64"))]
 pub(crate) use core::sync::atomic::AtomicU64;
