@@ -6,6 +6,10 @@ use std::borrow::Cow;
 /// A value that can be written to Redis and read back: what a store's subscribers receive
 /// when another program publishes raw bytes.
 ///
+/// `decode` must read back what `encode` wrote: other processes read the value that way,
+/// and [`RedisStore::submit`](crate::RedisStore::submit) hands a value back by decoding
+/// it when Redis's answer did not come.
+///
 /// Implemented for `String` (the bytes must be UTF-8) and `Vec<u8>` (any bytes). A message
 /// that does not decode is skipped, logged and counted (see
 /// [`RedisStore::undecodable`](crate::RedisStore::undecodable)); it never stops the store.

@@ -136,10 +136,15 @@ struct Shared<T> {
     synced: event_listener::Event,
     /// The newest of this process's values that Redis has taken (its publish answered).
     published_own: AtomicU64,
-    /// The newest of this process's values whose publish failed (it is tried again): while
-    /// it is newer than `published_own`, Redis cannot be reached and `submit` says so.
+    /// The newest of this process's values whose publish failed on the way (it is tried
+    /// again, unless a newer value supersedes it).
     failed_own: AtomicU64,
-    /// Notified after every publish, answered or failed.
+    /// The newest of this process's values Redis refused with an error (not tried again).
+    refused_own: AtomicU64,
+    /// The last publish failed on the way and none has been answered since: Redis cannot
+    /// be reached now, and `submit` says so.
+    unreachable: AtomicBool,
+    /// Notified after every publish, answered or not.
     attempted: event_listener::Event,
     /// Syncs sent and not heard yet: each one's tag, and `published_own` when it was sent
     /// (on the command connection, after those publishes: its read comes after them).
@@ -210,6 +215,8 @@ impl<T: Codec> RedisStore<T> {
             synced: event_listener::Event::new(),
             published_own: AtomicU64::new(0),
             failed_own: AtomicU64::new(0),
+            refused_own: AtomicU64::new(0),
+            unreachable: AtomicBool::new(false),
             attempted: event_listener::Event::new(),
             sync_marks: Mutex::new(VecDeque::new()),
             sync_tag: AtomicU64::new(0),
@@ -263,11 +270,17 @@ impl<T: Codec> RedisStore<T> {
     /// (or a newer value submitted here, which supersedes it).
     ///
     /// - [`SubmitError::Unavailable`]: Redis cannot be reached now (the publish of an
-    ///   earlier value failed and is being tried again). Nothing was done with `value`.
+    ///   earlier value failed on the way and is being tried again): nothing was done with
+    ///   `value`. Or Redis refused it with an error: it is not published (though this
+    ///   process's subscribers may have seen it).
     /// - [`SubmitError::OutcomeUnknown`]: Redis did not answer in time (twice the
-    ///   response timeout), or the publish failed. The value is current here and the
-    ///   store goes on trying to publish it (unless a newer one supersedes it), so it may
-    ///   reach Redis later. The value handed back is read back from its encoding.
+    ///   response timeout), or the connection failed under the publish. The value is
+    ///   current here and the store goes on trying to publish it (unless a newer one
+    ///   supersedes it), so it may reach Redis later. The value handed back is decoded
+    ///   from its encoding (the store shares the original with this process's
+    ///   subscribers), so the codec must read back what it writes; to learn the outcome
+    ///   without it, use [`try_submit`](RedisStore::try_submit) and
+    ///   [`published`](RedisStore::published).
     /// - [`SubmitError::Closed`]: the store is closed.
     ///
     /// ```no_run
@@ -283,9 +296,12 @@ impl<T: Codec> RedisStore<T> {
     /// }
     /// # Ok(()) }
     /// ```
+    ///
+    /// # Panics
+    ///
+    /// On an unknown outcome, if the codec cannot decode the value's own encoding.
     pub async fn submit(&self, value: T) -> Result<Position, SubmitError<T>> {
-        let shared = &*self.handle.shared;
-        if shared.failing() && !shared.shutdown.is_triggered() {
+        if !self.is_reachable() {
             return Err(SubmitError::Unavailable(value));
         }
         let value = Arc::new(value);
@@ -295,28 +311,64 @@ impl<T: Codec> RedisStore<T> {
                 .expect("a refused value was never shared");
             return Err(SubmitError::Closed(value));
         };
-        let patience = shared.redis.options().response_timeout_value() * 2;
-        let taken = runtime::timeout(patience, async {
+        let Err(failed) = self.published(position).await else {
+            return Ok(position);
+        };
+        let value = Arc::try_unwrap(value)
+            .or_else(|shared_value| T::decode(&shared_value.encode()))
+            .expect("the store's codec decodes its own encoding");
+        Err(match failed {
+            SubmitError::Unavailable(()) => SubmitError::Unavailable(value),
+            _ => SubmitError::OutcomeUnknown(value),
+        })
+    }
+
+    /// Waits until Redis has taken the value submitted here at `position` (with
+    /// [`try_submit`](RedisStore::try_submit)), or a newer value submitted here, which
+    /// supersedes it. `Unavailable`: Redis refused it with an error. `OutcomeUnknown`: no
+    /// answer came within twice the response timeout, or the connection failed under the
+    /// publish (the store tries again), or the store closed first.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use storecast_redis::RedisStore;
+    ///
+    /// let store: RedisStore<String> = RedisStore::connect("redis://127.0.0.1:6379").await?;
+    /// let position = store.try_submit("21.5".to_string())?; // current here at once
+    /// if store.published(position).await.is_ok() {
+    ///     println!("and Redis has it");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn published(&self, position: Position) -> Result<(), SubmitError<()>> {
+        let shared = &*self.handle.shared;
+        let patience = shared
+            .redis
+            .options()
+            .response_timeout_value()
+            .saturating_mul(2);
+        let outcome = runtime::timeout(patience, async {
             loop {
                 let listener = shared.attempted.listen();
-                if let Some(taken) = shared.outcome(position) {
-                    return taken;
+                if let Some(outcome) = shared.outcome(position) {
+                    return outcome;
                 }
                 if shared.shutdown.unless(listener).await.is_none() {
-                    return shared.outcome(position).unwrap_or(false);
+                    return shared
+                        .outcome(position)
+                        .unwrap_or(Err(SubmitError::OutcomeUnknown(())));
                 }
             }
         })
         .await;
-        if taken == Some(true) {
-            return Ok(position);
-        }
-        let value = Arc::try_unwrap(value)
-            .or_else(|shared_value| T::decode(&shared_value.encode()).map_err(|_| shared_value));
-        match value {
-            Ok(value) => Err(SubmitError::OutcomeUnknown(value)),
-            Err(_) => panic!("the value's codec cannot decode its own encoding"),
-        }
+        outcome.unwrap_or(Err(SubmitError::OutcomeUnknown(())))
+    }
+
+    /// Whether Redis can be reached, as far as the store knows: false from a publish
+    /// that failed on the way until one is answered.
+    pub fn is_reachable(&self) -> bool {
+        let shared = &*self.handle.shared;
+        !shared.unreachable.load(Ordering::Acquire) || shared.shutdown.is_triggered()
     }
 
     /// Makes `value` the current value here at once and publishes it in the background.
@@ -638,21 +690,26 @@ impl<T: Codec> Shared<T> {
         self.in_flight_len.store(in_flight.len(), Ordering::Release);
     }
 
-    /// Whether the last publish from here failed and none has been answered since.
-    fn failing(&self) -> bool {
-        self.failed_own.load(Ordering::Acquire) > self.published_own.load(Ordering::Acquire)
-    }
-
-    /// What became of the value submitted here at `position`: taken by Redis (with it or a
-    /// newer value from here), its publish failed, or not known yet.
-    fn outcome(&self, position: Position) -> Option<bool> {
-        if self.published_own.load(Ordering::Acquire) >= position.offset() {
-            Some(true)
-        } else if self.failed_own.load(Ordering::Acquire) >= position.offset() {
-            Some(false)
+    /// What became of the value submitted here at `position`, if known yet: taken by
+    /// Redis (with it or a newer value from here), refused, or failed on the way.
+    fn outcome(&self, position: Position) -> Option<Result<(), SubmitError<()>>> {
+        let reached = |newest: &AtomicU64| newest.load(Ordering::Acquire) >= position.offset();
+        if reached(&self.published_own) {
+            Some(Ok(()))
+        } else if reached(&self.refused_own) {
+            Some(Err(SubmitError::Unavailable(())))
+        } else if reached(&self.failed_own) {
+            Some(Err(SubmitError::OutcomeUnknown(())))
         } else {
             None
         }
+    }
+
+    /// Records what became of a publish of the value at `offset`, and tells who waits.
+    fn attempted(&self, offset: u64, outcome: &AtomicU64, reachable: bool) {
+        outcome.fetch_max(offset, Ordering::AcqRel);
+        self.unreachable.store(!reachable, Ordering::Release);
+        self.attempted.notify(usize::MAX);
     }
 
     fn forget_echo(&self, position: Position) {
@@ -771,6 +828,8 @@ async fn publish<T: Codec>(shared: Arc<Shared<T>>, mut outgoing: DataSubscriber<
     let mut commands = shared.redis.commands();
     let mut backoff = shared.redis.options().backoff();
     let mut retry: Option<Message<Outgoing<T>>> = None;
+    // Failures in a row of the value tried again, and its position.
+    let (mut failures, mut failing) = (0, 0);
     loop {
         let next = match retry.take() {
             Some(message) => Some(message),
@@ -792,30 +851,48 @@ async fn publish<T: Codec>(shared: Arc<Shared<T>>, mut outgoing: DataSubscriber<
             .arg(bytes)
             .invoke_async(&mut commands)
             .await;
-        match published {
+        let offset = out.position.offset();
+        let e = match published {
             Ok(_) => {
-                shared
-                    .published_own
-                    .fetch_max(out.position.offset(), Ordering::AcqRel);
-                shared.attempted.notify(usize::MAX);
+                shared.attempted(offset, &shared.published_own, true);
                 backoff.reset();
+                failures = 0;
+                continue;
             }
-            Err(e) => {
-                shared.forget_echo(out.position);
-                shared
-                    .failed_own
-                    .fetch_max(out.position.offset(), Ordering::AcqRel);
-                shared.attempted.notify(usize::MAX);
-                if shared.shutdown.is_triggered() {
-                    return;
-                }
-                shared.redis.failed(&e);
-                tracing::warn!(channel = %shared.channel, error = %e, "publishing failed; retrying");
-                retry = Some(message);
-                shared.shutdown.unless(backoff.wait()).await;
-                // The connection may have been replaced meanwhile.
-                commands = shared.redis.commands();
-            }
+            Err(e) => e,
+        };
+        shared.forget_echo(out.position);
+        if shared.shutdown.is_triggered() {
+            shared.attempted(offset, &shared.failed_own, true);
+            return;
         }
+        let on_the_way = crate::connection::is_transient(&e);
+        if on_the_way {
+            shared.redis.failed(&e);
+            commands = shared.redis.commands();
+            failures = if failing == offset { failures + 1 } else { 1 };
+            failing = offset;
+        }
+        // Failing again and again while Redis answers a PING: the value itself breaks the
+        // connection (over a size limit, say), and is given up rather than retried for
+        // ever (which would keep every submit refused).
+        let refused = !on_the_way
+            || (failures >= 3
+                && redis::cmd("PING")
+                    .query_async::<()>(&mut commands)
+                    .await
+                    .is_ok());
+        if refused {
+            tracing::error!(channel = %shared.channel, error = %e, "Redis refused a value; it is not published");
+            shared.attempted(offset, &shared.refused_own, true);
+            failures = 0;
+            continue;
+        }
+        shared.attempted(offset, &shared.failed_own, false);
+        tracing::warn!(channel = %shared.channel, error = %e, "publishing failed; retrying");
+        retry = Some(message);
+        shared.shutdown.unless(backoff.wait()).await;
+        // The connection may have been replaced meanwhile.
+        commands = shared.redis.commands();
     }
 }

@@ -815,6 +815,30 @@ async fn a_latest_submit_says_what_redis_did_with_the_value() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_latest_value_redis_can_never_take_is_given_up_and_submits_go_on() {
+    let server = RedisServer::start();
+    // Redis drops the connection of a client whose query is over 1 MB, without a reply.
+    server.cli(&["CONFIG", "SET", "client-query-buffer-limit", "1mb"]);
+    let redis = Redis::connect_with(quick(&server.url())).await.unwrap();
+    let store = redis.data_store::<String>("huge").await.unwrap();
+    store.submit("small".to_owned()).await.unwrap();
+
+    let huge = store.submit("x".repeat(2 << 20)).await;
+    assert!(
+        matches!(huge, Err(SubmitError::OutcomeUnknown(_))),
+        "{huge:?}"
+    );
+    // Tried again while Redis answers a PING: given up, not retried for ever (which kept
+    // every later submit refused as Unavailable).
+    eventually("the value to be given up", PATIENCE, || {
+        store.is_reachable()
+    })
+    .await;
+    store.submit("after".to_owned()).await.unwrap();
+    assert_eq!(server.cli(&["GET", "huge:latest"]), "after");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_latest_store_opened_while_redis_comes_back_waits_for_it() {
     let mut server = RedisServer::start();
     let redis = Redis::connect_with(quick(&server.url())).await.unwrap();
