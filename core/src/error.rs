@@ -290,6 +290,23 @@ impl<T> SubmitError<T> {
             | SubmitError::OutcomeUnknown(value) => value,
         }
     }
+
+    /// The same error with `f` applied to the message it hands back (`map(drop)` to keep
+    /// only what happened).
+    ///
+    /// ```
+    /// use storecast::SubmitError;
+    ///
+    /// let refused = SubmitError::Unavailable("hello".to_string());
+    /// assert_eq!(refused.map(drop), SubmitError::Unavailable(()));
+    /// ```
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> SubmitError<U> {
+        match self {
+            SubmitError::Closed(value) => SubmitError::Closed(f(value)),
+            SubmitError::Unavailable(value) => SubmitError::Unavailable(f(value)),
+            SubmitError::OutcomeUnknown(value) => SubmitError::OutcomeUnknown(f(value)),
+        }
+    }
 }
 
 impl<T> fmt::Debug for SubmitError<T> {

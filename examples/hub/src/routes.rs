@@ -223,8 +223,12 @@ async fn publish(
     let submitted = topic
         .submit_keyed(HubMessage::new(event, data), key.as_deref())
         .await;
-    // Nothing retained for a publish that was not added (refused, or a repeat of a key).
-    if !matches!(submitted, Ok((_, true))) {
+    // Nothing retained for a publish that was not added (refused, or a repeat of a key);
+    // one that may have been is counted.
+    if !matches!(
+        submitted,
+        Ok((_, true)) | Err(KeyedError::Store(SubmitError::OutcomeUnknown(())))
+    ) {
         topic.unreserve(reservation);
     }
     match submitted {

@@ -395,8 +395,8 @@ pub const KEYS_KEPT: usize = 1024;
 /// Why a keyed publish was not made.
 #[derive(Debug)]
 pub enum KeyedError {
-    /// The store's refusal (the message handed back).
-    Store(SubmitError<HubMessage>),
+    /// The store's refusal, or its word that the outcome is unknown.
+    Store(SubmitError<()>),
     /// A publish with the same key is under way here.
     InProgress,
 }
@@ -513,14 +513,14 @@ impl Topic {
                 .submit(value)
                 .await
                 .map(|position| (position, true))
-                .map_err(KeyedError::Store);
+                .map_err(|e| KeyedError::Store(e.map(drop)));
         };
         if let Kind::RedisQueue(store) = &self.kind {
             let submitted = store.submit_with_key(value, key).await;
             if let Ok((position, true)) = &submitted {
                 self.counted(*position);
             }
-            return submitted.map_err(KeyedError::Store);
+            return submitted.map_err(|e| KeyedError::Store(e.map(drop)));
         }
         {
             let mut keys = self.keys.lock().expect("keys lock");
@@ -535,18 +535,44 @@ impl Topic {
                 }
             }
         }
-        let submitted = self.submit(value).await;
-        let mut keys = self.keys.lock().expect("keys lock");
-        if let Some(index) = keys.iter().position(|(seen, _)| **seen == *key) {
-            match &submitted {
-                Ok(position) => keys[index].1 = Some(*position),
-                // Not added: a retry may add it.
-                Err(_) => drop(keys.remove(index)),
+        let keep = |position: Option<Position>| {
+            let mut keys = self.keys.lock().expect("keys lock");
+            if let Some(index) = keys.iter().position(|(seen, _)| **seen == *key) {
+                match position {
+                    Some(position) => keys[index].1 = Some(position),
+                    // Not added: a retry may add it.
+                    None => drop(keys.remove(index)),
+                }
             }
+        };
+        if let Kind::RedisLatest(store) = &self.kind {
+            // Current here at once, then published: once current, the value is accepted
+            // under the key whatever Redis answers now (the store goes on publishing it),
+            // so that a retry does not bring it back over a newer value.
+            let accepted = if store.is_reachable() {
+                store.try_submit(value).map_err(|_| SubmitError::Closed(()))
+            } else {
+                Err(SubmitError::Unavailable(()))
+            };
+            let Ok(position) = accepted.inspect_err(|_| keep(None)) else {
+                return Err(KeyedError::Store(accepted.unwrap_err()));
+            };
+            self.counted(position);
+            keep(Some(position));
+            let published = store.published(position).await;
+            if let Err(SubmitError::Unavailable(())) = published {
+                // Refused by Redis: not published, and never will be.
+                keep(None);
+            }
+            return published
+                .map(|()| (position, true))
+                .map_err(KeyedError::Store);
         }
+        let submitted = self.submit(value).await;
+        keep(submitted.as_ref().ok().copied());
         submitted
             .map(|position| (position, true))
-            .map_err(KeyedError::Store)
+            .map_err(|e| KeyedError::Store(e.map(drop)))
     }
 
     fn counted(&self, position: Position) {

@@ -292,7 +292,9 @@ async fn a_latest_publish_while_redis_is_away_is_a_503_not_a_200() {
     server.kill();
     // The first publish fails under way (it may still reach Redis later); then the hub
     // knows Redis is away and says the message was not published.
-    let (status, text) = hub.publish_keyed("prices.eur", "1.09", None).await;
+    let (status, text) = hub
+        .publish_keyed("prices.eur", "1.09", Some("tick-9"))
+        .await;
     assert_eq!(status, 503, "{text}");
     assert!(text.contains("MAY HAVE BEEN PUBLISHED"), "{text}");
     let (status, text) = hub.publish_keyed("prices.eur", "1.10", None).await;
@@ -302,6 +304,13 @@ async fn a_latest_publish_while_redis_is_away_is_a_503_not_a_200() {
     server.restart();
     hub.publish_eventually("prices.eur", "1.11", Duration::from_secs(20))
         .await;
+    assert_eq!(server.cli(&["GET", "storecast:prices.eur:latest"]), "1.11");
+    // The client retries its first publish under its key, as the 503 told it to: the
+    // value was accepted then, so it is not published again over the newer one.
+    let (status, text) = hub
+        .publish_keyed("prices.eur", "1.09", Some("tick-9"))
+        .await;
+    assert_eq!(status, 200, "{text}");
     assert_eq!(server.cli(&["GET", "storecast:prices.eur:latest"]), "1.11");
 }
 
