@@ -1213,7 +1213,17 @@ struct Reading {
 /// it holds fewer entries than were numbered. Then the task begins a new epoch (or takes
 /// the one another process began) and tells this process's subscribers.
 async fn follow<T: Codec>(shared: Arc<Shared<T>>, mut at: Reading) {
-    let batch_size = shared.options.batch.min(shared.options.max_len);
+    // Under a lossy policy a batch fits in half the ring, so that subscribers waiting
+    // when it is put in are not overrun by the rest of it before they can read.
+    let lossy_limit = match shared.options.overflow {
+        Overflow::Wait => usize::MAX,
+        _ => (shared.options.capacity / 2).max(1),
+    };
+    let batch_size = shared
+        .options
+        .batch
+        .min(shared.options.max_len)
+        .min(lossy_limit);
     let mut backoff = shared.redis.options().backoff();
     let mut failing = false;
     let mut exact = true;

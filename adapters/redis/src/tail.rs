@@ -29,8 +29,11 @@ use crate::runtime;
 
 /// How often a reader checks the epoch keys of the streams it reads (one `MGET`), so that a
 /// stream whose epoch another process changed is read exactly even if no entry comes: this
-/// many health-check intervals (30 s by default).
+/// many health-check intervals, ...
 const AUDIT_EVERY: u32 = 6;
+/// ... or this often, if that is sooner (a reader audits between two `XREAD`s, so never
+/// more often than each health-check interval).
+const AUDIT_AT_LEAST: Duration = Duration::from_secs(30);
 
 /// How many times a reader asks Redis to unblock its `XREAD` (which may not have reached
 /// the server yet) before it lets the read time out instead.
@@ -287,13 +290,14 @@ async fn read(redis: Redis, group: Arc<Group>) {
     let block = redis.options().health_check_value();
     let mut backoff = redis.options().backoff();
     let mut connection: Option<(ConnectionManager, i64)> = None;
+    let audit_every = block.saturating_mul(AUDIT_EVERY).min(AUDIT_AT_LEAST);
     let mut audited = Instant::now();
     let mut last_read = Instant::now() - MAX_PAUSE;
     let mut failing = false;
     loop {
         let gathered = {
             let mut state = group.lock();
-            let gathered = gather(&mut state, audited.elapsed() >= block * AUDIT_EVERY);
+            let gathered = gather(&mut state, audited.elapsed() >= audit_every);
             if gathered.is_some() {
                 state.reading = true;
                 state.stale = false;
