@@ -784,21 +784,27 @@ pub(crate) async fn answering_nodes(
     }
 }
 
-/// Whether `error` is a Cluster's passing state: a slot moved or moving, the cluster or a
-/// shard down during a failover, or no connection to a slot's node yet. The command did
-/// not run; it may be sent again.
-/// Whether `error` is one of the way rather than the server's refusal of the command: the
-/// connection failed or timed out, or the server is passing through a state (loading,
-/// busy with a script, failing over) in which it runs nothing.
-pub(crate) fn is_transient(error: &RedisError) -> bool {
+/// Whether `error` is a failure of the connection: it dropped, was refused, or no answer
+/// came in time.
+pub(crate) fn is_connection_failure(error: &RedisError) -> bool {
     error.is_io_error()
         || error.is_timeout()
         || error.is_connection_dropped()
         || error.is_connection_refusal()
+}
+
+/// Whether `error` is one of the way rather than the server's refusal of the command: the
+/// connection failed, or the server is passing through a state (loading, busy with a
+/// script, failing over) in which it runs nothing.
+pub(crate) fn is_transient(error: &RedisError) -> bool {
+    is_connection_failure(error)
         || is_passing(error)
         || matches!(error.code(), Some("LOADING" | "BUSY"))
 }
 
+/// Whether `error` is a Cluster's passing state: a slot moved or moving, the cluster or a
+/// shard down during a failover, or no connection to a slot's node yet. The command did
+/// not run; it may be sent again.
 pub(crate) fn is_passing(error: &RedisError) -> bool {
     error.is_cluster_error()
         || matches!(error.code(), Some("MASTERDOWN" | "READONLY"))

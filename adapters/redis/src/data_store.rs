@@ -144,8 +144,13 @@ struct Shared<T> {
     /// The last publish failed on the way and none has been answered since: Redis cannot
     /// be reached now, and `submit` says so.
     unreachable: AtomicBool,
-    /// Notified after every publish, answered or not.
+    /// Notified after every publish, answered or not; and how many there were.
     attempted: event_listener::Event,
+    attempts: AtomicU64,
+    /// Set (and notified) by a submit that found Redis unreachable: the publishing task
+    /// tries again at once rather than at the end of its backoff.
+    nudged: AtomicBool,
+    nudge: event_listener::Event,
     /// Syncs sent and not heard yet: each one's tag, and `published_own` when it was sent
     /// (on the command connection, after those publishes: its read comes after them).
     sync_marks: Mutex<VecDeque<(u64, u64)>>,
@@ -218,6 +223,9 @@ impl<T: Codec> RedisStore<T> {
             refused_own: AtomicU64::new(0),
             unreachable: AtomicBool::new(false),
             attempted: event_listener::Event::new(),
+            attempts: AtomicU64::new(0),
+            nudged: AtomicBool::new(false),
+            nudge: event_listener::Event::new(),
             sync_marks: Mutex::new(VecDeque::new()),
             sync_tag: AtomicU64::new(0),
         });
@@ -301,7 +309,7 @@ impl<T: Codec> RedisStore<T> {
     ///
     /// On an unknown outcome, if the codec cannot decode the value's own encoding.
     pub async fn submit(&self, value: T) -> Result<Position, SubmitError<T>> {
-        if !self.is_reachable() {
+        if !self.reachable().await {
             return Err(SubmitError::Unavailable(value));
         }
         let value = Arc::new(value);
@@ -369,6 +377,36 @@ impl<T: Codec> RedisStore<T> {
     pub fn is_reachable(&self) -> bool {
         let shared = &*self.handle.shared;
         !shared.unreachable.load(Ordering::Acquire) || shared.shutdown.is_triggered()
+    }
+
+    /// Whether Redis can be reached: if the last publish failed on the way, the store
+    /// tries it again now (rather than at the end of its backoff) and says whether that
+    /// was answered, waiting at most twice the response timeout.
+    pub async fn reachable(&self) -> bool {
+        if self.is_reachable() {
+            return true;
+        }
+        let shared = &*self.handle.shared;
+        let before = shared.attempts.load(Ordering::Acquire);
+        shared.nudged.store(true, Ordering::Release);
+        shared.nudge.notify(usize::MAX);
+        let patience = shared
+            .redis
+            .options()
+            .response_timeout_value()
+            .saturating_mul(2);
+        runtime::timeout(patience, async {
+            while shared.attempts.load(Ordering::Acquire) == before {
+                let listener = shared.attempted.listen();
+                if shared.attempts.load(Ordering::Acquire) != before
+                    || shared.shutdown.unless(listener).await.is_none()
+                {
+                    break;
+                }
+            }
+        })
+        .await;
+        self.is_reachable()
     }
 
     /// Makes `value` the current value here at once and publishes it in the background.
@@ -691,14 +729,16 @@ impl<T: Codec> Shared<T> {
     }
 
     /// What became of the value submitted here at `position`, if known yet: taken by
-    /// Redis (with it or a newer value from here), refused, or failed on the way.
+    /// Redis (with it or a newer value from here), refused, or failed on the way (or
+    /// superseded by a newer value that was refused: not published, but not refused).
     fn outcome(&self, position: Position) -> Option<Result<(), SubmitError<()>>> {
         let reached = |newest: &AtomicU64| newest.load(Ordering::Acquire) >= position.offset();
         if reached(&self.published_own) {
             Some(Ok(()))
-        } else if reached(&self.refused_own) {
+        } else if self.refused_own.load(Ordering::Acquire) == position.offset() {
             Some(Err(SubmitError::Unavailable(())))
-        } else if reached(&self.failed_own) {
+        } else if reached(&self.failed_own) || reached(&self.refused_own) {
+            // Failed on the way, or superseded by a newer value that was refused.
             Some(Err(SubmitError::OutcomeUnknown(())))
         } else {
             None
@@ -709,6 +749,7 @@ impl<T: Codec> Shared<T> {
     fn attempted(&self, offset: u64, outcome: &AtomicU64, reachable: bool) {
         outcome.fetch_max(offset, Ordering::AcqRel);
         self.unreachable.store(!reachable, Ordering::Release);
+        self.attempts.fetch_add(1, Ordering::AcqRel);
         self.attempted.notify(usize::MAX);
     }
 
@@ -866,32 +907,59 @@ async fn publish<T: Codec>(shared: Arc<Shared<T>>, mut outgoing: DataSubscriber<
             shared.attempted(offset, &shared.failed_own, true);
             return;
         }
-        let on_the_way = crate::connection::is_transient(&e);
-        if on_the_way {
-            shared.redis.failed(&e);
-            commands = shared.redis.commands();
-            failures = if failing == offset { failures + 1 } else { 1 };
-            failing = offset;
-        }
-        // Failing again and again while Redis answers a PING: the value itself breaks the
-        // connection (over a size limit, say), and is given up rather than retried for
-        // ever (which would keep every submit refused).
-        let refused = !on_the_way
-            || (failures >= 3
-                && redis::cmd("PING")
-                    .query_async::<()>(&mut commands)
-                    .await
-                    .is_ok());
-        if refused {
+        if !crate::connection::is_transient(&e) {
             tracing::error!(channel = %shared.channel, error = %e, "Redis refused a value; it is not published");
             shared.attempted(offset, &shared.refused_own, true);
             failures = 0;
             continue;
         }
+        shared.redis.failed(&e);
+        commands = shared.redis.commands();
+        if crate::connection::is_connection_failure(&e) {
+            // The connection failed under the value while Redis answers another command
+            // on it (in the key's slot): the value itself may break the connection (over
+            // a size limit, say). Three times in a row, and it is given up rather than
+            // retried for ever (which would keep every submit refused). Failures while
+            // Redis is away do not count.
+            let answered = shared
+                .shutdown
+                .unless(
+                    redis::cmd("EXISTS")
+                        .arg(&shared.key)
+                        .query_async::<i64>(&mut commands),
+                )
+                .await
+                .is_some_and(|answer| answer.is_ok());
+            failures = match (answered, failing == offset) {
+                (false, _) => 0,
+                (true, true) => failures + 1,
+                (true, false) => 1,
+            };
+            failing = offset;
+            if failures >= 3 {
+                tracing::error!(channel = %shared.channel, error = %e, "a value broke the connection 3 times while Redis answered; it is not published");
+                shared.attempted(offset, &shared.refused_own, true);
+                failures = 0;
+                continue;
+            }
+        }
         shared.attempted(offset, &shared.failed_own, false);
         tracing::warn!(channel = %shared.channel, error = %e, "publishing failed; retrying");
         retry = Some(message);
-        shared.shutdown.unless(backoff.wait()).await;
+        shared.nudged.store(false, Ordering::Release);
+        let nudged = async {
+            loop {
+                let listener = shared.nudge.listen();
+                if shared.nudged.swap(false, Ordering::AcqRel) {
+                    return;
+                }
+                listener.await;
+            }
+        };
+        shared
+            .shutdown
+            .unless(futures_lite::future::or(backoff.wait(), nudged))
+            .await;
         // The connection may have been replaced meanwhile.
         commands = shared.redis.commands();
     }

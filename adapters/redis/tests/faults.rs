@@ -804,6 +804,9 @@ async fn a_latest_submit_says_what_redis_did_with_the_value() {
         "{refused:?}"
     );
     assert_eq!(*store.current().unwrap(), "lost");
+    // Away for a while: the failures while it is away do not make the store give the
+    // value up.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     server.restart();
     // The failed value is published when Redis is back; submits are taken again.
     eventually("the store to publish again", PATIENCE, || {

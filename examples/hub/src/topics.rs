@@ -546,10 +546,10 @@ impl Topic {
             }
         };
         if let Kind::RedisLatest(store) = &self.kind {
-            // Current here at once, then published: once current, the value is accepted
-            // under the key whatever Redis answers now (the store goes on publishing it),
-            // so that a retry does not bring it back over a newer value.
-            let accepted = if store.is_reachable() {
+            // Current here at once, then published. Unless Redis refuses it, the value is
+            // kept under the key even when Redis's answer did not come (the store goes on
+            // publishing it), so that a retry does not bring it back over a newer value.
+            let accepted = if store.reachable().await {
                 store.try_submit(value).map_err(|_| SubmitError::Closed(()))
             } else {
                 Err(SubmitError::Unavailable(()))
@@ -558,12 +558,11 @@ impl Topic {
                 return Err(KeyedError::Store(accepted.unwrap_err()));
             };
             self.counted(position);
-            keep(Some(position));
             let published = store.published(position).await;
-            if let Err(SubmitError::Unavailable(())) = published {
-                // Refused by Redis: not published, and never will be.
-                keep(None);
-            }
+            keep(match published {
+                Err(SubmitError::Unavailable(())) => None,
+                _ => Some(position),
+            });
             return published
                 .map(|()| (position, true))
                 .map_err(KeyedError::Store);
