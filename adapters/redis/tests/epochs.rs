@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use reading::{PATIENCE, next, next_value, quick, submit_eventually};
 use storecast::{Epoch, Position, RecvError, ResetReason, Start, Store};
-use storecast_redis::{QueueOptions, Redis, RedisQueueStore};
+use storecast_redis::{QueueOptions, Redis, RedisQueueStore, RedisQueueSubscriber};
 use support::{RedisServer, eventually};
 
 /// Two processes' stores on the stream `stream` (each with its own connections).
@@ -35,6 +35,16 @@ async fn both_move_on(stores: &[RedisQueueStore<String>; 2], old: Epoch) -> Epoc
     })
     .await;
     stores[0].epoch()
+}
+
+/// `m1` to `m3` submitted on `a` and read by `live`.
+async fn three_read(a: &RedisQueueStore<String>, live: &mut RedisQueueSubscriber<String>) {
+    for n in 1..=3 {
+        a.submit(format!("m{n}")).await.unwrap();
+    }
+    for n in 1..=3 {
+        assert_eq!(next_value(live).await.0, format!("m{n}"));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -294,12 +304,7 @@ async fn an_entry_deleted_with_xdel_is_not_taken_for_a_loss() {
     let stores = two_processes(&server, "consumed").await;
     let [a, b] = &stores;
     let mut live = b.subscribe();
-    for n in 1..=3 {
-        a.submit(format!("m{n}")).await.unwrap();
-    }
-    for n in 1..=3 {
-        assert_eq!(next_value(&mut live).await.0, format!("m{n}"));
-    }
+    three_read(a, &mut live).await;
     // A consumer deletes what it processed, the newest entry included.
     let newest = server.cli(&["XREVRANGE", "consumed", "+", "-", "COUNT", "1"]);
     let id = newest.lines().next().unwrap().to_owned();
@@ -321,12 +326,7 @@ async fn an_epoch_another_process_began_reaches_idle_readers_with_no_entry_added
     let stores = two_processes(&server, "audited").await;
     let [a, b] = &stores;
     let mut live = b.subscribe();
-    for n in 1..=3 {
-        a.submit(format!("m{n}")).await.unwrap();
-    }
-    for n in 1..=3 {
-        assert_eq!(next_value(&mut live).await.0, format!("m{n}"));
-    }
+    three_read(a, &mut live).await;
     let old = a.epoch();
     let began = Epoch::random();
     server.cli(&["SET", "audited:epoch", &began.to_string()]);

@@ -692,6 +692,23 @@ async fn the_first_submit_after_the_server_closed_an_idle_connection_succeeds() 
     assert_eq!(server.cli(&["XLEN", "idle"]), "4", "each submit added once");
 }
 
+/// Keeps Redis busy with a script for 2 to 3 s (under its 5 s limit, after which it
+/// would answer BUSY): every command waits, then runs.
+fn keep_busy(server: &RedisServer) -> std::thread::JoinHandle<()> {
+    let url = server.url();
+    std::thread::spawn(move || {
+        let mut connection = redis::Client::open(url).unwrap().get_connection().unwrap();
+        let _: () = redis::cmd("EVAL")
+            .arg(
+                "local s = tonumber(redis.call('TIME')[1]) \
+                 while tonumber(redis.call('TIME')[1]) - s < 3 do end",
+            )
+            .arg(0)
+            .query(&mut connection)
+            .unwrap();
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_submit_redis_answers_too_late_for_is_outcome_unknown_and_a_keyed_one_adds_once() {
     let server = RedisServer::start();
@@ -705,18 +722,7 @@ async fn a_submit_redis_answers_too_late_for_is_outcome_unknown_and_a_keyed_one_
 
     // Redis busy for 3 s (under its 5 s limit, after which it would answer BUSY): every
     // command waits, then runs.
-    let url = server.url();
-    let busy = std::thread::spawn(move || {
-        let mut connection = redis::Client::open(url).unwrap().get_connection().unwrap();
-        let _: () = redis::cmd("EVAL")
-            .arg(
-                "local s = tonumber(redis.call('TIME')[1]) \
-                 while tonumber(redis.call('TIME')[1]) - s < 3 do end",
-            )
-            .arg(0)
-            .query(&mut connection)
-            .unwrap();
-    });
+    let busy = keep_busy(&server);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (unkeyed, keyed) = futures_lite::future::zip(
         queue.submit("unkeyed".to_owned()),
@@ -765,18 +771,7 @@ async fn a_latest_submit_says_what_redis_did_with_the_value() {
 
     // Redis busy for 3 s: no answer in time, so the outcome is unknown; the value stays
     // current here and is published once Redis answers.
-    let url = server.url();
-    let busy = std::thread::spawn(move || {
-        let mut connection = redis::Client::open(url).unwrap().get_connection().unwrap();
-        let _: () = redis::cmd("EVAL")
-            .arg(
-                "local s = tonumber(redis.call('TIME')[1]) \
-                 while tonumber(redis.call('TIME')[1]) - s < 3 do end",
-            )
-            .arg(0)
-            .query(&mut connection)
-            .unwrap();
-    });
+    let busy = keep_busy(&server);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let late = store.submit("late".to_owned()).await;
     assert!(
