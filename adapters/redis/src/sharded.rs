@@ -31,17 +31,10 @@ use crate::subscription::{Heard, Listener, Listeners, deliver, parse_sync};
 const MAX_BATCH: usize = 1024;
 
 /// Publishes a channel's latest-value key (KEYS[1]) to the channel's sync channel
-/// (ARGV[1], in the same slot), as [`crate::subscription`]'s `SYNC` does on one server.
-const SYNC: &str = r"
-local value = redis.call('GET', KEYS[1])
-if value then
-  return redis.call('SPUBLISH', ARGV[1], ARGV[2] .. '=' .. value)
-end
-return redis.call('SPUBLISH', ARGV[1], ARGV[2] .. '-')
-";
-
-static SYNC_SCRIPT: std::sync::LazyLock<redis::Script> =
-    std::sync::LazyLock::new(|| redis::Script::new(SYNC));
+/// (ARGV[1], in the same slot): [`crate::subscription`]'s `SYNC`, with `SPUBLISH`.
+static SYNC_SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(&crate::subscription::SYNC.replace("'PUBLISH'", "'SPUBLISH'"))
+});
 
 /// What the subscription knows of a channel it was told it lost.
 #[derive(Default)]

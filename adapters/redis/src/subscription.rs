@@ -112,7 +112,7 @@ impl Listeners {
 /// tag (ARGV[2], `LEN:CHANNEL#TAG`): `=` and the value, or `-` for no key. Read and publish are one step for Redis, so the sync
 /// message comes through the subscription exactly between the channel's messages
 /// published before the read and those published after.
-const SYNC: &str = r"
+pub(crate) const SYNC: &str = r"
 local value = redis.call('GET', KEYS[1])
 if value then
   return redis.call('PUBLISH', ARGV[1], ARGV[2] .. '=' .. value)

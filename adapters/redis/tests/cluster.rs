@@ -10,7 +10,7 @@ mod support;
 use std::time::Duration;
 
 use reading::{PATIENCE, next, next_value, quick, submit_eventually};
-use storecast::{Position, RecvError, ResetReason, Store};
+use storecast::{Epoch, Position, RecvError, ResetReason, Store};
 use storecast_redis::{ConnectError, QueueOptions, Redis, RedisQueueStore, RedisStore};
 use support::{RedisCluster, Sentinels, eventually};
 
@@ -34,6 +34,56 @@ where
             Err(RecvError::Interrupted) => continue,
             Err(e) => panic!("expected a message, got `{e}`"),
         }
+    }
+}
+
+/// Ten entries `before-N` submitted and read in order, and the latest value `old` seen:
+/// what a failover must keep.
+async fn before_the_failover<S, W>(
+    producer: &RedisQueueStore<String>,
+    reader: &mut S,
+    publisher: &RedisStore<String>,
+    watcher: &mut W,
+) where
+    S: futures_lite::Stream<Item = storecast::Item<String>> + Unpin,
+    W: futures_lite::Stream<Item = storecast::Item<String>> + Unpin,
+{
+    let mut expected = Vec::new();
+    for n in 0..10 {
+        let text = format!("before-{n}");
+        expected.push((text.clone(), producer.submit(text).await.unwrap()));
+    }
+    publisher.try_submit("old".into()).unwrap();
+    assert_eq!(next_value(watcher).await.0, "old");
+    for (text, position) in &expected {
+        assert_eq!(&next_value(reader).await, &(text.clone(), *position));
+    }
+}
+
+/// Ten entries `after-N` submitted while a failover settles: numbered in `epoch` (nothing
+/// was lost) and read in order, past any interruption.
+async fn after_the_failover<S>(producer: &RedisQueueStore<String>, reader: &mut S, epoch: Epoch)
+where
+    S: futures_lite::Stream<Item = storecast::Item<String>> + Unpin,
+{
+    let mut expected = Vec::new();
+    for n in 0..10 {
+        let text = format!("after-{n}");
+        expected.push((
+            text.clone(),
+            submit_eventually(producer, &text, PATIENCE * 2).await,
+        ));
+    }
+    assert_eq!(
+        producer.epoch(),
+        epoch,
+        "nothing was lost: the same identity"
+    );
+    for (text, position) in &expected {
+        assert_eq!(
+            &next_skipping_interruptions(reader).await,
+            &(text.clone(), *position)
+        );
     }
 }
 
@@ -227,16 +277,7 @@ async fn a_killed_primary_is_replaced_and_its_topics_resume_with_nothing_lost() 
     let mut watcher = watched.subscribe();
 
     let epoch = producer.epoch();
-    let mut expected = Vec::new();
-    for n in 0..10 {
-        let text = format!("before-{n}");
-        expected.push((text.clone(), producer.submit(text).await.unwrap()));
-    }
-    publisher.try_submit("old".into()).unwrap();
-    assert_eq!(next_value(&mut watcher).await.0, "old");
-    for (text, position) in &expected {
-        assert_eq!(&next_value(&mut reader).await, &(text.clone(), *position));
-    }
+    before_the_failover(&producer, &mut reader, &publisher, &mut watcher).await;
     cluster.wait_replicated(victim);
 
     cluster.nodes[victim].kill();
@@ -251,24 +292,7 @@ async fn a_killed_primary_is_replaced_and_its_topics_resume_with_nothing_lost() 
     })
     .await;
 
-    for n in 0..10 {
-        let text = format!("after-{n}");
-        expected.push((
-            text.clone(),
-            submit_eventually(&producer, &text, PATIENCE * 2).await,
-        ));
-    }
-    assert_eq!(
-        producer.epoch(),
-        epoch,
-        "nothing was lost: the same identity"
-    );
-    for (text, position) in &expected[10..] {
-        assert_eq!(
-            &next_skipping_interruptions(&mut reader).await,
-            &(text.clone(), *position)
-        );
-    }
+    after_the_failover(&producer, &mut reader, epoch).await;
     assert_eq!(consumer.epoch(), epoch);
 
     // The latest-value topic was interrupted (its subscription went with the node) and
@@ -388,16 +412,7 @@ async fn behind_sentinel_the_stores_follow_the_primary_through_a_failover() {
     let mut reader = consumer.subscribe();
     let mut watcher = watched.subscribe();
     let epoch = producer.epoch();
-    let mut expected = Vec::new();
-    for n in 0..10 {
-        let text = format!("before-{n}");
-        expected.push((text.clone(), producer.submit(text).await.unwrap()));
-    }
-    publisher.try_submit("old".into()).unwrap();
-    assert_eq!(next_value(&mut watcher).await.0, "old");
-    for (text, position) in &expected {
-        assert_eq!(&next_value(&mut reader).await, &(text.clone(), *position));
-    }
+    before_the_failover(&producer, &mut reader, &publisher, &mut watcher).await;
     let replica_port = setup.replica.port();
     eventually("the replica to catch up", PATIENCE, || {
         setup.replica.cli(&["XLEN", "orders"]) == "10"
@@ -409,24 +424,7 @@ async fn behind_sentinel_the_stores_follow_the_primary_through_a_failover() {
         setup.primary_port() == replica_port
     })
     .await;
-    for n in 0..10 {
-        let text = format!("after-{n}");
-        expected.push((
-            text.clone(),
-            submit_eventually(&producer, &text, PATIENCE * 2).await,
-        ));
-    }
-    assert_eq!(
-        producer.epoch(),
-        epoch,
-        "nothing was lost: the same identity"
-    );
-    for (text, position) in &expected[10..] {
-        assert_eq!(
-            &next_skipping_interruptions(&mut reader).await,
-            &(text.clone(), *position)
-        );
-    }
+    after_the_failover(&producer, &mut reader, epoch).await;
     assert_eq!(setup.replica.cli(&["XLEN", "orders"]), "20");
 
     recovers(&publisher, &mut watcher, "new").await;
