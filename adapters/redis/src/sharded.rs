@@ -244,7 +244,7 @@ impl ShardedSubscription {
         SYNC_SCRIPT
             .key(key)
             .arg(self.sync_channel(channel))
-            .arg(format!("{}:{channel}#{tag}", channel.len()))
+            .arg(crate::subscription::sync_label(channel, tag))
             .invoke_async(commands)
             .await
     }

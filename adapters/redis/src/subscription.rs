@@ -257,7 +257,7 @@ impl Subscription {
         SYNC_SCRIPT
             .key(key)
             .arg(&self.sync_channel)
-            .arg(format!("{}:{channel}#{tag}", channel.len()))
+            .arg(sync_label(channel, tag))
             .invoke_async(commands)
             .await
     }
@@ -313,6 +313,11 @@ pub(crate) fn deliver<'a>(
             listener.heard(&payloads);
         }
     }
+}
+
+/// The label a sync message starts with, `LEN:CHANNEL#TAG` (read by [`parse_sync`]).
+pub(crate) fn sync_label(channel: &str, tag: u64) -> String {
+    format!("{}:{channel}#{tag}", channel.len())
 }
 
 /// A sync message: `LEN:CHANNEL#TAG` then `=VALUE` or `-`.
