@@ -350,26 +350,10 @@ impl<T: Codec> RedisStore<T> {
     /// ```
     pub async fn published(&self, position: Position) -> Result<(), SubmitError<()>> {
         let shared = &*self.handle.shared;
-        let patience = shared
-            .redis
-            .options()
-            .response_timeout_value()
-            .saturating_mul(2);
-        let outcome = runtime::timeout(patience, async {
-            loop {
-                let listener = shared.attempted.listen();
-                if let Some(outcome) = shared.outcome(position) {
-                    return outcome;
-                }
-                if shared.shutdown.unless(listener).await.is_none() {
-                    return shared
-                        .outcome(position)
-                        .unwrap_or(Err(SubmitError::OutcomeUnknown(())));
-                }
-            }
-        })
-        .await;
-        outcome.unwrap_or(Err(SubmitError::OutcomeUnknown(())))
+        shared
+            .after_publishes(|| shared.outcome(position))
+            .await
+            .unwrap_or(Err(SubmitError::OutcomeUnknown(())))
     }
 
     /// Whether Redis can be reached, as far as the store knows: false from a publish
@@ -390,22 +374,9 @@ impl<T: Codec> RedisStore<T> {
         let before = shared.attempts.load(Ordering::Acquire);
         shared.nudged.store(true, Ordering::Release);
         shared.nudge.notify(usize::MAX);
-        let patience = shared
-            .redis
-            .options()
-            .response_timeout_value()
-            .saturating_mul(2);
-        runtime::timeout(patience, async {
-            while shared.attempts.load(Ordering::Acquire) == before {
-                let listener = shared.attempted.listen();
-                if shared.attempts.load(Ordering::Acquire) != before
-                    || shared.shutdown.unless(listener).await.is_none()
-                {
-                    break;
-                }
-            }
-        })
-        .await;
+        shared
+            .after_publishes(|| (shared.attempts.load(Ordering::Acquire) != before).then_some(()))
+            .await;
         self.is_reachable()
     }
 
@@ -743,6 +714,29 @@ impl<T: Codec> Shared<T> {
         } else {
             None
         }
+    }
+
+    /// Waits until `check` says something (asked again after each publish), at most twice
+    /// the response timeout; once the store closes, asks it a last time.
+    async fn after_publishes<R>(&self, check: impl Fn() -> Option<R>) -> Option<R> {
+        let patience = self
+            .redis
+            .options()
+            .response_timeout_value()
+            .saturating_mul(2);
+        runtime::timeout(patience, async {
+            loop {
+                let listener = self.attempted.listen();
+                if let Some(said) = check() {
+                    return Some(said);
+                }
+                if self.shutdown.unless(listener).await.is_none() {
+                    return check();
+                }
+            }
+        })
+        .await
+        .flatten()
     }
 
     /// Records what became of a publish of the value at `offset`, and tells who waits.
